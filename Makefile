@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format demo clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# Re-install only when the dependency list changes.
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(PY) -m pytest -n 2 --durations=15 tests
+
+demo: $(STAMP)
+	$(PY) scripts/train.py --config=configs/demo.py --workdir=$${WORKDIR:-runs/demo}
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

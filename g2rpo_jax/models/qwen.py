@@ -1,0 +1,305 @@
+"""Flax NNX decoder for dense Qwen2 / Qwen2.5 / Qwen3 models.
+
+Shape legend: B batch, T query length, S key length (cache slots), D model dim,
+N query heads, K kv heads, G query heads per kv head (N = K·G), H head dim,
+F mlp dim, V vocab.
+
+Two entry points share one layer stack:
+- `model(input_ids, positions, attention_mask)` runs a full causal forward over a
+  (left-)padded batch and returns logits [B, T, V];
+- `model(input_ids, positions, attention_mask, cache)` writes the T new tokens into a
+  fixed-size KV cache at `cache.index` and returns (logits, cache). Prefill and one-token
+  decode steps are the same call with different T.
+"""
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from g2rpo_jax.models.config import ModelConfig
+
+# Finite, so a query row with no visible key (a padding row) gives a uniform softmax, not NaN.
+_MASKED = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init="normal") -> nnx.Param:
+    """A weight tagged with logical axes; sharding.py maps them onto a mesh."""
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer in S fixed slots, shared by all rows.
+
+    k, v: per layer [B, S, K, H]. mask: [B, S], which slots hold a real token.
+    index: the slot where the next call writes its first token (int32 scalar).
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    mask: jax.Array
+    index: jax.Array
+
+
+def init_cache(config: ModelConfig, batch: int, max_length: int) -> KVCache:
+    shape = (batch, max_length, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers))
+    return KVCache(
+        k=zeros,
+        v=zeros,
+        mask=jnp.zeros((batch, max_length), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """Per-row positions of a left-padded batch: 0 at each row's first real token."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rope_frequencies(config: ModelConfig) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [H/2] and the cos/sin scale, following Hugging Face's RoPE types."""
+    dim, base = config.head_dim, config.rope_theta
+    inv_freq = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq, 1.0
+    if scaling.kind == "linear":
+        return inv_freq / np.float32(scaling.factor), 1.0
+    # YaRN: interpolate low frequencies, keep high ones, ramp between; scale attention.
+    factor = scaling.factor
+    original = scaling.original_max_position_embeddings or config.max_position_embeddings
+
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = scaling.attention_factor
+    if attention_factor is None:
+        if scaling.mscale and scaling.mscale_all_dim:
+            attention_factor = mscale(factor, scaling.mscale) / mscale(
+                factor, scaling.mscale_all_dim
+            )
+        else:
+            attention_factor = mscale(factor)
+
+    def correction_dim(rotations):
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    extrapolation = (1 - ramp).astype(np.float32)
+    inv_freq = (inv_freq / np.float32(factor)) * (1 - extrapolation) + inv_freq * extrapolation
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
+def apply_rope(x_BTNH: jax.Array, cos_BTh: jax.Array, sin_BTh: jax.Array) -> jax.Array:
+    """Rotates the two halves of each head (Hugging Face's rotate_half layout)."""
+    x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+    cos, sin = cos_BTh[:, :, None, :], sin_BTh[:, :, None, :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTNH.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype, param_dtype, axis: str):
+        self.weight = _param(None, (dim,), (axis,), param_dtype, init="ones")
+        self.eps, self.dtype = eps, dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(self.dtype) * xf.astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        D, N, K, H = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        pd = config.weight_dtype
+        self.q_proj = _param(rngs, (D, N, H), ("embed", "q_heads", "head_dim"), pd)
+        self.k_proj = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), pd)
+        self.v_proj = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), pd)
+        self.o_proj = _param(rngs, (N, H, D), ("q_heads", "head_dim", "embed"), pd)
+        if config.qkv_bias:
+            self.q_bias = _param(None, (N, H), ("q_heads", "head_dim"), pd, init="zeros")
+            self.k_bias = _param(None, (K, H), ("kv_heads", "head_dim"), pd, init="zeros")
+            self.v_bias = _param(None, (K, H), ("kv_heads", "head_dim"), pd, init="zeros")
+        if config.o_bias:
+            self.o_bias = _param(None, (D,), ("embed",), pd, init="zeros")
+        if config.qk_norm:
+            norm = lambda: RMSNorm(H, config.rms_norm_eps, config.compute_dtype, pd, "head_dim")
+            self.q_norm, self.k_norm = norm(), norm()
+        self.config = config
+
+    def _project(self, x_BTD, name: str) -> jax.Array:
+        dt = self.config.compute_dtype
+        y = jnp.einsum("BTD,DNH->BTNH", x_BTD, getattr(self, f"{name}_proj")[...].astype(dt))
+        if self.config.qkv_bias:
+            y = y + getattr(self, f"{name}_bias")[...].astype(dt)
+        return y
+
+    def __call__(self, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache=None, index=None):
+        cfg, dt = self.config, self.config.compute_dtype
+        q_BTNH, k_BTKH, v_BTKH = (self._project(x_BTD, n) for n in ("q", "k", "v"))
+        if cfg.qk_norm:
+            q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
+        q_BTNH = apply_rope(q_BTNH, cos_BTh, sin_BTh)
+        k_BTKH = apply_rope(k_BTKH, cos_BTh, sin_BTh)
+        if kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            start = (0, index, 0, 0)
+            k_BSKH = jax.lax.dynamic_update_slice(k_cache, k_BTKH.astype(k_cache.dtype), start)
+            v_BSKH = jax.lax.dynamic_update_slice(v_cache, v_BTKH.astype(v_cache.dtype), start)
+            kv_cache = (k_BSKH, v_BSKH)
+        else:
+            k_BSKH, v_BSKH = k_BTKH, v_BTKH
+        B, T, N, H = q_BTNH.shape
+        K = cfg.num_kv_heads
+        q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH.astype(dt))
+        scores = scores.astype(jnp.float32) / math.sqrt(H)
+        scores = jnp.where(mask_BTS[:, None, None], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BSKH.astype(dt))
+        y_BTD = jnp.einsum(
+            "BTNH,NHD->BTD", out_BTKGH.reshape(B, T, N, H), self.o_proj[...].astype(dt)
+        )
+        if cfg.o_bias:
+            y_BTD = y_BTD + self.o_bias[...].astype(dt)
+        return y_BTD, kv_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        D, F, pd = config.hidden_size, config.intermediate_size, config.weight_dtype
+        self.gate_proj = _param(rngs, (D, F), ("embed", "mlp"), pd)
+        self.up_proj = _param(rngs, (D, F), ("embed", "mlp"), pd)
+        self.down_proj = _param(rngs, (F, D), ("mlp", "embed"), pd)
+        self.dtype = config.compute_dtype
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        dt = self.dtype
+        gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_proj[...].astype(dt))
+        up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_proj[...].astype(dt))
+        return jnp.einsum(
+            "BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, self.down_proj[...].astype(dt)
+        )
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        norm = lambda: RMSNorm(
+            config.hidden_size, config.rms_norm_eps, config.compute_dtype, config.weight_dtype,
+            "norm",
+        )  # fmt: skip
+        self.input_norm, self.post_attention_norm = norm(), norm()
+        self.attn = Attention(config, rngs)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache=None, index=None):
+        h_BTD, kv_cache = self.attn(
+            self.input_norm(x_BTD), cos_BTh, sin_BTh, mask_BTS, kv_cache, index
+        )
+        x_BTD = x_BTD + h_BTD
+        x_BTD = x_BTD + self.mlp(self.post_attention_norm(x_BTD))
+        return x_BTD, kv_cache
+
+
+def _block_forward(block: Block, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache, index):
+    return block(x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache, index)
+
+
+# Recompute each layer's activations in the backward pass instead of storing them.
+_remat_block_forward = nnx.remat(_block_forward)
+
+
+class Qwen(nnx.Module):
+    """The decoder. See the module docstring for the two ways to call it."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        V, D, pd = config.vocab_size, config.hidden_size, config.weight_dtype
+        self.config = config
+        self.embed = _param(rngs, (V, D), ("vocab", "embed"), pd)
+        self.layers = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
+        self.final_norm = RMSNorm(D, config.rms_norm_eps, config.compute_dtype, pd, "norm")
+        if not config.tie_word_embeddings:
+            self.lm_head = _param(rngs, (D, V), ("embed", "vocab"), pd)
+        inv_freq, attention_factor = rope_frequencies(config)
+        self.rope = (tuple(inv_freq.tolist()), attention_factor)
+
+    def __call__(self, input_ids, positions, attention_mask, cache: KVCache | None = None):
+        """input_ids, positions, attention_mask: [B, T] (mask: 1 for real tokens).
+
+        Returns logits [B, T, V] in float32, or (logits, cache) when a cache is given.
+        """
+        hidden_BTD, cache = self.hidden_states(input_ids, positions, attention_mask, cache)
+        logits_BTV = self.logits(hidden_BTD)
+        return logits_BTV if cache is None else (logits_BTV, cache)
+
+    def hidden_states(self, input_ids, positions, attention_mask, cache: KVCache | None = None):
+        """The final-normed hidden states [B, T, D] (and the cache), before the LM head."""
+        cfg = self.config
+        x_BTD = self.embed[...][input_ids].astype(cfg.compute_dtype)
+        inv_freq, attention_factor = self.rope
+        angles_BTh = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+        cos_BTh = jnp.cos(angles_BTh) * attention_factor
+        sin_BTh = jnp.sin(angles_BTh) * attention_factor
+        T = input_ids.shape[1]
+        if cache is None:
+            key_mask_BS = attention_mask.astype(bool)
+            query_slots, index = jnp.arange(T), None
+        else:
+            key_mask_BS = jax.lax.dynamic_update_slice(
+                cache.mask, attention_mask.astype(bool), (0, cache.index)
+            )
+            query_slots, index = cache.index + jnp.arange(T), cache.index
+        causal_TS = jnp.arange(key_mask_BS.shape[1])[None, :] <= query_slots[:, None]
+        mask_BTS = key_mask_BS[:, None, :] & causal_TS[None]
+
+        forward = _remat_block_forward if cfg.remat else _block_forward
+        new_k, new_v = [], []
+        for i, block in enumerate(self.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x_BTD, kv = forward(block, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv, index)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        if cache is not None:
+            cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=key_mask_BS, index=cache.index + T)
+        return self.final_norm(x_BTD), cache
+
+    def logits(self, hidden_BTD: jax.Array) -> jax.Array:
+        """LM head in the compute dtype, accumulated and returned in float32."""
+        dt = self.config.compute_dtype
+        if self.config.tie_word_embeddings:
+            return jnp.einsum(
+                "BTD,VD->BTV", hidden_BTD, self.embed[...].astype(dt),
+                preferred_element_type=jnp.float32,
+            )  # fmt: skip
+        return jnp.einsum(
+            "BTD,DV->BTV", hidden_BTD, self.lm_head[...].astype(dt),
+            preferred_element_type=jnp.float32,
+        )  # fmt: skip
+
+
+def abstract_model(config: ModelConfig) -> Qwen:
+    """The model with ShapeDtypeStruct leaves: no allocation, any size."""
+    return nnx.eval_shape(lambda: Qwen(config, rngs=nnx.Rngs(0)))
+
+
+def param_count(model: Qwen) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

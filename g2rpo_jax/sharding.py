@@ -1,0 +1,82 @@
+"""Meshes and the one rules table that maps logical axis names onto mesh axes.
+
+Mesh axes: data (pure data parallel), fsdp (data parallel with sharded weights and
+optimizer state), tensor (heads / mlp / vocab split across devices).
+"""
+
+import logging
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axis (or a tuple of them, or None for replicated).
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "head_dim": None,
+    "norm": None,
+}
+
+
+def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {tuple(shape)}: at most one axis may be -1")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(
+            f"mesh shape {tuple(shape)} (data, fsdp, tensor) needs {math.prod(shape)} devices, "
+            f"{len(devices)} are available"
+        )
+    grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """PartitionSpec for an array with these logical axes.
+
+    A dimension that the mesh axes do not divide stays replicated (e.g. 2 kv heads on a
+    tensor axis of 4), logged once per shape so the choice is visible.
+    """
+    spec = []
+    for axis, size in zip(axes, shape, strict=True):
+        mesh_axes = RULES.get(axis) if axis is not None else None
+        if mesh_axes is None:
+            spec.append(None)
+            continue
+        names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+        names = tuple(n for n in names if mesh.shape[n] > 1)
+        ways = math.prod(mesh.shape[n] for n in names)
+        if not names:
+            spec.append(None)
+        elif size % ways:
+            log.info("replicating %s dim of size %d: not divisible by %s", axis, size, names)
+            spec.append(None)
+        else:
+            spec.append(names[0] if len(names) == 1 else names)
+    return PartitionSpec(*spec)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh):
+    """NamedShardings for every Variable of a (possibly abstract) state, from its axes."""
+
+    def sharding(variable):
+        axes = variable.get_metadata("out_sharding", None) or (None,) * len(variable.shape)
+        return NamedSharding(mesh, logical_spec(tuple(axes), tuple(variable.shape), mesh))
+
+    return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

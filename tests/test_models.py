@@ -1,0 +1,146 @@
+"""The decoder computes what transformers' Qwen2/Qwen3 compute, through every path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from g2rpo_jax.models import from_pretrained, init_cache
+from g2rpo_jax.models.qwen import rope_frequencies
+from tests import tiny_models
+
+
+@nnx.jit
+def forward(model, ids, positions, mask):
+    return model(ids, positions, mask)
+
+
+@nnx.jit
+def cached_forward(model, ids, positions, mask, cache):
+    return model(ids, positions, mask, cache)
+
+
+def max_error(a, b, mask):
+    return float(np.abs(np.asarray(a) - np.asarray(b))[mask.astype(bool)].max())
+
+
+@pytest.mark.parametrize("fixture", ["hf_qwen3_dir", "hf_qwen2_dir"])
+def test_logits_match_transformers_on_left_padded_batch(fixture, request):
+    directory = request.getfixturevalue(fixture)
+    model, _ = from_pretrained(directory)
+    ids, mask, positions = tiny_models.left_padded_batch()
+    expected = tiny_models.hf_logits(tiny_models.load_hf(directory), ids, mask, positions)
+    error = max_error(forward(model, ids, positions, mask), expected, mask)
+    print(f"{fixture}: max |Δlogits| = {error:.2e}")
+    assert error <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+         "rope_theta": 10000.0},
+    ],
+)  # fmt: skip
+def test_rope_scaling_matches_transformers(rope, tmp_path):
+    config = tiny_models.qwen3_config(rope_parameters=rope, max_position_embeddings=64)
+    hf = tiny_models.random_hf_model(config)
+    hf.save_pretrained(tmp_path)
+    model, ours = from_pretrained(str(tmp_path))
+    inv_freq, scale = rope_frequencies(ours)
+    rotary = hf.model.rotary_emb
+    np.testing.assert_allclose(inv_freq, rotary.inv_freq.numpy(), rtol=1e-6)
+    assert scale == pytest.approx(rotary.attention_scaling)
+    ids, mask, positions = tiny_models.left_padded_batch(length=40, pads=(0, 7, 20))
+    expected = tiny_models.hf_logits(hf, ids, mask, positions)
+    assert max_error(forward(model, ids, positions, mask), expected, mask) <= 1e-4
+
+
+def test_unsupported_rope_type_is_named(tmp_path):
+    config = tiny_models.qwen3_config(
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    )
+    tiny_models.save_hf(config, tmp_path)
+    with pytest.raises(ValueError, match="rope type 'dynamic' is not supported"):
+        from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("fixture", ["hf_qwen3_dir", "hf_qwen2_dir"])
+def test_prefill_then_decode_equals_full_forward(fixture, request):
+    model, config = from_pretrained(request.getfixturevalue(fixture))
+    ids, mask, positions = tiny_models.left_padded_batch(length=14, pads=(0, 3, 6))
+    full = np.asarray(forward(model, ids, positions, mask))
+    prefill = 8
+    cache = init_cache(config, batch=ids.shape[0], max_length=16)
+    logits, cache = cached_forward(
+        model, ids[:, :prefill], positions[:, :prefill], mask[:, :prefill], cache
+    )
+    steps = [np.asarray(logits)]
+    for t in range(prefill, ids.shape[1]):
+        logits, cache = cached_forward(
+            model, ids[:, t : t + 1], positions[:, t : t + 1], mask[:, t : t + 1], cache
+        )
+        steps.append(np.asarray(logits))
+    assert int(cache.index) == ids.shape[1]
+    assert max_error(np.concatenate(steps, axis=1), full, mask) <= 1e-4
+
+
+def test_left_padding_changes_nothing(hf_qwen3_dir):
+    model, _ = from_pretrained(hf_qwen3_dir)
+    ids, mask, positions = tiny_models.left_padded_batch(pads=(0, 5, 9))
+    padded = np.asarray(forward(model, ids, positions, mask))
+    row = 2
+    alone = np.asarray(
+        forward(model, ids[row:, 9:], positions[row:, 9:], mask[row:, 9:])
+    )  # the same row without its padding
+    np.testing.assert_allclose(padded[row, 9:], alone[0], atol=1e-5)
+
+
+def test_remat_equals_no_remat(hf_qwen3_dir):
+    ids, mask, positions = tiny_models.left_padded_batch()
+    grads = []
+    for remat in (False, True):
+        model, _ = from_pretrained(hf_qwen3_dir, remat=remat)
+
+        @nnx.jit
+        def loss_grad(model):
+            def loss(model):
+                logp = jax.nn.log_softmax(model(ids, positions, mask))
+                return jnp.sum(logp[..., 3] * mask)
+
+            return nnx.grad(loss)(model)
+
+        grads.append(jax.tree.leaves(nnx.state(loss_grad(model))))
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_bf16_compute_stays_close_to_fp32(hf_qwen3_dir, param_dtype):
+    ids, mask, positions = tiny_models.left_padded_batch()
+    fp32, _ = from_pretrained(hf_qwen3_dir)
+    bf16, _ = from_pretrained(hf_qwen3_dir, dtype="bfloat16", param_dtype=param_dtype)
+    reference = np.asarray(forward(fp32, ids, positions, mask))
+    logits = forward(bf16, ids, positions, mask)
+    assert logits.dtype == jnp.float32  # the head accumulates in fp32
+    error = max_error(logits, reference, mask)
+    scale = float(np.abs(reference).max())
+    print(
+        f"bf16 compute, {param_dtype} params: max |Δlogits| = {error:.3e} (|logits| ≤ {scale:.2f})"
+    )
+    assert error <= 5e-2
+
+
+def test_bf16_is_as_accurate_as_transformers_bf16(hf_qwen3_dir):
+    ids, mask, positions = tiny_models.left_padded_batch()
+    hf = tiny_models.load_hf(hf_qwen3_dir)
+    reference = tiny_models.hf_logits(hf, ids, mask, positions)
+    hf_error = max_error(tiny_models.hf_logits(hf.to(torch.bfloat16), ids, mask, positions),
+                         reference, mask)  # fmt: skip
+    ours, _ = from_pretrained(hf_qwen3_dir, dtype="bfloat16")
+    error = max_error(forward(ours, ids, positions, mask), reference, mask)
+    print(f"bf16 vs fp32 reference: ours {error:.3e}, transformers {hf_error:.3e}")
+    assert error <= 1.5 * hf_error
