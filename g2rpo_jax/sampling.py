@@ -1,0 +1,313 @@
+"""The rollout sampler: guided prefixes, one prefill, then a jitted decode loop.
+
+Each row (one candidate) starts from `prompt ⊕ guidance[:ℓ]` (SPEC §1), assembled inside
+jit from right-padded prompt and guidance ids: left-padded to a common width, positions
+counted per row, no padding inside a sequence. The model continues from the end of the
+prefix; the completion is `guidance[:ℓ] ⊕ generated` with an `is_guidance` mask.
+
+Bucket policy (to keep compiled programs few while ℓ changes every step):
+- prompt width: the next power of two ≥ the longest prompt (at least 16);
+- guidance width: 0 when no row is guided, else the next power of two ≥ the largest ℓ
+  (at least 16);
+- batch: rounded up to a multiple of `batch_multiple` with padding rows that are dropped.
+One program is compiled per (batch, prompt width, guidance width); `num_compiled` counts
+them. With a fixed batch and prompt bucket, ℓ ∈ [1, 4096] compiles at most 9 programs.
+
+Log-probs are log softmax(logits / temperature) at the chosen tokens, taken before top-k /
+top-p truncation (the distribution the policy defines at that temperature); greedy
+decoding reports temperature-1 log-probs. Guidance tokens get theirs from the prefill.
+"""
+
+import dataclasses
+import functools
+import logging
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from g2rpo_jax.models.qwen import Qwen, init_cache, token_log_probs
+
+log = logging.getLogger(__name__)
+
+FINISH_LENGTH, FINISH_EOS = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding settings; frozen and hashable so they are static under jit.
+
+    max_completion_length: the completion budget; it counts guidance tokens too unless
+    guidance_in_budget is False, then guided rows may generate that many on top (SPEC §1).
+    temperature 0 or greedy=True decode greedily; top_k 0 and top_p 1 turn those filters off.
+    """
+
+    max_completion_length: int
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    guidance_in_budget: bool = True
+    batch_multiple: int = 8
+    min_bucket: int = 16
+
+    def __post_init__(self):
+        if self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length={self.max_completion_length} must be ≥ 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be ≥ 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be ≥ 0 (0 turns it off)")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    """Per candidate. C is the completion width (max_completion_length, or that plus the
+    guidance width when guidance is outside the budget); P the prompt width.
+
+    prompt_ids, prompt_mask: [B, P], left-padded (the prefix without its guidance).
+    completion_ids: [B, C] guidance ⊕ generated, right-padded with pad_id.
+    completion_mask: [B, C] 1 through the first EOS (guidance included).
+    is_guidance: [B, C] 1 on the guidance tokens.
+    log_probs: [B, C] float32 log-probs of the completion tokens (0 where masked).
+    num_generated: [B] tokens the model generated (guidance excluded).
+    finish_reason: [B] FINISH_EOS or FINISH_LENGTH.
+    """
+
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+    completion_ids: jax.Array
+    completion_mask: jax.Array
+    is_guidance: jax.Array
+    log_probs: jax.Array
+    num_generated: jax.Array
+    finish_reason: jax.Array
+
+
+@flax.struct.dataclass
+class _LoopState:
+    step: jax.Array  # tokens generated so far by every live row
+    logits_BV: jax.Array  # the next-token logits of each row
+    cache: object
+    positions_B: jax.Array
+    done_B: jax.Array
+    eos_B: jax.Array
+    num_generated_B: jax.Array
+    completion_BC: jax.Array
+    log_probs_BC: jax.Array
+
+
+def bucket(n: int, minimum: int) -> int:
+    """The next power of two ≥ n (and ≥ minimum); 0 stays 0."""
+    if n <= 0:
+        return 0
+    return max(minimum, 1 << (int(n) - 1).bit_length())
+
+
+def assemble_prefix(prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B, pad_id):
+    """`prompt ⊕ guidance[:ℓ]` per row, left-padded to width W = P + L.
+
+    Returns tokens [B, W], mask [B, W] and positions [B, W] (0 at each row's first token).
+    """
+    B, P = prompt_ids_BP.shape
+    L = guidance_ids_BL.shape[1]
+    total_B = prompt_len_B + guidance_len_B
+    k_BW = jnp.arange(P + L)[None, :] - (P + L - total_B)[:, None]  # index in the row
+    in_prompt = (k_BW >= 0) & (k_BW < prompt_len_B[:, None])
+    tokens = jnp.take_along_axis(prompt_ids_BP, jnp.clip(k_BW, 0, P - 1), axis=1)
+    mask = in_prompt
+    if L:
+        g_BW = k_BW - prompt_len_B[:, None]
+        in_guidance = (g_BW >= 0) & (k_BW < total_B[:, None])
+        g_tokens = jnp.take_along_axis(guidance_ids_BL, jnp.clip(g_BW, 0, L - 1), axis=1)
+        tokens = jnp.where(in_guidance, g_tokens, tokens)
+        mask = in_prompt | in_guidance
+    tokens = jnp.where(mask, tokens, pad_id)
+    return tokens.astype(jnp.int32), mask, jnp.maximum(k_BW, 0).astype(jnp.int32)
+
+
+def sample_tokens(logits_BV, keys_B, step, config: SamplingConfig):
+    """Chooses one token per row; returns (tokens [B], log-probs [B])."""
+    logits_BV = logits_BV.astype(jnp.float32)
+    if config.is_greedy:
+        tokens = jnp.argmax(logits_BV, axis=-1)
+        log_probs_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+    else:
+        scaled_BV = logits_BV / config.temperature
+        log_probs_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
+        filtered_BV = scaled_BV
+        if config.top_k:
+            kth_B1 = jax.lax.top_k(scaled_BV, config.top_k)[0][:, -1:]
+            filtered_BV = jnp.where(scaled_BV < kth_B1, -jnp.inf, filtered_BV)
+        if config.top_p < 1:
+            # Keep the smallest set of most likely tokens whose mass reaches top_p.
+            sorted_BV = jnp.sort(filtered_BV, axis=-1)[:, ::-1]
+            probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+            before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+            kept_BV = jnp.where(before_BV < config.top_p, sorted_BV, jnp.inf)
+            threshold_B1 = jnp.min(kept_BV, axis=-1, keepdims=True)
+            filtered_BV = jnp.where(filtered_BV < threshold_B1, -jnp.inf, filtered_BV)
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
+        tokens = jax.vmap(jax.random.categorical)(step_keys, filtered_BV)
+    picked = jnp.take_along_axis(log_probs_BV, tokens[:, None], axis=-1)[:, 0]
+    return tokens.astype(jnp.int32), picked
+
+
+def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_BL,
+            guidance_len_B, rng):  # fmt: skip
+    model: Qwen = nnx.merge(graphdef, params)
+    B, P = prompt_ids_BP.shape
+    L = guidance_ids_BL.shape[1]
+    budget = config.max_completion_length
+    C = budget if config.guidance_in_budget else budget + L
+    tokens_BW, mask_BW, positions_BW = assemble_prefix(
+        prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B, config.pad_id
+    )
+    W = P + L
+    cache = init_cache(model.config, B, W + budget)
+    hidden_BWD, cache = model.hidden_states(tokens_BW, positions_BW, mask_BW, cache)
+
+    cols_C = jnp.arange(C)[None, :]
+    is_guidance_BC = cols_C < guidance_len_B[:, None]
+    completion_BC = jnp.full((B, C), config.pad_id, jnp.int32)
+    log_probs_BC = jnp.zeros((B, C), jnp.float32)
+    if L:
+        # Column W-L+i of the prefix holds guidance token i of a row with ℓ = L; a row with
+        # fewer guidance tokens has them in the last ℓ columns.
+        temperature = 1.0 if config.is_greedy else config.temperature
+        lp_BL = token_log_probs(
+            model, hidden_BWD[:, W - L - 1 : W - 1], tokens_BW[:, W - L :], temperature
+        )
+        src_BC = jnp.clip(L - guidance_len_B[:, None] + cols_C, 0, L - 1)
+        guidance_tokens_BC = jnp.take_along_axis(tokens_BW[:, W - L :], src_BC, axis=1)
+        completion_BC = jnp.where(is_guidance_BC, guidance_tokens_BC, completion_BC)
+        log_probs_BC = jnp.where(is_guidance_BC, jnp.take_along_axis(lp_BL, src_BC, 1), 0.0)
+
+    budget_B = budget - guidance_len_B if config.guidance_in_budget else jnp.full((B,), budget)
+    keys_B = jax.random.split(rng, B)
+    rows_B = jnp.arange(B)
+    eos_ids = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
+
+    def cond(s: _LoopState):
+        return (s.step < budget) & ~jnp.all(s.done_B)
+
+    def body(s: _LoopState) -> _LoopState:
+        token_B, lp_B = sample_tokens(s.logits_BV, keys_B, s.step, config)
+        live_B = ~s.done_B
+        token_B = jnp.where(live_B, token_B, config.pad_id)
+        column_B = jnp.where(live_B, guidance_len_B + s.num_generated_B, C)  # C: dropped
+        completion_BC = s.completion_BC.at[rows_B, column_B].set(token_B, mode="drop")
+        log_probs_BC = s.log_probs_BC.at[rows_B, column_B].set(lp_B, mode="drop")
+        num_generated_B = s.num_generated_B + live_B
+        hit_eos_B = live_B & jnp.isin(token_B, eos_ids)
+        done_B = s.done_B | hit_eos_B | (num_generated_B >= budget_B)
+        logits_B1V, cache = model(
+            token_B[:, None], s.positions_B[:, None], jnp.ones((B, 1), bool), s.cache
+        )
+        return _LoopState(
+            step=s.step + 1,
+            logits_BV=logits_B1V[:, 0],
+            cache=cache,
+            positions_B=s.positions_B + 1,
+            done_B=done_B,
+            eos_B=s.eos_B | hit_eos_B,
+            num_generated_B=num_generated_B,
+            completion_BC=completion_BC,
+            log_probs_BC=log_probs_BC,
+        )
+
+    init = _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        logits_BV=model.logits(hidden_BWD[:, -1:])[:, 0],
+        cache=cache,
+        positions_B=positions_BW[:, -1] + 1,
+        done_B=budget_B <= 0,
+        eos_B=jnp.zeros((B,), bool),
+        num_generated_B=jnp.zeros((B,), jnp.int32),
+        completion_BC=completion_BC,
+        log_probs_BC=log_probs_BC,
+    )
+    s = jax.lax.while_loop(cond, body, init)
+    completion_mask_BC = cols_C < (guidance_len_B + s.num_generated_B)[:, None]
+    # The prompt sits just left of the guidance: shift each row's guidance out of the window.
+    prompt_ids_BP = jnp.take_along_axis(
+        tokens_BW, jnp.arange(P)[None] + (L - guidance_len_B)[:, None], axis=1
+    )
+    prompt_mask_BP = jnp.take_along_axis(
+        mask_BW, jnp.arange(P)[None] + (L - guidance_len_B)[:, None], axis=1
+    )
+    return SampleOutput(
+        prompt_ids=jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id),
+        prompt_mask=prompt_mask_BP,
+        completion_ids=s.completion_BC,
+        completion_mask=completion_mask_BC,
+        is_guidance=is_guidance_BC,
+        log_probs=jnp.where(completion_mask_BC, s.log_probs_BC, 0.0),
+        num_generated=s.num_generated_B,
+        finish_reason=jnp.where(s.eos_B, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
+    )
+
+
+class Sampler:
+    """Samples completions for a batch of candidates with the policy's current params.
+
+    `sampler(params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng)`:
+    prompt_ids [B, P'] and guidance_ids [B, L'] right-padded, lengths [B] (host arrays);
+    guidance_lengths are ℓ_i per candidate (0 = unguided; at most the trace length).
+    Returns a SampleOutput on device for the B rows given.
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, config: SamplingConfig):
+        self.config = config
+        self._sample = jax.jit(lambda *args: _sample(graphdef, config, *args))
+
+    @property
+    def num_compiled(self) -> int:
+        """How many programs this sampler has compiled (one per shape bucket seen)."""
+        return self._sample._cache_size()
+
+    def __call__(self, params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng):
+        cfg = self.config
+        prompt_lengths = np.asarray(prompt_lengths, np.int32)
+        guidance_lengths = np.asarray(guidance_lengths, np.int32)
+        if prompt_lengths.min() < 1:
+            raise ValueError("every prompt needs at least one token")
+        rows = len(prompt_lengths)
+        batch = -(-rows // cfg.batch_multiple) * cfg.batch_multiple
+        P = bucket(int(prompt_lengths.max()), cfg.min_bucket)
+        L = bucket(int(guidance_lengths.max()), cfg.min_bucket)
+
+        def rows_of(array, width, fill):
+            out = np.full((batch, width), fill, np.int32)
+            array = np.asarray(array)[:, :width]
+            out[:rows, : array.shape[1]] = array
+            return out
+
+        def lengths_of(lengths, fill):
+            return np.concatenate([lengths, np.full(batch - rows, fill, np.int32)])
+
+        # Padding rows: a one-token prompt, no guidance; their outputs are dropped.
+        args = (
+            rows_of(prompt_ids, P, cfg.pad_id),
+            lengths_of(prompt_lengths, 1),
+            rows_of(guidance_ids, L, cfg.pad_id),
+            lengths_of(guidance_lengths, 0),
+        )
+        out = self._sample(params, *jax.device_put(args), rng)
+        return _first_rows(out, rows) if batch != rows else out
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _first_rows(tree, rows: int):
+    """Drops the padding rows on device (slicing outside jit would transfer the indices)."""
+    return jax.tree.map(lambda x: x[:rows], tree)

@@ -1,0 +1,189 @@
+"""The sampler: exact guided prefixes, transformers-equal greedy decoding, right sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from g2rpo_jax.models import from_pretrained
+from g2rpo_jax.sampling import FINISH_EOS, FINISH_LENGTH, Sampler, SamplingConfig, sample_tokens
+from tests import tiny_models
+
+PROMPT_LENGTHS = np.array([5, 11, 3, 8])
+
+
+@pytest.fixture(scope="module", params=["hf_qwen3_dir", "hf_qwen2_dir"])
+def loaded(request):
+    directory = request.getfixturevalue(request.param)
+    model, config = from_pretrained(directory)
+    graphdef, params = nnx.split(model)
+    return directory, graphdef, params
+
+
+def prompts_and_traces(seed=0, trace_width=24):
+    rng = np.random.RandomState(seed)
+    prompts = np.zeros((len(PROMPT_LENGTHS), 12), np.int32)
+    for row, n in enumerate(PROMPT_LENGTHS):
+        prompts[row, :n] = rng.randint(2, tiny_models.VOCAB, n)
+    traces = rng.randint(2, tiny_models.VOCAB, (len(PROMPT_LENGTHS), trace_width)).astype(np.int32)
+    return prompts, traces
+
+
+def hf_greedy(hf, prefix, new_tokens):
+    out = hf.generate(
+        torch.tensor([prefix]), attention_mask=torch.ones(1, len(prefix), dtype=torch.long),
+        do_sample=False, max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0,
+    )  # fmt: skip
+    return out[0, len(prefix) :].numpy()
+
+
+def test_greedy_and_guided_rows_equal_transformers(loaded):
+    directory, graphdef, params = loaded
+    budget = 40
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=budget, greedy=True))
+    prompts, traces = prompts_and_traces()
+    ells = np.array([0, 7, 0, 24])  # unguided rows generate all 40 tokens, guided 40 - ℓ
+    out = jax.device_get(sampler(params, prompts, PROMPT_LENGTHS, traces, ells, jax.random.key(0)))
+    hf = tiny_models.load_hf(directory)
+    for row, (n, ell) in enumerate(zip(PROMPT_LENGTHS, ells, strict=True)):
+        expected = hf_greedy(hf, list(prompts[row, :n]) + list(traces[row, :ell]), budget - ell)
+        completion = out.completion_ids[row]
+        np.testing.assert_array_equal(completion[:ell], traces[row, :ell])
+        np.testing.assert_array_equal(completion[ell:budget], expected)
+        np.testing.assert_array_equal(out.is_guidance[row], np.arange(budget) < ell)
+        assert out.num_generated[row] == budget - ell
+        assert out.finish_reason[row] == FINISH_LENGTH
+        np.testing.assert_array_equal(out.prompt_ids[row][out.prompt_mask[row]], prompts[row, :n])
+
+
+def test_zero_guidance_equals_unguided_row(loaded):
+    _, graphdef, params = loaded
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=16, greedy=True))
+    prompts, traces = prompts_and_traces()
+    guided = sampler(params, prompts, PROMPT_LENGTHS, traces, [0, 5, 0, 3], jax.random.key(0))
+    unguided = sampler(params, prompts, PROMPT_LENGTHS, traces[:, :0], [0] * 4, jax.random.key(0))
+    for row in (0, 2):
+        np.testing.assert_array_equal(guided.completion_ids[row], unguided.completion_ids[row])
+
+
+def full_forward_log_probs(graphdef, params, out, temperature):
+    """log softmax(logits / temperature) of a full forward over [prompt ⊕ completion]."""
+    model = nnx.merge(graphdef, params)
+    ids = jnp.concatenate([out.prompt_ids, out.completion_ids], axis=1)
+    mask = jnp.concatenate([out.prompt_mask, out.completion_mask], axis=1)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    logits = model(ids, positions, mask) / temperature
+    log_probs = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    picked = jnp.take_along_axis(log_probs, ids[:, 1:, None], axis=-1)[..., 0]
+    return np.asarray(picked[:, out.prompt_ids.shape[1] - 1 :])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_log_probs_equal_a_full_forward(loaded, temperature):
+    _, graphdef, params = loaded
+    config = SamplingConfig(max_completion_length=24, temperature=temperature)
+    prompts, traces = prompts_and_traces()
+    out = Sampler(graphdef, config)(
+        params, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(1)
+    )
+    expected = full_forward_log_probs(graphdef, params, out, temperature)
+    mask = np.asarray(out.completion_mask)
+    assert mask.sum() == 4 * 24
+    np.testing.assert_allclose(np.asarray(out.log_probs)[mask], expected[mask], atol=1e-4)
+
+
+def test_eos_stops_a_row_and_ends_its_mask(loaded):
+    _, graphdef, params = loaded
+    prompts, traces = prompts_and_traces()
+    free = jax.device_get(
+        Sampler(graphdef, SamplingConfig(max_completion_length=20, greedy=True))(
+            params, prompts, PROMPT_LENGTHS, traces, [0, 4, 0, 0], jax.random.key(0)
+        )
+    )
+    eos = int(free.completion_ids[0, 6])  # a token row 0 emits at step 6
+    config = SamplingConfig(max_completion_length=20, greedy=True, eos_ids=(eos,), pad_id=0)
+    out = jax.device_get(
+        Sampler(graphdef, config)(params, prompts, PROMPT_LENGTHS, traces, [0, 4, 0, 0],
+                                  jax.random.key(0))
+    )  # fmt: skip
+    for row in range(4):
+        generated = free.completion_ids[row, 4 if row == 1 else 0 :]
+        hits = np.flatnonzero(generated == eos)
+        if hits.size:
+            stop = (4 if row == 1 else 0) + hits[0] + 1  # through the EOS
+            assert out.finish_reason[row] == FINISH_EOS
+            np.testing.assert_array_equal(
+                out.completion_ids[row, :stop], free.completion_ids[row, :stop]
+            )
+            assert out.completion_mask[row].sum() == stop and out.completion_mask[row, :stop].all()
+            assert (out.completion_ids[row, stop:] == 0).all()
+        else:
+            assert out.finish_reason[row] == FINISH_LENGTH
+            assert out.completion_mask[row].all()
+    assert out.finish_reason[0] == FINISH_EOS
+
+
+def test_budget_can_exclude_guidance(loaded):
+    _, graphdef, params = loaded
+    prompts, traces = prompts_and_traces()
+    config = SamplingConfig(max_completion_length=10, greedy=True, guidance_in_budget=False)
+    out = Sampler(graphdef, config)(params, prompts, PROMPT_LENGTHS, traces, [0, 6, 0, 20],
+                                    jax.random.key(0))  # fmt: skip
+    np.testing.assert_array_equal(out.num_generated, [10, 10, 10, 10])
+    np.testing.assert_array_equal(np.asarray(out.completion_mask).sum(1), [10, 16, 10, 30])
+
+
+def test_top_k_one_and_low_temperature_equal_greedy(loaded):
+    _, graphdef, params = loaded
+    prompts, traces = prompts_and_traces()
+    args = (params, prompts, PROMPT_LENGTHS, traces, [0, 3, 0, 0], jax.random.key(3))
+    greedy = Sampler(graphdef, SamplingConfig(max_completion_length=12, greedy=True))(*args)
+    for config in (SamplingConfig(max_completion_length=12, top_k=1),
+                   SamplingConfig(max_completion_length=12, temperature=1e-4)):  # fmt: skip
+        np.testing.assert_array_equal(Sampler(graphdef, config)(*args).completion_ids,
+                                      greedy.completion_ids)  # fmt: skip
+
+
+def first_step_frequencies(logits, config, n=40_000):
+    keys = jax.random.split(jax.random.key(7), n)
+    tokens, _ = jax.jit(sample_tokens, static_argnums=3)(jnp.tile(logits, (n, 1)), keys, 0, config)
+    return np.bincount(np.asarray(tokens), minlength=logits.shape[-1]) / n
+
+
+def test_sampled_frequencies_match_softmax():
+    logits = jnp.asarray([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5, 0.2])
+    for temperature in (1.0, 0.6):
+        freq = first_step_frequencies(logits, SamplingConfig(1, temperature=temperature))
+        probs = np.asarray(jax.nn.softmax(logits / temperature))
+        assert 0.5 * np.abs(freq - probs).sum() < 0.01  # total variation
+
+
+def test_top_p_and_top_k_never_leave_their_set():
+    logits = jnp.asarray([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5, 0.2])
+    probs = np.asarray(jax.nn.softmax(logits))
+    order = np.argsort(-probs)
+    nucleus = order[: np.searchsorted(np.cumsum(probs[order]), 0.8) + 1]
+    freq = first_step_frequencies(logits, SamplingConfig(1, top_p=0.8))
+    assert set(np.flatnonzero(freq)) == set(nucleus)
+    renormalized = probs[nucleus] / probs[nucleus].sum()
+    assert 0.5 * np.abs(freq[nucleus] - renormalized).sum() < 0.01
+    freq = first_step_frequencies(logits, SamplingConfig(1, top_k=3))
+    assert set(np.flatnonzero(freq)) == set(order[:3])
+
+
+def test_no_host_syncs_and_one_program_per_bucket(loaded):
+    _, graphdef, params = loaded
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=24))
+    prompts, traces = prompts_and_traces(trace_width=60)
+    params = jax.device_put(params)
+    rng = np.random.RandomState(0)
+    keys = list(jax.random.split(jax.random.key(0), 12))  # unstacked outside the guard
+    with jax.transfer_guard("disallow"):
+        for step in range(12):
+            ell = int(rng.randint(0, 61))
+            ells = np.array([ell, 0, ell, min(ell, 5)])
+            sampler(params, prompts, PROMPT_LENGTHS, traces, ells, keys[step])
+    # prompt width is one bucket (16); guidance widths 0, 16, 32, 64: at most 4 programs
+    assert sampler.num_compiled <= 4
