@@ -1,0 +1,315 @@
+"""GRPO: group advantages, the clipped policy loss with k3 KL, and the optimizer (SPEC §2, §3).
+
+Shapes: B prompts, G candidates per prompt (the group), T completion length. Rows are
+prompt-major: candidate j of prompt b is row b*G + j, so a [B*G] vector reshapes to [B, G].
+"""
+
+import dataclasses
+import enum
+import math
+from typing import TypeVar
+
+import jax
+import jax.numpy as jnp
+import optax
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+# SPEC §2: added to the std so that a group of near-tied rewards does not blow up.
+ADVANTAGE_EPS = 1e-4
+
+
+class Aggregation(enum.StrEnum):
+    """How per-token losses become one scalar."""
+
+    SEQ_MEAN = "seq_mean"  # mean over each sequence's tokens, then over sequences (the code)
+    TOKEN_MEAN = "token_mean"  # sum over all tokens / number of tokens (DAPO)
+    SEQ_SUM_FIXED = "seq_sum_fixed"  # sum / (rows · max_completion_length) (Dr.GRPO)
+
+
+class GuidanceLoss(enum.StrEnum):
+    """Whether guidance (expert) tokens get the policy loss and KL."""
+
+    INCLUDE = "include"  # the released code: an SFT-like push on expert tokens when A > 0
+    MASK = "mask"  # in attention, out of the loss
+
+
+class AdvantageStd(enum.StrEnum):
+    """The scale that divides r − mean(r_group)."""
+
+    GROUP_UNBIASED = "group_unbiased"  # group std with N − 1, as the released code
+    GROUP_POPULATION = "group_population"  # group std with N
+    NONE = "none"  # no scaling (Dr.GRPO)
+    BATCH = "batch"  # std of all B·G rewards, N − 1
+
+
+def _as_enum(cls: type[_E], value: object, field: str) -> _E:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)
+        raise ValueError(f"{field} must be one of {choices}; got {value!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """The loss of SPEC §3; hashable, so usable as a jit static argument.
+
+    beta: β, weight of the k3 KL to the reference policy (0 drops the reference model).
+    epsilon_low, epsilon_high: ε, the ratio is clipped to [1 − ε_low, 1 + ε_high].
+    num_updates: μ, policy updates per batch of rollouts.
+    max_completion_length: the fixed divisor of `seq_sum_fixed` (required by it).
+    skip_zero_advantage_steps: skip the optimizer update when every A is 0 and β = 0.
+    """
+
+    beta: float = 0.04
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    num_updates: int = 1
+    aggregation: Aggregation = Aggregation.SEQ_MEAN
+    guidance_loss: GuidanceLoss = GuidanceLoss.INCLUDE
+    advantage_std: AdvantageStd = AdvantageStd.GROUP_UNBIASED
+    max_completion_length: int | None = None
+    skip_zero_advantage_steps: bool = True
+
+    def __post_init__(self) -> None:
+        # Configs arrive from ConfigDicts as plain strings; store the enums.
+        for field, cls in (
+            ("aggregation", Aggregation),
+            ("guidance_loss", GuidanceLoss),
+            ("advantage_std", AdvantageStd),
+        ):
+            object.__setattr__(self, field, _as_enum(cls, getattr(self, field), field))
+        if not self.beta >= 0:
+            raise ValueError(f"beta (β) must be >= 0, got {self.beta}")
+        if not 0 <= self.epsilon_low < 1:
+            raise ValueError(f"epsilon_low (ε_low) must be in [0, 1), got {self.epsilon_low}")
+        if not self.epsilon_high >= 0:
+            raise ValueError(f"epsilon_high (ε_high) must be >= 0, got {self.epsilon_high}")
+        if self.num_updates < 1:
+            raise ValueError(f"num_updates (μ) must be >= 1, got {self.num_updates}")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise ValueError(
+                f"max_completion_length must be >= 1, got {self.max_completion_length}"
+            )
+        if self.aggregation is Aggregation.SEQ_SUM_FIXED and self.max_completion_length is None:
+            raise ValueError("aggregation='seq_sum_fixed' requires max_completion_length")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup, cosine decay and global-norm clipping (SPEC §7).
+
+    total_steps: optimizer steps of the whole run (the cosine ends there).
+    warmup_steps: when set, wins over warmup_ratio; else ceil(warmup_ratio · total_steps).
+    final_lr_fraction: the cosine decays to final_lr_fraction · learning_rate.
+    max_grad_norm: global-norm clip; None disables it.
+    micro_batches: gradient accumulation inside one train step; the optimizer sees one update.
+    """
+
+    total_steps: int
+    learning_rate: float = 1e-5
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.05
+    final_lr_fraction: float = 0.1
+    max_grad_norm: float | None = 1.0
+    micro_batches: int = 1
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.total_steps:
+            raise ValueError(
+                f"warmup_steps must be in [0, total_steps={self.total_steps}), "
+                f"got {self.warmup_steps}"
+            )
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {self.micro_batches}")
+
+    @property
+    def num_warmup_steps(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        # Snap float error (0.05·100 = 5.000000000000001) before the ceil; keep one decay step.
+        steps = math.ceil(round(self.warmup_ratio * self.total_steps, 9))
+        return min(steps, self.total_steps - 1)
+
+
+# --- Advantages (SPEC §2) ------------------------------------------------------------------
+
+
+def _tie_exact_mean(x: jax.Array) -> jax.Array:
+    """Mean over the last axis (kept), exactly equal to the values when they all tie.
+
+    Averaging offsets from the first value makes a tied group's mean bitwise equal to its
+    members (a plain float sum of G copies of 0.1, divided by G, need not be 0.1), so tied
+    groups get A = 0 exactly.
+    """
+    first = x[..., :1]
+    return first + jnp.mean(x - first, axis=-1, keepdims=True)
+
+
+def _std(centered: jax.Array, ddof: int) -> jax.Array:
+    """Std over the last axis (kept) of already-centered values; 0 when n − ddof ≤ 0."""
+    n = centered.shape[-1]
+    return jnp.sqrt(jnp.sum(jnp.square(centered), axis=-1, keepdims=True) / max(n - ddof, 1))
+
+
+def group_advantages(
+    rewards: jax.Array, group_size: int, mode: AdvantageStd = AdvantageStd.GROUP_UNBIASED
+) -> jax.Array:
+    """A_i = (r_i − mean(r_group)) / (std + 1e-4), float32[B*G] from rewards[B*G].
+
+    Guided and unguided candidates share the group statistics. A tied group gets exactly
+    0; G = 1 gets 0 with every mode (its std is defined as 0, not NaN).
+    """
+    grouped = rewards.astype(jnp.float32).reshape(-1, group_size)  # [B, G]
+    centered = grouped - _tie_exact_mean(grouped)
+    match mode:
+        case AdvantageStd.GROUP_UNBIASED:
+            std = _std(centered, ddof=1)
+        case AdvantageStd.GROUP_POPULATION:
+            std = _std(centered, ddof=0)
+        case AdvantageStd.NONE:
+            return centered.reshape(-1)
+        case AdvantageStd.BATCH:
+            flat = grouped.reshape(-1)
+            std = _std(flat - _tie_exact_mean(flat), ddof=1)
+    return (centered / (std + ADVANTAGE_EPS)).reshape(-1)
+
+
+# --- Policy loss (SPEC §3) -----------------------------------------------------------------
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _loss_mask(completion_mask: jax.Array, is_guidance: jax.Array, mode: GuidanceLoss) -> jax.Array:
+    """float32[B*G, T]: the tokens that enter the loss."""
+    mask = completion_mask.astype(jnp.float32)
+    match mode:
+        case GuidanceLoss.INCLUDE:
+            return mask
+        case GuidanceLoss.MASK:
+            return mask * jnp.logical_not(is_guidance)
+
+
+def _aggregate(per_token: jax.Array, mask: jax.Array, config: GRPOConfig) -> jax.Array:
+    """One scalar from per-token losses [B*G, T] over the loss mask [B*G, T] (float)."""
+    match config.aggregation:
+        case Aggregation.SEQ_MEAN:
+            # Every row counts in the mean over sequences, as the released code; a row with
+            # no loss token (all guidance under `mask`) contributes 0.
+            per_seq = jnp.sum(per_token * mask, axis=-1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
+            return jnp.mean(per_seq)
+        case Aggregation.TOKEN_MEAN:
+            return _masked_mean(per_token, mask)
+        case Aggregation.SEQ_SUM_FIXED:
+            rows = per_token.shape[0]
+            return jnp.sum(per_token * mask) / (rows * config.max_completion_length)
+
+
+def policy_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    completion_mask: jax.Array,
+    is_guidance: jax.Array,
+    config: GRPOConfig,
+    ref_logp: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The clipped GRPO loss with β·k3 KL, aggregated per `config`; returns (loss, metrics).
+
+    logp, old_logp, ref_logp: float[B*G, T], log π of each completion token under the
+    policy, the policy that sampled (with μ = 1 pass stop_gradient(logp)), and the reference.
+    advantages: float[B*G]. completion_mask: [B*G, T], 1 up to and including EOS.
+    is_guidance: bool[B*G, T], the guidance tokens; under `guidance_loss=mask` they leave
+    the loss (they must stay in the model's attention — the caller's job).
+    ref_logp is only read when β > 0; β = 0 skips the KL term entirely.
+    Metrics are token means over the loss mask: `kl` (only when computed), `ratio_mean`,
+    `clip_fraction_low/high` (tokens whose clip is active: ρ < 1 − ε_low with A < 0, ρ >
+    1 + ε_high with A > 0), `clip_fraction`, `pg_loss` (aggregated), `loss_tokens`.
+    """
+    mask = _loss_mask(completion_mask, is_guidance, config.guidance_loss)
+    adv = advantages.astype(jnp.float32)[:, None]  # [B*G, 1]
+
+    ratio = jnp.exp(logp - old_logp)  # ρ
+    clipped = jnp.clip(ratio, 1.0 - config.epsilon_low, 1.0 + config.epsilon_high)
+    pg = -jnp.minimum(ratio * adv, clipped * adv)
+    per_token = pg
+    metrics: dict[str, jax.Array] = {}
+    if config.beta > 0:
+        if ref_logp is None:
+            raise ValueError("β > 0 needs ref_logp; set beta=0 to train without a reference")
+        log_ref_ratio = ref_logp - logp
+        kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0  # k3, ≥ 0
+        per_token = pg + config.beta * kl
+        metrics["kl"] = _masked_mean(kl, mask)
+
+    low = (ratio < 1.0 - config.epsilon_low) & (adv < 0)
+    high = (ratio > 1.0 + config.epsilon_high) & (adv > 0)
+    metrics |= {
+        "pg_loss": _aggregate(pg, mask, config),
+        "ratio_mean": _masked_mean(ratio, mask),
+        "clip_fraction_low": _masked_mean(low, mask),
+        "clip_fraction_high": _masked_mean(high, mask),
+        "clip_fraction": _masked_mean(low | high, mask),
+        "loss_tokens": jnp.sum(mask),
+    }
+    return _aggregate(per_token, mask, config), metrics
+
+
+def skip_update(advantages: jax.Array, config: GRPOConfig) -> jax.Array:
+    """Whether to skip this step's optimizer update (bool scalar), SPEC §3 (*ours*).
+
+    True when skip_zero_advantage_steps is on, β = 0 and every A_i is 0: the gradient is
+    then exactly 0, but Adam's momentum would still move the weights.
+    """
+    if not config.skip_zero_advantage_steps or config.beta > 0:
+        return jnp.asarray(False)
+    return jnp.all(advantages == 0)
+
+
+# --- Optimizer (SPEC §7) -------------------------------------------------------------------
+
+
+def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
+    """0 → lr linearly over the warmup, then cosine to final_lr_fraction·lr at total_steps.
+
+    Step 0 has lr 0 when there is a warmup (as optax and HF); the value stays at the final
+    lr past total_steps.
+    """
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=config.num_warmup_steps,
+        decay_steps=config.total_steps,
+        end_value=config.learning_rate * config.final_lr_fraction,
+    )
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW on `learning_rate_schedule(config)`."""
+    adamw = optax.adamw(
+        learning_rate_schedule(config),
+        b1=config.b1,
+        b2=config.b2,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
+    if config.max_grad_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
