@@ -1,0 +1,84 @@
+"""DataConfig: where rows come from, how their fields are named, and how they are batched."""
+
+import dataclasses
+import enum
+
+
+class SourceFormat(enum.StrEnum):
+    AUTO = "auto"  # from the path's suffix: .jsonl → JSONL, .parquet → Parquet
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+    HF_DISK = "hf_disk"  # a folder written by `datasets.Dataset.save_to_disk`
+    TFDS = "tfds"  # a data_dir written by `scripts/prepare_data.py` (ArrayRecord)
+
+
+class Order(enum.StrEnum):
+    """Curriculum order (SPEC §5)."""
+
+    SORTED = "sorted"  # easy to hard by difficulty; ties in a seeded shuffle
+    RANDOM = "random"  # a seeded permutation, new each epoch
+    NONE = "none"  # file order
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldMap:
+    """Names of the source's columns that hold each field of our row schema.
+
+    `guidance_correctness` set: the guidance column holds a list of candidate traces and this
+    column a parallel list of bools; the first trace marked True is the guidance (a row with
+    none is a bad row). Unset: the guidance column is one string.
+    """
+
+    prompt: str = "prompt"
+    answer: str = "answer"
+    guidance: str = "guidance"
+    guidance_correctness: str | None = None
+    difficulty: str | None = "difficulty"
+    tests: str | None = "tests"
+
+    @classmethod
+    def openr1_math(cls) -> "FieldMap":
+        """OpenR1-Math-220k: `problem`, `answer`, `generations`, `correctness_math_verify`."""
+        return cls(
+            prompt="problem",
+            guidance="generations",
+            guidance_correctness="correctness_math_verify",
+            difficulty=None,
+            tests=None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Everything the data pipeline needs; built once from the ml_collections config.
+
+    batch_size is B per host: each host gets `batch_size` prompts per step, so the global
+    batch is batch_size × process_count. max_completion_length counts guidance tokens too
+    (SPEC §1), so trace ids are cut to it.
+    """
+
+    path: str
+    format: SourceFormat = SourceFormat.AUTO
+    split: str = "train"  # TFDS split, or the split of a saved HF DatasetDict
+    fields: FieldMap = FieldMap()
+    max_prompt_length: int = 512
+    max_completion_length: int = 4096
+    batch_size: int = 8
+    order: Order = Order.SORTED
+    seed: int = 0
+    num_epochs: int = 1
+    skip_bad_rows: bool = False
+    system_prompt: str | None = None
+    enable_thinking: bool = True  # passed to Qwen3 chat templates; others ignore it
+    use_chat_template: bool = True  # False: string prompts are tokenized as they are
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.num_epochs < 1:
+            raise ValueError("batch_size and num_epochs must be at least 1")
+        if self.max_prompt_length < 1 or self.max_completion_length < 1:
+            raise ValueError("max_prompt_length and max_completion_length must be at least 1")
+        if not self.use_chat_template and self.system_prompt is not None:
+            raise ValueError("system_prompt needs use_chat_template=True")
+        # Accept plain strings from ml_collections; fail here on a typo.
+        object.__setattr__(self, "format", SourceFormat(self.format))
+        object.__setattr__(self, "order", Order(self.order))

@@ -1,0 +1,148 @@
+"""The row schema (DESIGN.md "Data rows") and its validation at load time.
+
+A source record becomes a `Row` through the config's `FieldMap`; anything missing or
+ill-typed raises a `DataError` whose message names `file:row` and the field, so a user can
+find the bad row without reading our code.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from g2rpo_jax.data.config import FieldMap
+
+Message = dict[str, str]  # {"role": ..., "content": ...}
+Prompt = str | list[Message]
+Tests = list | str
+# Raises ValueError for a gold answer the accuracy reward cannot parse (SPEC §6).
+AnswerCheck = Callable[[str], object]
+
+
+class DataError(ValueError):
+    """A bad row: the message names `file:row` and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One training problem. `index` is its position in the source (0-based)."""
+
+    index: int
+    prompt: Prompt
+    answer: str
+    guidance: str  # the reference reasoning trace (SPEC §1)
+    difficulty: float | None = None  # larger = harder
+    tests: Tests | None = None  # code tasks only
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    """A source record and where it came from, for error messages."""
+
+    values: Mapping[str, Any]
+    where: str
+
+    def error(self, field: str, column: str | None, problem: str) -> DataError:
+        source = f" (column {column!r})" if column and column != field else ""
+        return DataError(f"{self.where}: field {field!r}{source}: {problem}")
+
+    def get(self, field: str, column: str | None, *, required: bool) -> Any:
+        value = self.values.get(column) if column else None
+        if value is None and required:
+            raise self.error(field, column, "missing")
+        return value
+
+
+def to_row(
+    record: Any,
+    *,
+    index: int,
+    where: str,
+    fields: FieldMap,
+    answer_check: AnswerCheck | None = None,
+) -> Row:
+    """Maps and validates one source record; `where` is its `file:row` for error messages.
+
+    `answer_check` runs on rows without `tests`: code rows are scored by their tests, and
+    their `answer` may be empty.
+    """
+    if not isinstance(record, Mapping):
+        raise DataError(f"{where}: the row is a {type(record).__name__}, not an object")
+    rec = _Record(record, where)
+    prompt = _prompt(rec, fields.prompt)
+    answer = rec.get("answer", fields.answer, required=True)
+    if not isinstance(answer, str):
+        raise rec.error("answer", fields.answer, f"expected a string, got {type(answer).__name__}")
+    guidance = _guidance(rec, fields)
+    difficulty = _difficulty(rec, fields.difficulty)
+    tests = _tests(rec, fields.tests)
+    if answer_check is not None and tests is None:
+        try:
+            answer_check(answer)
+        except ValueError as e:
+            raise rec.error("answer", fields.answer, f"unparseable gold answer: {e}") from e
+    return Row(index, prompt, answer, guidance, difficulty, tests)
+
+
+def _prompt(rec: _Record, column: str) -> Prompt:
+    value = rec.get("prompt", column, required=True)
+    if isinstance(value, str):
+        if not value.strip():
+            raise rec.error("prompt", column, "empty")
+        return value
+    if not isinstance(value, list) or not value:
+        raise rec.error(
+            "prompt", column, f"expected a string or a non-empty list of messages: {value!r:.80}"
+        )
+    for i, message in enumerate(value):
+        if not (
+            isinstance(message, Mapping)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise rec.error(
+                "prompt", column, f"message {i} is not {{role: str, content: str}}: {message!r:.80}"
+            )
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _guidance(rec: _Record, fields: FieldMap) -> str:
+    """The trace: the column itself, or the first candidate trace marked correct."""
+    column = fields.guidance
+    trace = rec.get("guidance", column, required=True)
+    if fields.guidance_correctness is not None:
+        correct = rec.get("guidance", fields.guidance_correctness, required=True)
+        if not (isinstance(trace, list) and isinstance(correct, list)):
+            raise rec.error("guidance", column, "expected a list of traces and of correctness")
+        if len(trace) != len(correct):
+            raise rec.error(
+                "guidance", column, f"{len(trace)} traces but {len(correct)} correctness flags"
+            )
+        trace = next((t for t, ok in zip(trace, correct, strict=True) if ok is True), None)
+        if trace is None:
+            raise rec.error("guidance", column, "no trace is marked correct")
+    if not isinstance(trace, str):
+        raise rec.error("guidance", column, f"expected a string, got {type(trace).__name__}")
+    if not trace.strip():
+        raise rec.error("guidance", column, "empty trace")
+    return trace
+
+
+def _difficulty(rec: _Record, column: str | None) -> float | None:
+    value = rec.get("difficulty", column, required=False)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise rec.error("difficulty", column, f"expected a finite number, got {value!r:.80}")
+    return float(value)
+
+
+def _tests(rec: _Record, column: str | None) -> Tests | None:
+    value = rec.get("tests", column, required=False)
+    if value is None:
+        return None
+    if not isinstance(value, list | str):
+        raise rec.error("tests", column, f"expected a list or a string, got {type(value).__name__}")
+    if not value:
+        raise rec.error("tests", column, "empty")
+    return value

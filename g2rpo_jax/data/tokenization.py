@@ -1,0 +1,98 @@
+"""Prompt ids through the chat template, and trace ids tokenized once without special tokens.
+
+Prompts are rendered and tokenized at load time (they are short, and their length decides
+which rows are kept). Traces are long, so they are tokenized per batch in the Grain pipeline,
+only for the rows a host reads; the sampler receives these ids and never re-tokenizes text
+(SPEC §1).
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import tokenizers
+import transformers
+
+from g2rpo_jax.data.config import DataConfig
+from g2rpo_jax.data.schema import Prompt, Row
+
+Tokenizer = transformers.PreTrainedTokenizerBase
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """A validated row with its prompt rendered and tokenized."""
+
+    row: Row
+    prompt_text: str  # the chat-templated prompt: exactly what prompt_ids encode
+    prompt_ids: np.ndarray  # int32 [prompt length ≤ max_prompt_length]
+
+
+def render_prompt(tokenizer: Tokenizer, prompt: Prompt, config: DataConfig) -> str:
+    """The text the model sees before its answer: chat template with the generation prompt.
+
+    `config.system_prompt` goes first unless the row's messages bring their own system message.
+    """
+    if not config.use_chat_template:
+        if not isinstance(prompt, str):
+            raise ValueError("a prompt given as chat messages needs use_chat_template=True")
+        return prompt
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if config.system_prompt is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": config.system_prompt}, *messages]
+    return tokenizer.apply_chat_template(
+        messages,
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=config.enable_thinking,
+    )
+
+
+def encode_prompts(
+    rows: Sequence[Row], tokenizer: Tokenizer, config: DataConfig
+) -> tuple[list[Example], int]:
+    """Examples for the rows whose prompt fits `max_prompt_length`, and how many did not."""
+    texts = [render_prompt(tokenizer, row.prompt, config) for row in rows]
+    # The template already holds the special tokens: add none, but do parse those it wrote.
+    ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=False)["input_ids"]
+    examples = [
+        Example(row, text, np.asarray(row_ids, np.int32))
+        for row, text, row_ids in zip(rows, texts, ids, strict=True)
+        if len(row_ids) <= config.max_prompt_length
+    ]
+    return examples, len(rows) - len(examples)
+
+
+class TraceEncoder:
+    """Trace text → ids: no special tokens added, special-token text kept as plain text.
+
+    A trace that happens to contain "<|im_end|>" must not end the sequence, so special tokens
+    are split (Qwen3's <think> and </think> are ordinary added tokens and stay whole). Ids are
+    cut to `max_length`: max_completion_length counts guidance tokens (SPEC §1), so no longer
+    prefix is ever used. The encoder owns a copy of the backend tokenizer, so Grain's reader
+    threads never share mutable tokenizer state with the caller's tokenizer.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise TypeError(
+                f"a fast (tokenizers-backed) tokenizer is needed, got {type(tokenizer)}"
+            )
+        self._backend = tokenizers.Tokenizer.from_str(backend.to_str())
+        self._backend.no_truncation()
+        self._backend.no_padding()
+        self._backend.encode_special_tokens = True
+        self._max_length = max_length
+
+    def __call__(self, traces: Sequence[str]) -> list[np.ndarray]:
+        encodings = self._backend.encode_batch_fast(list(traces), add_special_tokens=False)
+        return [np.asarray(e.ids[: self._max_length], np.int32) for e in encodings]
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    """The tokenizer's pad token, else its EOS (padding is never attended: lengths say where)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ValueError("the tokenizer has neither a pad nor an EOS token")
