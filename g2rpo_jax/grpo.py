@@ -9,9 +9,14 @@ import enum
 import math
 from typing import TypeVar
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
+
+from g2rpo_jax import guidance, sharding
+from g2rpo_jax.models.qwen import Qwen, token_log_probs
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -313,3 +318,179 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     if config.max_grad_norm is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+
+
+# --- The train step ------------------------------------------------------------------------
+
+# Per-row arrays a train step reads: the sampler's outputs and the host's rewards.
+BATCH_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
+                "is_guidance", "rewards", "accuracy", "is_guided")  # fmt: skip
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes, as one pytree (checkpointed whole).
+
+    step: completed optimizer steps (int32). params: the policy's weights. ref_params: the
+    frozen reference policy, None when β = 0 (no memory, no forward). controller: ℓ state.
+    """
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    ref_params: nnx.State | None
+    controller: guidance.ControllerState
+
+
+def init_train_state(
+    model: Qwen,
+    grpo: GRPOConfig,
+    optimizer: OptimizerConfig,
+    guidance_config: guidance.GuidanceConfig,
+) -> TrainState:
+    params = nnx.state(model, nnx.Param)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=make_optimizer(optimizer).init(params),
+        # A copy, so donating the policy's buffers never frees the reference's.
+        ref_params=jax.tree.map(jnp.copy, params) if grpo.beta > 0 else None,
+        controller=guidance.init_controller(guidance_config),
+    )
+
+
+def completion_log_probs(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> jax.Array:
+    """log π(completion token) under `params`, float32 [R, C], from one forward over
+    `[prompt ⊕ completion]` (guidance tokens stay in attention under either loss mode)."""
+    model = nnx.merge(graphdef, params)
+    ids = jnp.concatenate([batch["prompt_ids"], batch["completion_ids"]], axis=1)
+    mask = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
+    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    hidden = model.hidden_states(ids, positions, mask)[0]
+    P, C = batch["prompt_ids"].shape[1], batch["completion_ids"].shape[1]
+    return token_log_probs(model, hidden[:, P - 1 : P + C - 1], batch["completion_ids"])
+
+
+def _split(tree, parts: int):
+    """[R, ...] leaves → [parts, R/parts, ...]."""
+    return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    grpo: GRPOConfig,
+    optimizer: OptimizerConfig,
+    guidance_config: guidance.GuidanceConfig,
+    group_size: int,
+    mesh: jax.sharding.Mesh,
+    state: TrainState,
+):
+    """`train_step(state, batch) -> (state, metrics)`, jitted once over `mesh`, state donated.
+
+    One step: group advantages → reference and (μ > 1) old log-probs, one forward each →
+    μ optimizer updates, each accumulating gradients over `optimizer.micro_batches` →
+    the controller takes this step's signal r_k (SPEC §2–4). `state` gives the shardings.
+    """
+    tx = make_optimizer(optimizer)
+    schedule = learning_rate_schedule(optimizer)
+    micro = optimizer.micro_batches
+
+    def log_probs_by_micro_batch(params, batch):
+        """Forward without gradient, micro-batch by micro-batch: [R, C]."""
+        per_mb = jax.lax.map(
+            lambda mb: completion_log_probs(graphdef, params, mb), _split(batch, micro)
+        )
+        return per_mb.reshape(-1, per_mb.shape[-1])
+
+    def gradients(params, batch, advantages, old_lp, ref_lp):
+        """The full batch's loss gradient, summed over micro-batches with exact weights."""
+        loss_mask = _loss_mask(batch["completion_mask"], batch["is_guidance"], grpo.guidance_loss)
+        if grpo.aggregation == Aggregation.TOKEN_MEAN:
+            weights = loss_mask.reshape(micro, -1).sum(1) / jnp.maximum(loss_mask.sum(), 1.0)
+        else:  # per-row means (or a fixed divisor) average evenly over equal micro-batches
+            weights = jnp.full((micro,), 1.0 / micro)
+        inputs = _split((batch, advantages, old_lp, ref_lp), micro) + (weights,)
+
+        def micro_step(grad_sum, mb):
+            mb_batch, mb_adv, mb_old, mb_ref, weight = mb
+
+            def loss_fn(p):
+                lp = completion_log_probs(graphdef, p, mb_batch)
+                old = jax.lax.stop_gradient(lp) if mb_old is None else mb_old
+                loss, metrics = policy_loss(lp, old, mb_adv, mb_batch["completion_mask"],
+                                            mb_batch["is_guidance"], grpo, mb_ref)  # fmt: skip
+                return weight * loss, metrics
+
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+            return grad_sum, (loss, jax.tree.map(lambda m: weight * m, metrics))
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, (losses, metrics) = jax.lax.scan(micro_step, zeros, inputs)
+        return grads, losses.sum(), jax.tree.map(jnp.sum, metrics)
+
+    def train_step(state: TrainState, batch: dict):
+        advantages = group_advantages(batch["rewards"], group_size, grpo.advantage_std)
+        ref_lp = None
+        if grpo.beta > 0:
+            ref_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.ref_params, batch))
+        old_lp = None
+        if grpo.num_updates > 1:  # SPEC §3: π_old is the policy before the first update
+            old_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.params, batch))
+
+        def update(carry, _):
+            params, opt_state = carry
+            grads, loss, metrics = gradients(params, batch, advantages, old_lp, ref_lp)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            metrics = metrics | {"loss": loss, "grad_norm": optax.global_norm(grads)}
+            return (optax.apply_updates(params, updates), opt_state), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(
+            update, (state.params, state.opt_state), length=grpo.num_updates
+        )
+        metrics = jax.tree.map(jnp.mean, metrics)
+        skipped = skip_update(advantages, grpo)
+        keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
+
+        signal = guidance.step_signal(batch["accuracy"], batch["rewards"], batch["is_guided"],
+                                      guidance_config)  # fmt: skip
+        completion_length = batch["completion_mask"].sum(1).astype(jnp.float32)
+        guided = batch["is_guided"].astype(jnp.float32)
+        accuracy = batch["accuracy"].astype(jnp.float32)
+        metrics |= {
+            "lr": schedule(state.step),
+            "skipped": skipped.astype(jnp.float32),
+            "advantage_std": jnp.std(advantages),
+            "reward": jnp.mean(batch["rewards"]),
+            "accuracy": jnp.mean(accuracy),
+            "accuracy_guided": jnp.sum(accuracy * guided) / jnp.maximum(guided.sum(), 1.0),
+            "accuracy_unguided": jnp.sum(accuracy * (1 - guided)) / jnp.maximum((1 - guided).sum(), 1.0),
+            "completion_length": jnp.mean(completion_length),
+            "guidance_length": state.controller.length.astype(jnp.float32),
+            "signal": signal,
+        }  # fmt: skip
+        new_state = state.replace(
+            step=state.step + jnp.where(skipped, 0, 1).astype(jnp.int32),
+            params=keep(state.params, params),
+            opt_state=keep(state.opt_state, opt_state),
+            controller=guidance.update(state.controller, signal, guidance_config),
+        )
+        return new_state, metrics
+
+    state_sharding = state_shardings(state, mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, batch_sharding(mesh)),
+        out_shardings=(state_sharding, None),
+        donate_argnames=("state",),
+    )
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+    """Weights and their optimizer moments by the logical-axis rules; the rest replicated."""
+    return sharding.state_shardings(state, mesh)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """Rows split over the data-parallel axes (data × fsdp); every other dim whole."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))

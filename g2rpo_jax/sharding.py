@@ -72,11 +72,14 @@ def logical_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mes
     return PartitionSpec(*spec)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh):
-    """NamedShardings for every Variable of a (possibly abstract) state, from its axes."""
+def state_shardings(state, mesh: Mesh):
+    """NamedShardings for a (possibly abstract) pytree: each Variable by its logical axes,
+    every other array (step counters, optimizer counts, controller state) replicated."""
 
-    def sharding(variable):
-        axes = variable.get_metadata("out_sharding", None) or (None,) * len(variable.shape)
-        return NamedSharding(mesh, logical_spec(tuple(axes), tuple(variable.shape), mesh))
+    def sharding(leaf):
+        if not isinstance(leaf, nnx.Variable):
+            return NamedSharding(mesh, PartitionSpec())
+        axes = leaf.get_metadata("out_sharding", None) or (None,) * len(leaf.shape)
+        return NamedSharding(mesh, logical_spec(tuple(axes), tuple(leaf.shape), mesh))
 
     return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -1,0 +1,192 @@
+"""The jitted, sharded GRPO step: mesh-invariant, micro-batch-exact, host-sync-free."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from g2rpo_jax import grpo, guidance, sharding
+from g2rpo_jax.models import from_pretrained
+from g2rpo_jax.sampling import Sampler, SamplingConfig
+
+G = 4  # candidates per prompt
+ROWS, P, C = 16, 8, 12
+GUIDANCE = guidance.GuidanceConfig(ratio=0.5, initial_length=8, max_length=8, min_length=1)
+
+
+def make_batch(seed=0):
+    """A batch shaped like sampler output + rewards, with a tied group and guided rows."""
+    rng = np.random.RandomState(seed)
+    prompt_len = rng.randint(2, P + 1, ROWS)
+    prompt_mask = np.arange(P)[None] >= (P - prompt_len)[:, None]
+    completion_len = rng.randint(3, C + 1, ROWS)
+    completion_mask = np.arange(C)[None] < completion_len[:, None]
+    is_guided = np.tile(np.arange(G) < 2, ROWS // G)
+    is_guidance = is_guided[:, None] & (np.arange(C)[None] < 2)
+    rewards = rng.rand(ROWS).astype(np.float32)
+    rewards[:G] = 0.5  # a tied group: A = 0 there
+    return {
+        "prompt_ids": np.where(prompt_mask, rng.randint(2, 128, (ROWS, P)), 0).astype(np.int32),
+        "prompt_mask": prompt_mask,
+        "completion_ids": np.where(completion_mask, rng.randint(2, 128, (ROWS, C)), 0).astype(
+            np.int32
+        ),
+        "completion_mask": completion_mask,
+        "is_guidance": is_guidance & completion_mask,
+        "rewards": rewards,
+        "accuracy": (rewards > 0.5).astype(np.float32),
+        "is_guided": is_guided,
+    }
+
+
+def run_step(directory, mesh, grpo_config, optimizer_config, batch):
+    model, _ = from_pretrained(directory)
+    graphdef = nnx.graphdef(model)
+    state = grpo.init_train_state(model, grpo_config, optimizer_config, GUIDANCE)
+    state = jax.device_put(state, grpo.state_shardings(state, mesh))
+    step = grpo.make_train_step(graphdef, grpo_config, optimizer_config, GUIDANCE, G, mesh, state)
+    batch = jax.device_put(batch, grpo.batch_sharding(mesh))
+    return step(state, batch)
+
+
+GRPO = grpo.GRPOConfig(beta=0.04)
+# Adam's first step moves each weight by lr·g/(|g|+ε): with the default ε = 1e-8 a
+# near-zero gradient turns float-rounding differences into changes up to ±lr. ε = 1e-3
+# bounds that amplification by lr/ε = 1, so parameters can be compared at 1e-5.
+OPTIMIZER = grpo.OptimizerConfig(total_steps=10, learning_rate=1e-3, eps=1e-3, warmup_steps=0)
+
+
+@pytest.fixture(scope="module")
+def single_device(hf_qwen3_dir):
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    return jax.device_get(run_step(hf_qwen3_dir, mesh, GRPO, OPTIMIZER, make_batch()))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 2, 2), (1, 2, 4)])
+def test_sharded_step_equals_single_device(hf_qwen3_dir, single_device, shape):
+    mesh = sharding.make_mesh(shape)
+    state, metrics = run_step(hf_qwen3_dir, mesh, GRPO, OPTIMIZER, make_batch())
+    expected_state, expected_metrics = single_device
+    np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], atol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], expected_metrics["grad_norm"], rtol=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(expected_state.params), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(a), b, atol=1e-5)
+    # The weights are split as the rules say, not silently replicated.
+    q = state.params["layers"][0]["attn"]["q_proj"][...]  # [D, N, H]
+    mlp = state.params["layers"][0]["mlp"]["down_proj"][...]  # [F, D]
+    fsdp = "fsdp" if mesh.shape["fsdp"] > 1 else None
+    tensor = "tensor" if mesh.shape["tensor"] > 1 else None
+    assert q.sharding.spec == jax.sharding.PartitionSpec(fsdp, tensor, None)
+    assert mlp.sharding.spec == jax.sharding.PartitionSpec(tensor, fsdp)
+    adam_mu = state.opt_state[1][0].mu["layers"][0]["attn"]["q_proj"][...]
+    assert adam_mu.sharding.spec == q.sharding.spec
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])  # seq_sum_fixed: as seq_mean
+def test_micro_batches_equal_the_full_batch(hf_qwen3_dir, aggregation):
+    config = grpo.GRPOConfig(beta=0.04, aggregation=aggregation, max_completion_length=C)
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    results = []
+    for micro in (1, 4):
+        optimizer = dataclasses.replace(OPTIMIZER, micro_batches=micro)
+        results.append(
+            jax.device_get(run_step(hf_qwen3_dir, mesh, config, optimizer, make_batch(1)))
+        )
+    (full, full_metrics), (accumulated, accumulated_metrics) = results
+    np.testing.assert_allclose(accumulated_metrics["loss"], full_metrics["loss"], atol=1e-5)
+    np.testing.assert_allclose(
+        accumulated_metrics["grad_norm"], full_metrics["grad_norm"], rtol=1e-5
+    )
+    for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(full.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_beta_zero_holds_no_reference_and_runs_no_reference_forward(hf_qwen3_dir):
+    model, _ = from_pretrained(hf_qwen3_dir)
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    counts = {}
+    for beta in (0.0, 0.04):
+        config = grpo.GRPOConfig(beta=beta)
+        state = grpo.init_train_state(model, config, OPTIMIZER, GUIDANCE)
+        assert (state.ref_params is None) == (beta == 0)
+        step = grpo.make_train_step(
+            nnx.graphdef(model), config, OPTIMIZER, GUIDANCE, G, mesh, state
+        )
+        text = step.lower(state, make_batch()).as_text()
+        counts[beta] = text.count("dot_general")
+    # The reference forward adds its own matmuls; without it only the policy's remain.
+    assert counts[0.0] < counts[0.04]
+
+
+def test_multiple_updates_per_batch_move_the_ratio(hf_qwen3_dir):
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    config = grpo.GRPOConfig(beta=0.0, num_updates=3)
+    _, metrics = jax.device_get(run_step(hf_qwen3_dir, mesh, config, OPTIMIZER, make_batch(2)))
+    # First update has ρ ≡ 1; later ones see the moved policy against the frozen π_old.
+    assert metrics["ratio_mean"] != pytest.approx(1.0, abs=1e-7)
+    assert 0 <= metrics["clip_fraction"] <= 1
+
+
+def test_all_tied_rewards_skip_the_update(hf_qwen3_dir):
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    batch = make_batch(3)
+    batch["rewards"][:] = 1.0
+    model, _ = from_pretrained(hf_qwen3_dir)
+    before = jax.device_get(nnx.state(model, nnx.Param))
+    state, metrics = jax.device_get(
+        run_step(hf_qwen3_dir, mesh, grpo.GRPOConfig(beta=0.0), OPTIMIZER, batch)
+    )
+    assert metrics["skipped"] == 1 and state.step == 0
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert state.controller.count == 1  # the controller still sees the step
+
+
+def test_train_step_makes_no_host_transfers(hf_qwen3_dir):
+    model, _ = from_pretrained(hf_qwen3_dir)
+    mesh = sharding.make_mesh((1, 2, 4))
+    state = grpo.init_train_state(model, GRPO, OPTIMIZER, GUIDANCE)
+    state = jax.device_put(state, grpo.state_shardings(state, mesh))
+    step = grpo.make_train_step(nnx.graphdef(model), GRPO, OPTIMIZER, GUIDANCE, G, mesh, state)
+    batches = [jax.device_put(make_batch(s), grpo.batch_sharding(mesh)) for s in range(3)]
+    with jax.transfer_guard("disallow"):
+        for batch in batches:
+            state, metrics = step(state, batch)
+    assert int(jax.device_get(state.step)) == 3
+
+
+def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
+    """30 steps of rollout + update on 'fraction of completion tokens equal to TARGET'."""
+    target, steps, prompts = 7, 30, 4
+    model, _ = from_pretrained(hf_qwen3_dir)
+    graphdef = nnx.graphdef(model)
+    config = grpo.GRPOConfig(beta=0.0)
+    optimizer = grpo.OptimizerConfig(total_steps=steps, learning_rate=3e-3, warmup_steps=2)
+    no_guidance = dataclasses.replace(GUIDANCE, ratio=0.0)
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    state = grpo.init_train_state(model, config, optimizer, no_guidance)
+    step = grpo.make_train_step(graphdef, config, optimizer, no_guidance, 8, mesh, state)
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=8))
+    rng = np.random.RandomState(0)
+    rewards = []
+    for k in range(steps):
+        prompt_ids = np.repeat(rng.randint(2, 128, (prompts, 4)), 8, axis=0).astype(np.int32)
+        out = jax.device_get(sampler(state.params, prompt_ids, np.full(prompts * 8, 4),
+                                     np.zeros((prompts * 8, 0), np.int32), np.zeros(prompts * 8, np.int32),
+                                     jax.random.fold_in(jax.random.key(0), k)))  # fmt: skip
+        reward = ((out.completion_ids == target) & out.completion_mask).sum(
+            1
+        ) / out.completion_mask.sum(1)
+        batch = {f: getattr(out, f) for f in grpo.BATCH_FIELDS[:5]}
+        batch |= {"rewards": reward.astype(np.float32), "accuracy": reward.astype(np.float32),
+                  "is_guided": np.zeros(prompts * 8, bool)}  # fmt: skip
+        state, _ = step(state, batch)
+        rewards.append(reward.mean())
+    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    print(f"toy reward: first 5 steps {first:.3f}, last 5 steps {last:.3f}")
+    assert last > first + 0.1
