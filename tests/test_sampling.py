@@ -187,3 +187,23 @@ def test_no_host_syncs_and_one_program_per_bucket(loaded):
             sampler(params, prompts, PROMPT_LENGTHS, traces, ells, keys[step])
     # prompt width is one bucket (16); guidance widths 0, 16, 32, 64: at most 4 programs
     assert sampler.num_compiled <= 4
+
+
+def test_length_beyond_the_trace_uses_the_whole_trace(loaded):
+    """The guidance plan clips ℓ to each trace; the sampler then prefixes exactly that."""
+    from g2rpo_jax import guidance
+
+    directory, graphdef, params = loaded
+    prompts, traces = prompts_and_traces()
+    trace_lengths = np.array([24, 5, 12, 9])
+    ell = 10  # longer than two of the traces
+    plan = np.asarray(guidance.guidance_lengths(trace_lengths, np.int32(ell), 1, 1))
+    np.testing.assert_array_equal(plan, [10, 5, 10, 9])
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=20, greedy=True))
+    out = jax.device_get(sampler(params, prompts, PROMPT_LENGTHS, traces, plan, jax.random.key(0)))
+    hf = tiny_models.load_hf(directory)
+    for row in (1, 3):  # whole trace, then the model continues from its end
+        n, used = PROMPT_LENGTHS[row], plan[row]
+        np.testing.assert_array_equal(out.completion_ids[row, :used], traces[row, :used])
+        expected = hf_greedy(hf, list(prompts[row, :n]) + list(traces[row, :used]), 20 - used)
+        np.testing.assert_array_equal(out.completion_ids[row, used:], expected)
