@@ -442,7 +442,7 @@ def make_train_step(
             params, opt_state = carry
             grads, loss, metrics = gradients(params, batch, advantages, old_lp, ref_lp)
             updates, opt_state = tx.update(grads, opt_state, params)
-            metrics = metrics | {"loss": loss, "grad_norm": optax.global_norm(grads)}
+            metrics = metrics | {"loss": loss, "grad_norm": optax.tree.norm(grads)}
             return (optax.apply_updates(params, updates), opt_state), metrics
 
         (params, opt_state), metrics = jax.lax.scan(
