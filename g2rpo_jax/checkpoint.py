@@ -1,0 +1,156 @@
+"""Orbax checkpoints of a run: the train state, the data iterator's position and the config.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data,meta}`, `step` = completed train steps.
+- state: the TrainState pytree (params, optimizer state, reference params, ℓ controller,
+  optimizer step), restored straight into its shardings;
+- data: the Grain iterator state (JSON), so a resumed run reads the next batch it would have;
+- meta: JSON with the config, the ModelConfig and where the tokenizer is.
+The sampling PRNG needs no entry: step k's key is fold_in(key(seed), k).
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
+process killed mid-save leaves the previous checkpoints intact; the half-written directory
+is removed when the next CheckpointManager opens the folder.
+"""
+
+import dataclasses
+import os
+import re
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from g2rpo_jax.models import ModelConfig, Qwen, RopeScaling, abstract_model
+
+STATE, DATA, META = "state", "data", "meta"
+SUBDIR = "checkpoints"
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs of `tree` (arrays or abstract) placed with `shardings`, a prefix tree
+    of `tree` (one sharding per nnx.Variable)."""
+    return jax.tree.map(
+        lambda s, sub: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sub
+        ),
+        shardings,
+        tree,
+    )
+
+
+def model_config_to_json(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def model_config_from_json(d: dict) -> ModelConfig:
+    d = dict(d)
+    if d.get("rope_scaling") is not None:
+        d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    return ModelConfig(**d)
+
+
+class Checkpointer:
+    """Saves and restores a run's checkpoints under `WORKDIR/checkpoints`; keeps the last `keep`."""
+
+    def __init__(self, workdir: str, *, keep: int | None = 3, async_save: bool = True,
+                 read_only: bool = False):  # fmt: skip
+        self.directory = os.path.join(os.path.abspath(workdir), SUBDIR)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_names=(STATE, DATA, META), options=options
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state, data_state: dict, meta: dict, *, force: bool = True) -> bool:
+        """Starts saving (asynchronously when enabled); device arrays are copied to the host
+        before this returns, so the caller may donate `state` right after."""
+        args = ocp.args.Composite(
+            **{
+                STATE: ocp.args.PyTreeSave(state),
+                DATA: ocp.args.JsonSave(data_state),
+                META: ocp.args.JsonSave(meta),
+            }
+        )
+        return self._manager.save(step, args=args, force=force)
+
+    def wait(self) -> None:
+        """Blocks until the last save is on disk."""
+        self._manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state) -> tuple[object, dict, dict]:
+        """(state, data iterator state, meta) of `step`; `abstract_state` gives the tree,
+        dtypes and shardings (see `abstract_like`)."""
+        args = ocp.args.Composite(
+            **{
+                STATE: ocp.args.PyTreeRestore(abstract_state),
+                DATA: ocp.args.JsonRestore(),
+                META: ocp.args.JsonRestore(),
+            }
+        )
+        restored = self._manager.restore(step, args=args)
+        return restored[STATE], restored[DATA], restored[META]
+
+    def restore_params(self, step: int, abstract_params):
+        """Only the policy weights of `step` (export and evaluation need no optimizer state)."""
+        item = {"params": abstract_params}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+        args = ocp.args.Composite(
+            **{STATE: ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)}
+        )
+        return self._manager.restore(step, args=args)[STATE]["params"]
+
+    def meta(self, step: int) -> dict:
+        args = ocp.args.Composite(**{META: ocp.args.JsonRestore()})
+        return self._manager.restore(step, args=args)[META]
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def locate(path: str) -> tuple[str, int]:
+    """(workdir, step) from a workdir (its newest checkpoint), its checkpoints folder, or one
+    step's folder (`WORKDIR/checkpoints/<step>`)."""
+    path = os.path.abspath(path.rstrip("/"))
+    name = os.path.basename(path)
+    parent = os.path.dirname(path)
+    if re.fullmatch(r"\d+", name) and os.path.basename(parent) == SUBDIR:
+        return os.path.dirname(parent), int(name)
+    workdir = parent if name == SUBDIR else path
+    if not os.path.isdir(os.path.join(workdir, SUBDIR)):
+        raise FileNotFoundError(f"{path}: no {SUBDIR}/ folder, not a training workdir")
+    checkpointer = Checkpointer(workdir, read_only=True)
+    step = checkpointer.latest_step()
+    checkpointer.close()
+    if step is None:
+        raise FileNotFoundError(f"{workdir}: no complete checkpoint")
+    return workdir, step
+
+
+def load_policy(path: str, device: jax.Device | None = None) -> tuple[Qwen, dict]:
+    """The policy of a training checkpoint (a workdir's newest, or a step folder) on one
+    device, and the checkpoint's meta with `workdir`, `step` and `tokenizer_path` added."""
+    workdir, step = locate(path)
+    checkpointer = Checkpointer(workdir, read_only=True)
+    meta = checkpointer.meta(step)
+    graphdef, abstract = nnx.split(abstract_model(model_config_from_json(meta["model_config"])))
+    placed = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+    shardings = jax.tree.map(lambda _: placed, abstract,
+                             is_leaf=lambda x: isinstance(x, nnx.Variable))  # fmt: skip
+    params = checkpointer.restore_params(step, abstract_like(abstract, shardings))
+    checkpointer.close()
+    tokenizer_path = os.path.join(workdir, meta["tokenizer"])
+    return nnx.merge(graphdef, params), meta | {"workdir": workdir, "step": step,
+                                                "tokenizer_path": tokenizer_path}  # fmt: skip

@@ -1,0 +1,524 @@
+"""The G²RPO-A training loop (DESIGN.md "One training step"), evaluation, and run set-up.
+
+Per step k (0-based; the checkpoint after it is step k+1):
+  batch (Grain, B prompts) → ℓ from the controller → guidance plan (first ceil(α·G)
+  candidates of each group get min(ℓ, trace length) trace tokens) → prompts repeated G times
+  → Sampler with key fold_in(key(seed), k) → decode → rewards (worker processes) →
+  train_step (jitted, state donated) → metrics of step k-1 to the logs (one step late, so
+  nothing waits on the step just dispatched) → eval / checkpoint when due.
+The host reads ℓ once per step: the guidance plan needs it, and it depends on the previous
+step's rewards, so that read is where the previous train step is waited for.
+
+SIGTERM / SIGINT set a flag read between steps: the loop saves a checkpoint and returns.
+A second SIGINT interrupts at once.
+
+One process for now: the Sampler takes host arrays, which a multi-process job would read
+as global values; `train` refuses process_count > 1 until rollouts go through
+`distributed.global_batch` / `local_rows` (rewards and checkpoints already do).
+"""
+
+import dataclasses
+import json
+import logging as py_logging
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import transformers
+from absl import logging
+from flax import nnx
+
+from g2rpo_jax import checkpoint as checkpoint_lib
+from g2rpo_jax import config as config_lib
+from g2rpo_jax import distributed, grpo, guidance, logging_utils, sharding
+from g2rpo_jax.data import DataConfig, DataError, Order, make_dataset
+from g2rpo_jax.data.schema import to_row
+from g2rpo_jax.data.sources import read_records, resolve_format
+from g2rpo_jax.data.tokenization import Tokenizer, encode_prompts, pad_id
+from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
+from g2rpo_jax.rewards import RewardConfig, RewardPool, parse_gold
+from g2rpo_jax.sampling import Sampler, SamplingConfig
+
+TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, copied into the workdir at the start
+_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+# --- Set-up: tokenizer, model, compiled functions ------------------------------------------
+
+
+class _QuietOrbax(py_logging.Filter):
+    """Drops orbax's per-save INFO lines (a dozen per checkpoint); warnings still show."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+    logger = py_logging.getLogger("absl")
+    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+        logger.addFilter(_QuietOrbax())
+
+
+def bytes_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """Byte-level BPE without merges (any text round-trips), Qwen's special tokens and a
+    Qwen3-like chat template: what `:smoke` configs train with, no download needed."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {s: i for i, s in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True) for t in
+                                ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])  # fmt: skip
+    backend.add_tokens([AddedToken(t, special=False) for t in ("<think>", "</think>")])
+    template = (
+        "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + "
+        "message['content'] + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
+        "{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and "
+        "enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        chat_template=template,
+    )  # fmt: skip
+
+
+def load_tokenizer(spec: str, workdir: str | None = None) -> Tokenizer:
+    """The run's tokenizer; with a workdir it is saved there first (or read from there on
+    resume), so the workdir alone is enough to export and evaluate."""
+    saved = os.path.join(workdir, TOKENIZER_DIR) if workdir else None
+    if saved and os.path.exists(os.path.join(saved, "tokenizer_config.json")):
+        return transformers.AutoTokenizer.from_pretrained(saved)
+    if spec == config_lib.BYTES_TOKENIZER:
+        with tempfile.TemporaryDirectory() as folder:  # reload, as a saved folder would load
+            bytes_tokenizer().save_pretrained(folder)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
+    if saved and jax.process_index() == 0:
+        tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+def stop_ids(tokenizer: Tokenizer, model_config: ModelConfig, model_path: str = "") -> tuple:
+    """Token ids that end a completion: the tokenizer's and model's EOS, the generation
+    config's, and Qwen's end-of-turn / end-of-text tokens when the vocabulary has them."""
+    ids = {tokenizer.eos_token_id, model_config.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in _STOP_TOKENS if t in vocab}
+    generation = os.path.join(model_path, "generation_config.json") if model_path else ""
+    if generation and os.path.exists(generation):
+        with open(generation) as f:
+            eos = json.load(f).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos])
+    return tuple(sorted(i for i in ids if i is not None and i < model_config.vocab_size))
+
+
+def random_model(config: ModelConfig, mesh: jax.sharding.Mesh, seed: int) -> Qwen:
+    """A randomly initialized model, created straight into its shardings."""
+    graphdef, abstract = nnx.split(abstract_model(config))
+    shardings = sharding.state_shardings(abstract, mesh)
+    init = jax.jit(lambda: nnx.state(Qwen(config, rngs=nnx.Rngs(seed))), out_shardings=shardings)
+    return nnx.merge(graphdef, init())
+
+
+def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
+    """The policy to start from: the Hugging Face checkpoint, or a random init of the preset."""
+    source = exp.model
+    if source.path:
+        model, model_config = from_pretrained(source.path, dtype=source.dtype,
+                                              param_dtype=source.param_dtype, mesh=mesh,
+                                              remat=source.remat)  # fmt: skip
+        if model_config.vocab_size < len(tokenizer):
+            raise ValueError(f"{source.path}: vocab_size {model_config.vocab_size} < the "
+                             f"tokenizer's {len(tokenizer)} tokens")  # fmt: skip
+        if source.preset:  # the name in the config file should describe the weights
+            named = config_lib.preset_model_config(source)
+            for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size"):
+                if getattr(named, field) != getattr(model_config, field):
+                    logging.warning("%s: %s=%s, but config.model.preset=%r has %s", source.path,
+                                    field, getattr(model_config, field), source.preset,
+                                    getattr(named, field))  # fmt: skip
+        return model
+    vocab = len(tokenizer) if source.fit_vocab_to_tokenizer else None
+    model_config = config_lib.preset_model_config(source, vocab).replace(
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id
+    )
+    return random_model(model_config, mesh, exp.seed)
+
+
+def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, mesh):
+    """(graphdef, abstract TrainState with shardings) for restoring a checkpoint."""
+    graphdef, params = nnx.split(abstract_model(model_config))
+    state = jax.eval_shape(
+        lambda p: grpo.init_train_state(nnx.merge(graphdef, p), exp.grpo, exp.optimizer,
+                                        exp.guidance), params)  # fmt: skip
+    return graphdef, checkpoint_lib.abstract_like(state, grpo.state_shardings(state, mesh))
+
+
+# Compiled functions shared by every run in a process (tests, repeated evaluations).
+_STEPS: dict = {}
+_SAMPLERS: dict = {}
+
+
+def _train_step(graphdef, exp: config_lib.Experiment, mesh, state):
+    key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh)
+    if key not in _STEPS:
+        _STEPS[key] = grpo.make_train_step(graphdef, exp.grpo, exp.optimizer, exp.guidance,
+                                           exp.group_size, mesh, state)  # fmt: skip
+    return _STEPS[key]
+
+
+def sampler_for(graphdef, config: SamplingConfig) -> Sampler:
+    if (graphdef, config) not in _SAMPLERS:
+        _SAMPLERS[graphdef, config] = Sampler(graphdef, config)
+    return _SAMPLERS[graphdef, config]
+
+
+# --- Rollouts and rewards ------------------------------------------------------------------
+
+
+def decode(tokenizer: Tokenizer, ids: np.ndarray, mask: np.ndarray) -> list[str]:
+    """Completion texts (guidance ⊕ generated, SPEC §6) without special tokens."""
+    return tokenizer.batch_decode([row[m] for row, m in zip(ids, mask.astype(bool), strict=True)],
+                                  skip_special_tokens=True)  # fmt: skip
+
+
+def _row_fields(batch: dict, repeats: int) -> dict[str, list]:
+    """answer/tests per completion. A code row's empty answer becomes None, which the
+    accuracy reward scores 0 (an empty gold would be a parse error there)."""
+    tests = list(batch.get("tests", [None] * len(batch["answer"])))
+    answers = [None if t is not None and not a.strip() else a
+               for a, t in zip(batch["answer"], tests, strict=True)]  # fmt: skip
+    return {"answer": _repeat(answers, repeats), "tests": _repeat(tests, repeats)}
+
+
+def _repeat(values: Sequence, repeats: int) -> list:
+    return [v for v in values for _ in range(repeats)]
+
+
+@dataclasses.dataclass
+class _Preemption:
+    """SIGTERM/SIGINT → `requested` (read between steps); a second SIGINT interrupts."""
+
+    requested: int = 0
+
+    def __enter__(self):
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.warning("signal %d: saving a checkpoint after this step, then exiting", signum)
+        self.requested = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    step: int  # completed steps (the last checkpoint's)
+    total_steps: int
+    preempted: bool
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    step_callback: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Trains (or resumes from the newest checkpoint in `workdir`) until the run's last step
+    or a SIGTERM/SIGINT. `step_callback(step)` runs after each completed step."""
+    exp = config_lib.build(config, num_devices=jax.device_count(),
+                           process_count=jax.process_count())  # fmt: skip
+    if jax.process_count() > 1:
+        raise NotImplementedError("multi-process training: rollouts are single-process so far")
+    quiet_orbax_logs()
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer = load_tokenizer(exp.tokenizer, workdir)
+    mesh = sharding.make_mesh(exp.mesh_shape)
+    names = dict(exp.rewards.weights)
+    data = make_dataset(exp.data, tokenizer,
+                        answer_check=parse_gold if "accuracy" in names else None)  # fmt: skip
+    total_steps = exp.train.num_steps or data.stats.num_batches
+    if total_steps > data.stats.num_batches:
+        raise config_lib.ConfigError(
+            f"config.train.num_steps={total_steps}: the data holds {data.stats.num_batches} "
+            f"batches over data.num_epochs={exp.data.num_epochs}"
+        )
+    exp = exp.with_total_steps(total_steps)
+
+    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
+                                               async_save=exp.train.async_checkpointing)  # fmt: skip
+    iterator = iter(data.batches)
+    start = checkpointer.latest_step() or 0
+    if start:
+        meta = checkpointer.meta(start)
+        model_config = checkpoint_lib.model_config_from_json(meta["model_config"])
+        graphdef, abstract_state = abstract_train_state(model_config, exp, mesh)
+        state, data_state, saved_meta = checkpointer.restore(start, abstract_state)
+        iterator.set_state(data_state)
+        logging.info("resumed from %s at step %d", checkpointer.directory, start)
+        _warn_config_changes(saved_meta["config"], json.loads(config.to_json_best_effort()))
+    else:
+        model = initial_model(exp, tokenizer, mesh)
+        model_config = model.config
+        graphdef = nnx.graphdef(model)
+        state = grpo.init_train_state(model, exp.grpo, exp.optimizer, exp.guidance)
+        state = jax.device_put(state, grpo.state_shardings(state, mesh))
+        del model
+    meta = {"config": json.loads(config.to_json_best_effort()), "tokenizer": TOKENIZER_DIR,
+            "model_config": checkpoint_lib.model_config_to_json(model_config)}  # fmt: skip
+
+    eos = stop_ids(tokenizer, model_config, exp.model.path)
+    pad = pad_id(tokenizer)
+    sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad))
+    train_step = _train_step(graphdef, exp, mesh, state)
+    eval_rows = load_eval_examples(exp, tokenizer) if exp.train.eval_every else None
+    eval_sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
+                                                             pad_id=pad))  # fmt: skip
+    logger = logging_utils.RunLogger(
+        workdir, total_steps=total_steps, start_step=start, progress_bar=exp.train.progress_bar,
+        wandb_project=exp.train.wandb_project, config=meta["config"],
+        enabled=jax.process_index() == 0,
+    )  # fmt: skip
+    pool = RewardPool(exp.rewards)
+    rollout = _Rollout(exp, tokenizer, sampler, pool, mesh)
+    pending = None  # (step, metrics on device, host values): logged one step late
+    step = saved = start
+    preemption = _Preemption()
+    with preemption:
+        try:
+            for k in range(start, total_steps):
+                t0 = time.perf_counter()
+                batch = next(iterator)
+                t_data = time.perf_counter()
+                # Reading ℓ waits for the previous train step: the plan depends on it.
+                ell = int(jax.device_get(state.controller.length))
+                if pending is not None:
+                    pending[2]["end"] = time.perf_counter()
+                t_ell = time.perf_counter()
+                rows, host, samples = rollout(state.params, batch, ell, k)
+                host["time/data_s"], host["time/wait_train_s"] = t_data - t0, t_ell - t_data
+                t_train = time.perf_counter()
+                state, metrics = train_step(state, rows)
+                host["time/train_dispatch_s"] = time.perf_counter() - t_train
+                if pending is not None:
+                    _log(logger, *pending)
+                step = k + 1
+                host["start"] = t0
+                pending = (step, metrics, host)
+                if exp.train.sample_every and step % exp.train.sample_every == 0:
+                    logger.samples(step, samples[: exp.train.num_logged_samples])
+                if eval_rows and step % exp.train.eval_every == 0:
+                    t_eval = time.perf_counter()
+                    report = evaluate(state.params, eval_sampler, tokenizer, eval_rows, pool,
+                                      exp.eval, exp.accuracy_reward, seed=exp.seed)  # fmt: skip
+                    logger.evaluation(step, report)
+                    host["time/eval_s"] = time.perf_counter() - t_eval
+                if step_callback is not None:
+                    step_callback(step)
+                stop = _stop_requested(preemption)
+                if step % exp.train.save_every == 0 or step == total_steps or stop:
+                    t_save = time.perf_counter()
+                    checkpointer.save(step, state, iterator.get_state(), meta | {"step": step})
+                    host["time/checkpoint_s"] = time.perf_counter() - t_save
+                    saved = step
+                if stop:
+                    break
+            if pending is not None:
+                jax.block_until_ready(state.step)
+                pending[2]["end"] = time.perf_counter()
+                _log(logger, *pending)
+        finally:
+            checkpointer.close()  # waits for the last save
+            pool.close()
+            logger.close()
+    return TrainResult(step=saved, total_steps=total_steps, preempted=bool(preemption.requested))
+
+
+class _Rollout:
+    """Guidance plan → sampling → decoding → rewards for one batch of B prompts; returns
+    the train step's rows [B·G] (on the mesh), host-side numbers and a few samples."""
+
+    def __init__(self, exp: config_lib.Experiment, tokenizer, sampler, pool, mesh):
+        self.exp, self.tokenizer, self.sampler, self.pool = exp, tokenizer, sampler, pool
+        self.G = exp.group_size
+        self.n_guided = guidance.num_guided(exp.guidance.ratio, exp.group_size)  # ceil(α·G)
+        self.names = tuple(name for name, _ in exp.rewards.weights)
+        self.accuracy_column = self.names.index(exp.accuracy_reward)
+        self.key = jax.random.key(exp.seed)
+        self.sharding = grpo.batch_sharding(mesh)
+
+    def __call__(self, params, batch: dict, ell: int, k: int):
+        G, t0 = self.G, time.perf_counter()
+        lengths = np.asarray(jax.device_get(
+            guidance.guidance_lengths(batch["guidance_length"], ell, G, self.n_guided)))  # fmt: skip
+        is_guided = np.tile(np.arange(G) < self.n_guided, len(batch["index"]))
+        out = self.sampler(
+            params, np.repeat(batch["prompt_ids"], G, 0), np.repeat(batch["prompt_length"], G, 0),
+            np.repeat(batch["guidance_ids"], G, 0), lengths, jax.random.fold_in(self.key, k),
+        )  # fmt: skip
+        ids, mask, generated = jax.device_get(
+            (out.completion_ids, out.completion_mask, out.num_generated))  # fmt: skip
+        t_sample = time.perf_counter()
+        texts = decode(self.tokenizer, ids, mask)
+        prompts = _repeat(batch["prompt_text"], G)
+        t_decode = time.perf_counter()
+        rewards = self.pool.compute(prompts, texts, **_row_fields(batch, G))
+        accuracy = rewards.per_function[:, self.accuracy_column].astype(np.float32)
+        t_reward = time.perf_counter()
+
+        fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_guidance")
+        rows = jax.device_put({f: getattr(out, f) for f in fields}, self.sharding)
+        host_rows = {"rewards": rewards.total.astype(np.float32), "accuracy": accuracy,
+                     "is_guided": is_guided}  # fmt: skip
+        rows |= distributed.global_batch(host_rows, self.sharding)
+        host = {
+            "time/sample_s": t_sample - t0, "time/decode_s": t_decode - t_sample,
+            "time/reward_s": t_reward - t_decode, "generated_tokens": float(generated.sum()),
+            "guidance_tokens": float(lengths.sum()), "rows": batch["index"].tolist(),
+            **{f"reward/{n}": float(v) for n, v in
+               zip(self.names, rewards.per_function.mean(0), strict=True)},
+        }  # fmt: skip
+        samples = [
+            {"prompt": prompts[i], "completion": texts[i], "reward": float(rewards.total[i]),
+             "accuracy": float(accuracy[i]), "guided": bool(is_guided[i]),
+             "guidance_tokens": int(lengths[i])}
+            for i in range(min(len(texts), self.exp.train.num_logged_samples))
+        ]  # fmt: skip
+        return rows, host, samples
+
+
+def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            _warn_config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            logging.warning("resuming with config.%s%s = %r (the checkpoint ran with %r)",
+                            prefix, key, new, old)  # fmt: skip
+
+
+def _stop_requested(preemption: _Preemption) -> bool:
+    """Every host stops at the same step when any host was signalled."""
+    stop = bool(preemption.requested)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        stop = bool(multihost_utils.process_allgather(np.asarray(stop)).any())
+    return stop
+
+
+def _log(logger: logging_utils.RunLogger, step: int, metrics, host: dict) -> None:
+    """One step's record; `host["end"]` is when its train step was seen to finish."""
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    wall = host["end"] - host["start"]
+    values |= {k: v for k, v in host.items() if k not in ("rows", "start", "end")}
+    values |= {"time/step_s": wall, "tokens_per_s": host["generated_tokens"] / max(wall, 1e-9)}
+    logger.scalars(step, values, extra={"rows": host["rows"]})
+
+
+# --- Evaluation (also scripts/evaluate.py) -------------------------------------------------
+
+
+def load_eval_examples(exp: config_lib.Experiment, tokenizer: Tokenizer, path: str = ""):
+    """Tokenized eval rows in file order (no curriculum), at most eval.max_rows."""
+    config = dataclasses.replace(exp.data, path=path or exp.eval.path, order=Order.NONE,
+                                 format="auto", num_epochs=1, skip_bad_rows=False)  # fmt: skip
+    check = parse_gold if exp.accuracy_reward == "accuracy" else None
+    return eval_examples(config, tokenizer, check, exp.eval.max_rows)
+
+
+def eval_examples(config: DataConfig, tokenizer: Tokenizer, answer_check=None, max_rows=0):
+    """The problems of `config.path`, validated and tokenized, in file order. Evaluation
+    rows need no reference trace: a placeholder fills a missing `guidance`."""
+    fields = dataclasses.replace(config.fields, guidance_correctness=None)
+    rows = []
+    for record in read_records(config.path, resolve_format(config.path, config.format),
+                               config.split):  # fmt: skip
+        value = record.value
+        if isinstance(value, DataError):
+            raise value
+        if isinstance(value, dict) and not isinstance(value.get(fields.guidance), str):
+            value = value | {fields.guidance: "(none)"}
+        rows.append(to_row(value, index=record.index, where=record.where, fields=fields,
+                           answer_check=answer_check))  # fmt: skip
+    examples, too_long = encode_prompts(rows, tokenizer, config)
+    if too_long:
+        logging.warning("%s: %d eval rows with prompts over max_prompt_length=%d skipped",
+                        config.path, too_long, config.max_prompt_length)  # fmt: skip
+    return examples[:max_rows] if max_rows else examples
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 − C(n−c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def evaluate(params, sampler: Sampler, tokenizer: Tokenizer, examples, pool: RewardPool,
+             config: config_lib.EvalConfig, accuracy_reward: str, *, seed: int = 0) -> dict:  # fmt: skip
+    """pass@1 and pass@k over `examples`, n = config.num_samples completions each, with the
+    evaluation decoding of `sampler`; a completion counts as correct when its accuracy
+    reward is 1 (all tests passed for code). Returns the report with per-row results."""
+    n, key = config.num_samples, jax.random.key(seed)
+    results = []
+    for start in range(0, len(examples), config.batch_size):
+        chunk = examples[start : start + config.batch_size]
+        width = max(len(e.prompt_ids) for e in chunk)
+        ids = np.full((len(chunk), width), sampler.config.pad_id, np.int32)
+        for i, e in enumerate(chunk):
+            ids[i, : len(e.prompt_ids)] = e.prompt_ids
+        lengths = np.asarray([len(e.prompt_ids) for e in chunk], np.int32)
+        rows = len(chunk) * n
+        out = sampler(params, np.repeat(ids, n, 0), np.repeat(lengths, n, 0),
+                      np.zeros((rows, 0), np.int32), np.zeros(rows, np.int32),
+                      jax.random.fold_in(key, start))  # fmt: skip
+        completion_ids, mask, finish = jax.device_get(
+            (out.completion_ids, out.completion_mask, out.finish_reason))  # fmt: skip
+        texts = decode(tokenizer, completion_ids, mask)
+        batch = {"answer": [e.row.answer for e in chunk], "tests": [e.row.tests for e in chunk]}
+        rewards = pool.compute(_repeat([e.prompt_text for e in chunk], n), texts,
+                               **_row_fields(batch, n))  # fmt: skip
+        scores = rewards.per_function[:, rewards.names.index(accuracy_reward)]
+        for i, e in enumerate(chunk):
+            own = slice(i * n, (i + 1) * n)
+            row_scores = [float(s) for s in scores[own]]
+            results.append({
+                "index": e.row.index, "prompt": e.prompt_text, "answer": e.row.answer,
+                "completions": texts[own], "scores": row_scores,
+                "correct": sum(s >= 1.0 for s in row_scores),
+                "completion_tokens": mask[own].sum(1).tolist(),
+                "finished": (finish[own] == 1).tolist(),
+            })  # fmt: skip
+    report = {"num_rows": len(results), "num_samples": n}
+    for k in config.pass_k:
+        report[f"pass@{k}"] = float(np.mean([pass_at_k(n, r["correct"], k) for r in results]))
+    report["mean_score"] = float(np.mean([np.mean(r["scores"]) for r in results]))
+    report["mean_completion_tokens"] = float(
+        np.mean([np.mean(r["completion_tokens"]) for r in results]))  # fmt: skip
+    report["rows"] = results
+    return report
+
+
+def eval_reward_config(exp: config_lib.Experiment, workers: int | None = None) -> RewardConfig:
+    """Only the accuracy reward: evaluation scores nothing else."""
+    return RewardConfig(weights={exp.accuracy_reward: 1.0},
+                        workers=exp.rewards.workers if workers is None else workers,
+                        sandbox=exp.rewards.sandbox)  # fmt: skip

@@ -1,0 +1,105 @@
+"""Every shipped config builds; bad values fail before anything is loaded, naming the field."""
+
+import importlib.util
+import pathlib
+
+import jax
+import pytest
+
+from g2rpo_jax import config as config_lib
+from g2rpo_jax import trainer
+from g2rpo_jax.models import abstract_model
+from g2rpo_jax.models.qwen import param_count
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.py"))
+# Approximate parameter counts of the published models (embeddings included).
+SIZES = {"qwen3-0.6b": 0.6e9, "qwen3-1.7b": 2.0e9, "qwen3-8b": 8.2e9}
+
+
+def load(path: pathlib.Path, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    config.data.path = config.data.path or "train.jsonl"
+    return config
+
+
+@pytest.mark.parametrize("variant", [None, "smoke"])
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_builds_and_its_model_builds_abstractly(path, variant):
+    config = load(path, variant)
+    if path.stem == "base" and variant is None:
+        config.model.path, config.model.preset = "Qwen/Qwen3-0.6B-Base", "qwen3-0.6b"
+    config.lock()  # as train.py sees it
+    exp = config_lib.build(config, num_devices=8)
+    vocab = 261 if exp.model.fit_vocab_to_tokenizer else None
+    model = abstract_model(config_lib.preset_model_config(exp.model, vocab))
+    params = param_count(model)
+    if variant == "smoke":
+        assert exp.model.path == "" and params < 1e6 and exp.train.num_steps <= 4
+        assert exp.model.preset == config.model.preset  # the same family, shrunk
+    else:
+        assert exp.model.path.startswith("Qwen/")
+        assert params == pytest.approx(SIZES[exp.model.preset], rel=0.15)
+        assert (
+            exp.group_size == 12 and exp.grpo.beta == 0.04 and exp.optimizer.learning_rate == 1e-5
+        )
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(config_lib.ConfigError, match="variant 'smol'"):
+        load(CONFIGS[0], "smol")
+
+
+def smoke(**changes):
+    config = config_lib.smoke(config_lib.default_config())
+    config.data.path = "train.jsonl"
+    for key, value in changes.items():
+        group, name = key.split("__")
+        config[group][name] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(guidance__ratio=1.5), "config.guidance.ratio"),
+        (dict(guidance__ratio=-0.1), "config.guidance.ratio"),
+        (dict(grpo__group_size=1), "config.grpo.group_size"),
+        (dict(data__batch_size=3), "config.data.batch_size"),  # 3 × G=4 rows on 8 devices
+        (dict(grpo__grop_size=3), "config.grpo.grop_size"),  # a typo inside a config file
+        (dict(guidance__rule="sine"), "config.guidance"),
+        (dict(rewards__accuracy_reward="code"), "config.rewards.accuracy_reward"),
+        (dict(guidance__max_length=64), "config.guidance.max_length"),  # > 32 completion tokens
+        (dict(train__eval_every=2), "config.eval.path"),
+    ],
+)
+def test_bad_config_fails_before_anything_is_loaded_naming_the_field(
+    changes, field, tmp_path, monkeypatch
+):
+    def too_late(*args, **kwargs):
+        raise AssertionError("the config should have been refused before this")
+
+    monkeypatch.setattr(trainer, "load_tokenizer", too_late)
+    monkeypatch.setattr(trainer, "make_dataset", too_late)
+    with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+        trainer.train(smoke(**changes), str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
+def test_batch_divisibility_follows_the_mesh():
+    assert config_lib.build(smoke(data__batch_size=3), num_devices=1).mesh_shape == (1, 1, 1)
+    config = smoke(data__batch_size=1, grpo__group_size=2)  # 2 rows
+    config.mesh.shape = (2, 2, 2)
+    with pytest.raises(config_lib.ConfigError, match=r"data × fsdp = 4"):
+        config_lib.build(config, num_devices=8)
+    config.data.batch_size = 2
+    assert config_lib.build(config, num_devices=8).mesh_shape == (2, 2, 2)
+    with pytest.raises(config_lib.ConfigError, match=r"config\.mesh\.shape"):
+        config_lib.build(config, num_devices=4)
+
+
+def test_the_run_length_reaches_the_optimizer_and_the_schedules():
+    exp = config_lib.build(smoke(), num_devices=jax.device_count()).with_total_steps(40)
+    assert exp.optimizer.total_steps == exp.guidance.total_steps == 40

@@ -1,0 +1,181 @@
+"""The training loop: exact resume after SIGTERM, checkpoints that survive SIGKILL, pass@k."""
+
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from g2rpo_jax import checkpoint as checkpoint_lib
+from g2rpo_jax import config as config_lib
+from g2rpo_jax import logging_utils, trainer
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def write_rows(path, n: int = 16) -> str:
+    """Addition problems. Odd rows have a short trace that fits ℓ_max = 24 byte tokens, so
+    their guided candidates copy a correct answer (reward 1); even rows' traces are cut
+    before the answer closes. The accuracy signal then moves from step to step, and so ℓ."""
+    rows = []
+    for i in range(n):
+        a, b = 1 + (7 * i) % 9, 1 + (5 * i) % 9
+        short = f"<answer>{a + b}</answer>"
+        trace = short if i % 2 else f"<think>{a}+{b}={a + b}</think>{short}"
+        rows.append({"prompt": f"What is {a}+{b}?", "answer": str(a + b), "guidance": trace,
+                     "difficulty": i % 4})  # fmt: skip
+    pathlib.Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def smoke_config(data_path: str, **train):
+    c = config_lib.smoke(config_lib.default_config())
+    c.data.path = data_path
+    c.train.progress_bar = False
+    c.train.save_every = 3  # the SIGTERM at step 2 has to save on its own
+    c.train.update(train)
+    return c
+
+
+def final_state(workdir):
+    """The newest checkpoint's TrainState as numpy, restored without knowing the config."""
+    workdir, step = checkpoint_lib.locate(str(workdir))
+    checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+    meta = checkpointer.meta(step)
+    exp = config_lib.build(
+        ml_collections.ConfigDict(meta["config"]), num_devices=jax.device_count()
+    )
+    exp = exp.with_total_steps(exp.train.num_steps)
+    model_config = checkpoint_lib.model_config_from_json(meta["model_config"])
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(exp.mesh_shape),
+                             ("data", "fsdp", "tensor"))  # fmt: skip
+    _, abstract = trainer.abstract_train_state(model_config, exp, mesh)
+    state, data_state, _ = checkpointer.restore(step, abstract)
+    checkpointer.close()
+    return step, jax.device_get(state), data_state
+
+
+def check_outputs(workdir: pathlib.Path) -> None:
+    """What a 4-step smoke run with eval every 2 steps leaves in its workdir."""
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "4"]
+    records = logging_utils.read_jsonl(workdir / logging_utils.METRICS_FILE)
+    for phase in ("data", "sample", "decode", "reward", "train_dispatch", "step"):
+        assert all(r[f"time/{phase}_s"] >= 0 for r in records), phase
+    assert all(r["tokens_per_s"] > 0 and math.isfinite(r["loss"]) for r in records)
+    samples = logging_utils.read_jsonl(workdir / logging_utils.SAMPLES_FILE)
+    assert [s["step"] for s in samples] == [2, 2, 4, 4]
+    assert os.listdir(workdir / logging_utils.TB_DIR)
+    assert (workdir / trainer.TOKENIZER_DIR / "tokenizer.json").exists()
+    evaluations = logging_utils.read_jsonl(workdir / logging_utils.EVAL_FILE)
+    assert [e["step"] for e in evaluations] == [2, 4]
+    assert all(e["num_rows"] == 8 and 0 <= e["pass@1"] <= e["pass@2"] <= 1 for e in evaluations)
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+    data_file = write_rows(tmp_path / "train.jsonl")
+    uninterrupted = tmp_path / "uninterrupted"
+    config = smoke_config(data_file, eval_every=2)  # evaluation must not disturb training
+    config.eval.path = data_file
+    result = trainer.train(config, str(uninterrupted))
+    assert result == trainer.TrainResult(step=4, total_steps=4, preempted=False)
+    check_outputs(uninterrupted)
+
+    interrupted = tmp_path / "interrupted"
+
+    def sigterm_after_step_2(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the trainer's handler
+
+    previous = signal.getsignal(signal.SIGTERM)
+    first = trainer.train(
+        smoke_config(data_file), str(interrupted), step_callback=sigterm_after_step_2
+    )
+    assert first == trainer.TrainResult(step=2, total_steps=4, preempted=True)
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+    assert sorted(os.listdir(interrupted / "checkpoints")) == ["2"]
+    second = trainer.train(smoke_config(data_file), str(interrupted))
+    assert second == trainer.TrainResult(step=4, total_steps=4, preempted=False)
+
+    step, resumed, resumed_data = final_state(interrupted)
+    expected_step, expected, expected_data = final_state(uninterrupted)
+    assert step == expected_step == 4 and resumed_data == expected_data
+    assert int(resumed.controller.count) == 4
+    leaves = jax.tree_util.tree_leaves_with_path(expected)
+    for (path, want), got in zip(leaves, jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+
+    records = logging_utils.read_jsonl(interrupted / logging_utils.METRICS_FILE)
+    baseline = logging_utils.read_jsonl(uninterrupted / logging_utils.METRICS_FILE)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["rows"] for r in records] == [r["rows"] for r in baseline]  # the batches seen
+    for name in ("loss", "reward", "guidance_length", "kl", "grad_norm"):
+        assert [r[name] for r in records] == [r[name] for r in baseline], name
+    # The run exercised what it should: rewards, a moving ℓ, sharded rows, a full epoch.
+    assert max(r["accuracy"] for r in baseline) > 0
+    assert int(expected.controller.length) < 24  # ℓ moved (from step 5 on: 24·0.375/0.75)
+    assert sorted(sum((r["rows"] for r in baseline), [])) == list(range(16))
+
+
+_KILLED_MID_SAVE = """
+import asyncio, os, sys
+import jax.numpy as jnp
+from g2rpo_jax import checkpoint
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+checkpointer = checkpoint.Checkpointer(sys.argv[1], keep=3)
+checkpointer.save(1, {"w": jnp.arange(1000.0), "step": jnp.asarray(1)}, {"next_index": 1},
+                  {"step": 1})
+checkpointer.wait()
+folder = os.path.join(sys.argv[1], "checkpoints")
+
+async def hang(*args, **kwargs):  # step 2's JSON items never finish writing
+    while not any(p.startswith("2.") for p in os.listdir(folder)):
+        await asyncio.sleep(0.01)
+    print("SAVING", flush=True)
+    await asyncio.sleep(600)
+
+handler.JsonCheckpointHandler.async_save = hang
+checkpointer.save(2, {"w": jnp.zeros(1000), "step": jnp.asarray(2)}, {"next_index": 2}, {})
+checkpointer.wait()
+"""
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_KILLED_MID_SAVE), str(tmp_path)],
+                             stdout=subprocess.PIPE, cwd=REPO)  # fmt: skip
+    timer = threading.Timer(120, child.kill)  # never hang the suite
+    timer.start()
+    try:
+        assert child.stdout.readline().strip() == b"SAVING"
+        # The child saw step 2's temporary folder before it hung.
+    finally:
+        child.kill()  # SIGKILL
+        child.wait()
+        timer.cancel()
+    checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+    assert checkpointer.latest_step() == 1
+    abstract = {"w": jax.ShapeDtypeStruct((1000,), np.float32),
+                "step": jax.ShapeDtypeStruct((), np.int32)}  # fmt: skip
+    state, data_state, meta = checkpointer.restore(1, abstract)
+    np.testing.assert_array_equal(state["w"], np.arange(1000.0))
+    assert data_state == {"next_index": 1} and meta == {"step": 1}
+    checkpointer.close()
+    assert not [p for p in os.listdir(tmp_path / "checkpoints") if p.startswith("2")]
+
+
+@pytest.mark.parametrize("n, c, k", [(5, 0, 1), (5, 2, 1), (5, 2, 3), (4, 4, 2), (6, 3, 6)])
+def test_pass_at_k_is_the_probability_that_k_of_n_samples_hold_a_correct_one(n, c, k):
+    import itertools
+
+    outcomes = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(outcomes, k))
+    assert trainer.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets))
