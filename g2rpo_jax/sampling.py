@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from g2rpo_jax.models.qwen import Qwen, init_cache, token_log_probs
+from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache, token_log_probs
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,47 @@ def assemble_prefix(prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B
     return tokens.astype(jnp.int32), mask, jnp.maximum(k_BW, 0).astype(jnp.int32)
 
 
+def _argmax(x_BV):
+    """The first index of each row's maximum (XLA:CPU runs jnp.argmax's paired
+    value-index reduction unvectorized, ~5x slower than these two plain reductions)."""
+    V = x_BV.shape[-1]
+    is_max = x_BV == jnp.max(x_BV, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(is_max, jnp.arange(V), V - 1), axis=-1)
+
+
+def _categorical(keys_B, logits_BV, chunk: int = 128):
+    """One token per row drawn from softmax(logits) by inverting its CDF, in two levels.
+
+    Draws a chunk of `chunk` tokens with probability ∝ its mass, then a token in it ∝ its
+    weight: two uniforms per row instead of Gumbel noise for every one of the V logits
+    (threefry over B·V values dominated the decode step on CPU). A zero-weight token
+    (filtered to -inf) is never drawn.
+    """
+    B, V = logits_BV.shape
+    n = -(-V // chunk)
+    weights_BV = jnp.exp(logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True))
+    weights_BnC = jnp.pad(weights_BV, ((0, 0), (0, n * chunk - V))).reshape(B, n, chunk)
+    u_B2 = jax.vmap(lambda key: jax.random.uniform(key, (2,)))(keys_B)
+
+    def invert(cdf_BX, u_B):
+        """The index where u · total falls in each row's CDF (kept below the total)."""
+        total_B = cdf_BX[:, -1]
+        x_B = jnp.minimum(u_B * total_B, jnp.nextafter(total_B, 0))
+        return jnp.sum(cdf_BX <= x_B[:, None], axis=-1)
+
+    chunk_B = invert(jnp.cumsum(jnp.sum(weights_BnC, axis=-1), axis=-1), u_B2[:, 0])
+    in_chunk_BC = jnp.take_along_axis(weights_BnC, chunk_B[:, None, None], axis=1)[:, 0]
+    return chunk_B * chunk + invert(jnp.cumsum(in_chunk_BC, axis=-1), u_B2[:, 1])
+
+
 def sample_tokens(logits_BV, keys_B, step, config: SamplingConfig):
     """Chooses one token per row; returns (tokens [B], log-probs [B])."""
     logits_BV = logits_BV.astype(jnp.float32)
     if config.is_greedy:
-        tokens = jnp.argmax(logits_BV, axis=-1)
-        log_probs_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+        scaled_BV = logits_BV
+        tokens = _argmax(logits_BV)
     else:
         scaled_BV = logits_BV / config.temperature
-        log_probs_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
         filtered_BV = scaled_BV
         if config.top_k:
             kth_B1 = jax.lax.top_k(scaled_BV, config.top_k)[0][:, -1:]
@@ -158,13 +190,13 @@ def sample_tokens(logits_BV, keys_B, step, config: SamplingConfig):
             threshold_B1 = jnp.min(kept_BV, axis=-1, keepdims=True)
             filtered_BV = jnp.where(filtered_BV < threshold_B1, -jnp.inf, filtered_BV)
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
-        tokens = jax.vmap(jax.random.categorical)(step_keys, filtered_BV)
-    picked = jnp.take_along_axis(log_probs_BV, tokens[:, None], axis=-1)[:, 0]
-    return tokens.astype(jnp.int32), picked
+        tokens = _categorical(step_keys, filtered_BV)
+    picked = jnp.take_along_axis(scaled_BV, tokens[:, None], axis=-1)[:, 0]
+    return tokens.astype(jnp.int32), picked - jax.nn.logsumexp(scaled_BV, axis=-1)
 
 
 def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_BL,
-            guidance_len_B, rng):  # fmt: skip
+            guidance_len_B, row_ids_B, rng):  # fmt: skip
     model: Qwen = nnx.merge(graphdef, params)
     B, P = prompt_ids_BP.shape
     L = guidance_ids_BL.shape[1]
@@ -174,8 +206,9 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
         prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B, config.pad_id
     )
     W = P + L
-    cache = init_cache(model.config, B, W + budget)
+    cache = init_cache(model.config, B, W)
     hidden_BWD, cache = model.hidden_states(tokens_BW, positions_BW, mask_BW, cache)
+    cache = extend_cache(cache, budget)  # room for the completion
 
     cols_C = jnp.arange(C)[None, :]
     is_guidance_BC = cols_C < guidance_len_B[:, None]
@@ -194,7 +227,7 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
         log_probs_BC = jnp.where(is_guidance_BC, jnp.take_along_axis(lp_BL, src_BC, 1), 0.0)
 
     budget_B = budget - guidance_len_B if config.guidance_in_budget else jnp.full((B,), budget)
-    keys_B = jax.random.split(rng, B)
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
     rows_B = jnp.arange(B)
     eos_ids = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
 
@@ -261,22 +294,29 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
 class Sampler:
     """Samples completions for a batch of candidates with the policy's current params.
 
-    `sampler(params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng)`:
-    prompt_ids [B, P'] and guidance_ids [B, L'] right-padded, lengths [B] (host arrays);
-    guidance_lengths are ℓ_i per candidate (0 = unguided; at most the trace length).
-    Returns a SampleOutput on device for the B rows given.
+    `sampler(params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng,
+    row_ids=None)`: prompt_ids [B, P'] and guidance_ids [B, L'] right-padded, lengths [B]
+    (host arrays); guidance_lengths are ℓ_i per candidate (0 = unguided; at most the trace
+    length). Row i samples with the stream fold_in(rng, row_ids[i]) (default: i), so a row
+    draws the same tokens wherever it sits in the batch. Returns a SampleOutput on device.
+
+    With a row `sharding` (over all processes' devices) the host arrays are this process's
+    rows of one global batch, and the outputs are global arrays with rows split the same way.
     """
 
-    def __init__(self, graphdef: nnx.GraphDef, config: SamplingConfig):
-        self.config = config
-        self._sample = jax.jit(lambda *args: _sample(graphdef, config, *args))
+    def __init__(self, graphdef: nnx.GraphDef, config: SamplingConfig, sharding=None):
+        self.config, self.sharding = config, sharding
+        self._sample = jax.jit(
+            lambda *args: _sample(graphdef, config, *args), out_shardings=sharding
+        )
 
     @property
     def num_compiled(self) -> int:
         """How many programs this sampler has compiled (one per shape bucket seen)."""
         return self._sample._cache_size()
 
-    def __call__(self, params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng):
+    def __call__(self, params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng,
+                 row_ids=None):  # fmt: skip
         cfg = self.config
         prompt_lengths = np.asarray(prompt_lengths, np.int32)
         guidance_lengths = np.asarray(guidance_lengths, np.int32)
@@ -296,14 +336,25 @@ class Sampler:
         def lengths_of(lengths, fill):
             return np.concatenate([lengths, np.full(batch - rows, fill, np.int32)])
 
+        if batch != rows and jax.process_count() > 1:
+            raise ValueError(f"{rows} rows per process: a multi-process batch needs a multiple "
+                             f"of batch_multiple={cfg.batch_multiple} on every process")  # fmt: skip
+        row_ids = np.arange(rows) if row_ids is None else np.asarray(row_ids)
         # Padding rows: a one-token prompt, no guidance; their outputs are dropped.
         args = (
             rows_of(prompt_ids, P, cfg.pad_id),
             lengths_of(prompt_lengths, 1),
             rows_of(guidance_ids, L, cfg.pad_id),
             lengths_of(guidance_lengths, 0),
+            np.concatenate([row_ids, np.arange(batch - rows) + row_ids.max() + 1]).astype(
+                np.uint32
+            ),
         )
-        out = self._sample(params, *jax.device_put(args), rng)
+        if self.sharding is None:
+            args = jax.device_put(args)
+        else:
+            args = [jax.make_array_from_process_local_data(self.sharding, a) for a in args]
+        out = self._sample(params, *args, rng)
         return _first_rows(out, rows) if batch != rows else out
 
 
