@@ -6,6 +6,7 @@ prompt-major: candidate j of prompt b is row b*G + j, so a [B*G] vector reshapes
 
 import dataclasses
 import enum
+import functools
 import math
 from typing import TypeVar
 
@@ -16,7 +17,7 @@ import optax
 from flax import nnx
 
 from g2rpo_jax import guidance, sharding
-from g2rpo_jax.models.qwen import Qwen, token_log_probs
+from g2rpo_jax.models.qwen import KVCache, Qwen, init_cache, positions_from_mask, token_log_probs
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -359,21 +360,108 @@ def init_train_state(
     )
 
 
-def completion_log_probs(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> jax.Array:
-    """log π(completion token) under `params`, float32 [R, C], from one forward over
-    `[prompt ⊕ completion]` (guidance tokens stay in attention under either loss mode)."""
+def completion_log_probs(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    batch: dict,
+    rows: jax.sharding.NamedSharding | None = None,
+    group_size: int = 1,
+) -> jax.Array:
+    """log π(completion token) under `params`, float32 [R, C], from a forward over
+    `[prompt ⊕ completion]` (guidance tokens stay in attention under either loss mode).
+
+    rows: how the rows are split over devices (`batch_sharding`). The activations are
+    pinned to it at the model's input and before the LM head, so that XLA gathers the
+    fsdp-sharded weights (FSDP) instead of replicating the rows and splitting the model dim.
+    group_size: G. When every G consecutive rows share their prompt (a group, as the sampler
+    returns it; checked on device), each prompt runs through the model once and its KV cache
+    serves the group's G completions: the same log-probs for (G−1)/G fewer prompt FLOPs.
+    (Differentiating through this holds both branches' residuals; the train step branches
+    outside its gradient instead.)
+    """
+    R = batch["prompt_ids"].shape[0]
+    if group_size <= 1 or R % group_size:
+        return _log_probs(graphdef, params, batch, rows)
+    shared = lambda p, b: _log_probs_shared_prompt(graphdef, p, b, rows, group_size)
+    full = lambda p, b: _log_probs(graphdef, p, b, rows)
+    return jax.lax.cond(_groups_share_prompt(batch, group_size), shared, full, params, batch)
+
+
+def _log_probs(graphdef, params, batch, rows) -> jax.Array:
+    """Every row's `[prompt ⊕ completion]` through the model."""
+    pin = lambda x: x if rows is None else _constrain_rows(x, rows)
     model = nnx.merge(graphdef, params)
-    ids = jnp.concatenate([batch["prompt_ids"], batch["completion_ids"]], axis=1)
-    mask = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
-    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
-    hidden = model.hidden_states(ids, positions, mask)[0]
+    ids = pin(jnp.concatenate([batch["prompt_ids"], batch["completion_ids"]], axis=1))
+    mask = pin(jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1))
+    hidden = pin(model.hidden_states(ids, positions_from_mask(mask), mask)[0])
     P, C = batch["prompt_ids"].shape[1], batch["completion_ids"].shape[1]
-    return token_log_probs(model, hidden[:, P - 1 : P + C - 1], batch["completion_ids"])
+    return pin(token_log_probs(model, hidden[:, P - 1 : P + C - 1], pin(batch["completion_ids"])))
 
 
-def _split(tree, parts: int):
-    """[R, ...] leaves → [parts, R/parts, ...]."""
-    return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
+def _log_probs_shared_prompt(graphdef, params, batch, rows, group_size: int) -> jax.Array:
+    """Each group's prompt once (a prefill into a KV cache), the cache repeated to the G rows,
+    then the completions: positions and masks exactly as in `_log_probs`."""
+    G = group_size
+    pin = lambda x: x if rows is None else _constrain_rows(x, rows)
+    first = lambda x: x.reshape(-1, G, *x.shape[1:])[:, 0]  # [R, ...] → [R/G, ...]
+    expand = lambda x: jnp.repeat(x, G, axis=0)  # [R/G, ...] → [R, ...]
+    model = nnx.merge(graphdef, params)
+    P, C = batch["prompt_ids"].shape[1], batch["completion_ids"].shape[1]
+    mask = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
+    positions = positions_from_mask(mask)
+    prompt_mask = pin(first(batch["prompt_mask"]))
+    cache = init_cache(model.config, prompt_mask.shape[0], P + C)
+    hidden_prompt, cache = model.hidden_states(
+        pin(first(batch["prompt_ids"])), pin(first(positions[:, :P])), prompt_mask, cache
+    )
+    cache = KVCache(k=tuple(map(expand, cache.k)), v=tuple(map(expand, cache.v)),
+                    mask=expand(cache.mask), index=cache.index)  # fmt: skip
+    completion_ids = pin(batch["completion_ids"])
+    hidden, _ = model.hidden_states(
+        completion_ids, pin(positions[:, P:]), pin(batch["completion_mask"]), cache
+    )
+    # Token t is predicted from the hidden state before it: the prompt's last, then t − 1.
+    hidden = jnp.concatenate([expand(hidden_prompt[:, -1:]), hidden[:, : C - 1]], axis=1)
+    return pin(token_log_probs(model, pin(hidden), completion_ids))
+
+
+def _groups_share_prompt(batch: dict, G: int) -> jax.Array:
+    """bool scalar: each G consecutive rows have the same prompt tokens and padding."""
+    ids = batch["prompt_ids"].reshape(-1, G, batch["prompt_ids"].shape[1])
+    mask = batch["prompt_mask"].reshape(ids.shape).astype(bool)
+    same_mask = jnp.all(mask == mask[:, :1])
+    return same_mask & jnp.all((ids == ids[:, :1]) | jnp.logical_not(mask))
+
+
+def _constrain_rows(x: jax.Array, rows: jax.sharding.NamedSharding) -> jax.Array:
+    """x with its leading (row) dim split as `rows`; unchanged when the devices don't divide it."""
+    ways = math.prod(rows.mesh.shape[a] for a in jax.tree.leaves(rows.spec[0]))
+    if x.shape[0] % ways:
+        return x
+    return jax.lax.with_sharding_constraint(x, rows)
+
+
+def _split(tree, parts: int, block: int = 1):
+    """[R, ...] leaves → [parts, R/parts, ...]: micro-batch i holds the blocks of `block`
+    consecutive rows numbered i, i + parts, i + 2·parts, ….
+
+    Strided, not contiguous: rows sharded in contiguous chunks over the data axes keep their
+    devices (each device gives every micro-batch its share), so no micro-batch is gathered
+    onto, or computed on, every device. block = G keeps groups whole.
+    """
+
+    def split(x):
+        x = x.reshape(x.shape[0] // (parts * block), parts, block, *x.shape[1:])
+        return x.swapaxes(0, 1).reshape(parts, -1, *x.shape[3:])
+
+    return jax.tree.map(split, tree)
+
+
+def _merge(x: jax.Array, block: int = 1) -> jax.Array:
+    """The inverse of `_split` for one array: [parts, R/parts, ...] → [R, ...]."""
+    parts = x.shape[0]
+    x = x.reshape(parts, -1, block, *x.shape[2:]).swapaxes(0, 1)
+    return x.reshape(-1, *x.shape[3:])
 
 
 def make_train_step(
@@ -394,34 +482,62 @@ def make_train_step(
     tx = make_optimizer(optimizer)
     schedule = learning_rate_schedule(optimizer)
     micro = optimizer.micro_batches
+    rows = batch_sharding(mesh)
+    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+
+    def block(batch) -> int:
+        """G when micro-batches hold whole groups (the prompt forward is then shared within
+        each group): one micro-batch, or every device giving each micro-batch whole groups;
+        else 1 (single rows, so that micro-batches stay on their devices)."""
+        groups = batch["prompt_ids"].shape[0] // group_size
+        return group_size if micro == 1 or groups % (devices * micro) == 0 else 1
 
     def log_probs_by_micro_batch(params, batch):
         """Forward without gradient, micro-batch by micro-batch: [R, C]."""
-        per_mb = jax.lax.map(
-            lambda mb: completion_log_probs(graphdef, params, mb), _split(batch, micro)
+        # params ride in the carry rather than the closure: a model merged from values of an
+        # outer trace cannot run nnx.remat'd layers (TraceContextError with remat on).
+        b = block(batch)
+        _, per_mb = jax.lax.scan(
+            lambda p, mb: (p, completion_log_probs(graphdef, p, mb, rows, b)),
+            params,
+            _split(batch, micro, b),
         )
-        return per_mb.reshape(-1, per_mb.shape[-1])
+        return _merge(per_mb, b)
 
     def gradients(params, batch, advantages, old_lp, ref_lp):
         """The full batch's loss gradient, summed over micro-batches with exact weights."""
         loss_mask = _loss_mask(batch["completion_mask"], batch["is_guidance"], grpo.guidance_loss)
+        b = block(batch)
         if grpo.aggregation == Aggregation.TOKEN_MEAN:
-            weights = loss_mask.reshape(micro, -1).sum(1) / jnp.maximum(loss_mask.sum(), 1.0)
+            per_mb = _split(loss_mask, micro, b).reshape(micro, -1).sum(1)
+            weights = per_mb / jnp.maximum(loss_mask.sum(), 1.0)
         else:  # per-row means (or a fixed divisor) average evenly over equal micro-batches
             weights = jnp.full((micro,), 1.0 / micro)
-        inputs = _split((batch, advantages, old_lp, ref_lp), micro) + (weights,)
+        inputs = _split((batch, advantages, old_lp, ref_lp), micro, b) + (weights,)
 
         def micro_step(grad_sum, mb):
             mb_batch, mb_adv, mb_old, mb_ref, weight = mb
 
-            def loss_fn(p):
-                lp = completion_log_probs(graphdef, p, mb_batch)
-                old = jax.lax.stop_gradient(lp) if mb_old is None else mb_old
-                loss, metrics = policy_loss(lp, old, mb_adv, mb_batch["completion_mask"],
-                                            mb_batch["is_guidance"], grpo, mb_ref)  # fmt: skip
-                return weight * loss, metrics
+            def loss_and_grad(log_probs, p):
+                def loss_fn(p):
+                    lp = log_probs(graphdef, p, mb_batch, rows)
+                    old = jax.lax.stop_gradient(lp) if mb_old is None else mb_old
+                    loss, metrics = policy_loss(lp, old, mb_adv, mb_batch["completion_mask"],
+                                                mb_batch["is_guidance"], grpo, mb_ref)  # fmt: skip
+                    return weight * loss, metrics
 
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+                return jax.value_and_grad(loss_fn, has_aux=True)(p)
+
+            if b > 1:  # the branch is taken outside the gradient, so only its residuals live
+                shared = functools.partial(_log_probs_shared_prompt, group_size=b)
+                (loss, metrics), grads = jax.lax.cond(
+                    _groups_share_prompt(mb_batch, b),
+                    functools.partial(loss_and_grad, shared),
+                    functools.partial(loss_and_grad, _log_probs),
+                    params,
+                )
+            else:
+                (loss, metrics), grads = loss_and_grad(_log_probs, params)
             grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
             return grad_sum, (loss, jax.tree.map(lambda m: weight * m, metrics))
 
