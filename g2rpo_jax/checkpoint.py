@@ -91,10 +91,12 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state) -> tuple[object, dict, dict]:
         """(state, data iterator state, meta) of `step`; `abstract_state` gives the tree,
-        dtypes and shardings (see `abstract_like`)."""
+        dtypes and shardings (see `abstract_like`), which may differ from the saving run's
+        (another host or device count)."""
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
         args = ocp.args.Composite(
             **{
-                STATE: ocp.args.PyTreeRestore(abstract_state),
+                STATE: ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args),
                 DATA: ocp.args.JsonRestore(),
                 META: ocp.args.JsonRestore(),
             }

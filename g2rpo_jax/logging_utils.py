@@ -144,3 +144,8 @@ def _wandb_id(workdir: str) -> str:
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(_plain_dict(record)) + "\n")

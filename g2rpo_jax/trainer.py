@@ -12,9 +12,11 @@ step's rewards, so that read is where the previous train step is waited for.
 SIGTERM / SIGINT set a flag read between steps: the loop saves a checkpoint and returns.
 A second SIGINT interrupts at once.
 
-One process for now: the Sampler takes host arrays, which a multi-process job would read
-as global values; `train` refuses process_count > 1 until rollouts go through
-`distributed.global_batch` / `local_rows` (rewards and checkpoints already do).
+Many processes (one per host): each host reads its own shard of every batch, samples it as
+part of one global batch over the mesh, decodes and scores its own rows
+(`distributed.local_rows`), and feeds the rewards back as global arrays. A candidate's
+sampling key depends on its source row and index in the group, not on where it sits in the
+batch, so a run samples the same completions on any number of hosts. Only process 0 logs.
 """
 
 import dataclasses
@@ -176,10 +178,10 @@ def _train_step(graphdef, exp: config_lib.Experiment, mesh, state):
     return _STEPS[key]
 
 
-def sampler_for(graphdef, config: SamplingConfig) -> Sampler:
-    if (graphdef, config) not in _SAMPLERS:
-        _SAMPLERS[graphdef, config] = Sampler(graphdef, config)
-    return _SAMPLERS[graphdef, config]
+def sampler_for(graphdef, config: SamplingConfig, sharding=None) -> Sampler:
+    if (graphdef, config, sharding) not in _SAMPLERS:
+        _SAMPLERS[graphdef, config, sharding] = Sampler(graphdef, config, sharding)
+    return _SAMPLERS[graphdef, config, sharding]
 
 
 # --- Rollouts and rewards ------------------------------------------------------------------
@@ -245,8 +247,11 @@ def train(
     or a SIGTERM/SIGINT. `step_callback(step)` runs after each completed step."""
     exp = config_lib.build(config, num_devices=jax.device_count(),
                            process_count=jax.process_count())  # fmt: skip
-    if jax.process_count() > 1:
-        raise NotImplementedError("multi-process training: rollouts are single-process so far")
+    if jax.process_count() > 1 and exp.train.eval_every:
+        raise config_lib.ConfigError(
+            "config.train.eval_every: periodic evaluation runs in single-process jobs only; "
+            "set it to 0 and run scripts/evaluate.py on an exported checkpoint"
+        )
     quiet_orbax_logs()
     os.makedirs(workdir, exist_ok=True)
     tokenizer = load_tokenizer(exp.tokenizer, workdir)
@@ -286,7 +291,8 @@ def train(
 
     eos = stop_ids(tokenizer, model_config, exp.model.path)
     pad = pad_id(tokenizer)
-    sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad))
+    sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
+                          grpo.batch_sharding(mesh))  # fmt: skip
     train_step = _train_step(graphdef, exp, mesh, state)
     eval_rows = load_eval_examples(exp, tokenizer) if exp.train.eval_every else None
     eval_sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
@@ -301,6 +307,9 @@ def train(
     pending = None  # (step, metrics on device, host values): logged one step late
     step = saved = start
     preemption = _Preemption()
+    if eval_rows and start == 0 and exp.train.eval_at_start:  # the step-0 baseline (issue 9)
+        logger.evaluation(0, evaluate(state.params, eval_sampler, tokenizer, eval_rows, pool,
+                                      exp.eval, exp.accuracy_reward, seed=exp.seed))  # fmt: skip
     with preemption:
         try:
             for k in range(start, total_steps):
@@ -313,6 +322,11 @@ def train(
                     pending[2]["end"] = time.perf_counter()
                 t_ell = time.perf_counter()
                 rows, host, samples = rollout(state.params, batch, ell, k)
+                if jax.process_count() > 1:  # which rows each host read, for audits and tests
+                    logging_utils.append_jsonl(
+                        os.path.join(workdir, f"rows.process{jax.process_index()}.jsonl"),
+                        {"step": k + 1, "rows": batch["index"].tolist()},
+                    )
                 host["time/data_s"], host["time/wait_train_s"] = t_data - t0, t_ell - t_data
                 t_train = time.perf_counter()
                 state, metrics = train_step(state, rows)
@@ -348,6 +362,10 @@ def train(
             checkpointer.close()  # waits for the last save
             pool.close()
             logger.close()
+    if exp.train.plots and jax.process_index() == 0:  # before → after and plots (issue 9)
+        from g2rpo_jax.toy import report
+
+        report.finish(workdir)
     return TrainResult(step=saved, total_steps=total_steps, preempted=bool(preemption.requested))
 
 
@@ -369,12 +387,17 @@ class _Rollout:
         lengths = np.asarray(jax.device_get(
             guidance.guidance_lengths(batch["guidance_length"], ell, G, self.n_guided)))  # fmt: skip
         is_guided = np.tile(np.arange(G) < self.n_guided, len(batch["index"]))
+        # Candidate j of source row i keys its sampling on i·G + j: the same on any host count.
+        row_ids = (
+            batch["index"].astype(np.uint32)[:, None] * G + np.arange(G, dtype=np.uint32)
+        ).reshape(-1)
         out = self.sampler(
             params, np.repeat(batch["prompt_ids"], G, 0), np.repeat(batch["prompt_length"], G, 0),
             np.repeat(batch["guidance_ids"], G, 0), lengths, jax.random.fold_in(self.key, k),
+            row_ids=row_ids,
         )  # fmt: skip
-        ids, mask, generated = jax.device_get(
-            (out.completion_ids, out.completion_mask, out.num_generated))  # fmt: skip
+        ids, mask, generated = (distributed.local_rows(x) for x in
+                                (out.completion_ids, out.completion_mask, out.num_generated))  # fmt: skip
         t_sample = time.perf_counter()
         texts = decode(self.tokenizer, ids, mask)
         prompts = _repeat(batch["prompt_text"], G)
@@ -384,7 +407,7 @@ class _Rollout:
         t_reward = time.perf_counter()
 
         fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_guidance")
-        rows = jax.device_put({f: getattr(out, f) for f in fields}, self.sharding)
+        rows = {f: getattr(out, f) for f in fields}  # already global, rows over the mesh
         host_rows = {"rewards": rewards.total.astype(np.float32), "accuracy": accuracy,
                      "is_guided": is_guided}  # fmt: skip
         rows |= distributed.global_batch(host_rows, self.sharding)

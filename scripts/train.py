@@ -23,6 +23,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for a multi-process job.")  # fmt: skip
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
+                                  "A process silent this long fails the whole job.")  # fmt: skip
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,7 +32,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Explicit flags (scripts/launch_local.py), or TPU pod / SLURM detection; else one process.
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _HEARTBEAT.value)  # fmt: skip
     result = trainer.train(_CONFIG.value, _WORKDIR.value)
     state = "stopped by a signal" if result.preempted else "done"
     print(f"{state} at step {result.step}/{result.total_steps}; workdir {_WORKDIR.value}")

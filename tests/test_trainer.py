@@ -152,7 +152,7 @@ checkpointer.wait()
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_KILLED_MID_SAVE), str(tmp_path)],
                              stdout=subprocess.PIPE, cwd=REPO)  # fmt: skip
-    timer = threading.Timer(120, child.kill)  # never hang the suite
+    timer = threading.Timer(300, child.kill)  # never hang the suite
     timer.start()
     try:
         assert child.stdout.readline().strip() == b"SAVING"
