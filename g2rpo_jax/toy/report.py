@@ -1,0 +1,48 @@
+"""End-of-run report: held-out accuracy before → after (from eval.jsonl) and the PNG plots."""
+
+import json
+import os
+
+from g2rpo_jax.toy import plots
+
+
+def eval_history(workdir: str) -> list[dict]:
+    """The run's evaluations in step order (the last record of a step wins on resume)."""
+    path = os.path.join(workdir, "eval.jsonl")
+    if not os.path.exists(path):
+        return []
+    by_step = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def before_after(workdir: str, metric: str = "pass@1") -> str | None:
+    """ "held-out pass@1: before … → after …" when the run evaluated at step 0 and later."""
+    history = eval_history(workdir)
+    if len(history) < 2 or history[0]["step"] != 0:
+        return None
+    first, last = history[0], history[-1]
+    line = (f"held-out unguided {metric} ({last['num_rows']} problems): "
+            f"before {first[metric]:.3f} (step 0) → after {last[metric]:.3f} "
+            f"(step {last['step']})")  # fmt: skip
+    if first[metric] > 0:
+        line += f", ×{last[metric] / first[metric]:.1f}"
+    return line
+
+
+def finish(workdir: str) -> list[str]:
+    """Prints the before/after line and writes the plots; returns the lines printed."""
+    lines = []
+    summary = before_after(workdir)
+    if summary:
+        lines.append(summary)
+    written = plots.write_plots(workdir)
+    if written:
+        lines.append("plots: " + ", ".join(os.path.basename(p) for p in written))
+    for line in lines:
+        print(line, flush=True)
+    return lines

@@ -1,0 +1,308 @@
+"""The toy study (issue 9): which parts of G²RPO-A matter, against plain GRPO and against
+supervised training on the same traces, at a fixed compute budget per run.
+
+Every RL variant is configs/demo.py with a few overrides and the same budget: `steps`
+optimizer steps of B = 8 prompts × G = 8 candidates. The control, `sft`, takes the same
+number of optimizer steps on B·G = 64 reference traces each (the rows of the same training
+file, shuffled), with the same optimizer and learning-rate schedule; it skips sampling, so
+it costs less wall time. All runs start from the shipped demo model; seeds change the
+sampling keys and the data order. Held-out accuracy is unguided: greedy during training
+(every `eval_every` steps, on the first `eval_rows_during` held-out problems), then greedy
+and sampled at the demo temperature on all of them, scored by the exact verifier.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from g2rpo_jax import checkpoint, trainer
+from g2rpo_jax.models import from_pretrained
+from g2rpo_jax.toy import demo, evaluation, sft
+from g2rpo_jax.toy.data import Encoder, read_problems
+from g2rpo_jax.toy.report import eval_history
+from g2rpo_jax.toy.tokenizer import load_tokenizer
+
+HALF, FULL = 23, 46  # ℓ in tokens: half and all of a 4-digit trace (45–46 tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    overrides: dict  # RL: "group.key" → value over configs/demo.py; SFT: rows_per_step, order
+
+
+VARIANTS = (
+    Variant("grpo", "plain GRPO (α = 0)", {"guidance.ratio": 0.0}),
+    Variant("sft", "SFT, B·G = 64 traces a step (control)", {}),
+    # Diagnostic, not in the issue's list: SFT on exactly the rows an RL run reads.
+    Variant("sft_rl_rows", "SFT, the B = 8 rows a step G²RPO-A reads (control)",
+            {"rows_per_step": 8, "order": "sorted"}),
+    Variant("alpha1_half", f"α = 1, fixed ℓ = {HALF} (half)",
+            {"guidance.ratio": 1.0, "guidance.rule": "constant", "guidance.initial_length": HALF}),
+    Variant("fixed_half", f"α = 0.5, fixed ℓ = {HALF} (half)",
+            {"guidance.rule": "constant", "guidance.initial_length": HALF}),
+    Variant("fixed_full", f"α = 0.5, fixed ℓ = {FULL} (full)", {"guidance.rule": "constant"}),
+    Variant("linear", f"α = 0.5, linear ℓ {FULL} → 0", {"guidance.rule": "linear"}),
+    Variant("g2rpo_a", "G²RPO-A: α = 0.5, adaptive ℓ, curriculum", {}),
+    Variant("g2rpo_a_random", "G²RPO-A, random order", {"data.order": "random"}),
+    Variant("g2rpo_a_mask", "G²RPO-A, guidance_loss = mask", {"grpo.guidance_loss": "mask"}),
+    # Diagnostic, not in the issue's list: plain GRPO without the 0.1 format reward.
+    Variant("grpo_acc_only", "plain GRPO, accuracy reward only",
+            {"guidance.ratio": 0.0, "rewards.weights": ml_collections.ConfigDict({"accuracy": 1.0})}),
+)  # fmt: skip
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """steps of B prompts; one_epoch: train on a fixed random subset of steps·B rows of the
+    training file, so every run reads each of its rows exactly once and a sorted curriculum
+    spans the whole difficulty range (False: the whole file, of which a sorted run then
+    reads only the easiest steps·B rows)."""
+
+    steps: int = 50
+    eval_every: int = 10
+    eval_rows_during: int = 200
+    one_epoch: bool = True
+
+
+def rl_config(base: ml_collections.ConfigDict, variant: Variant, seed: int,
+              budget: Budget) -> ml_collections.ConfigDict:  # fmt: skip
+    c = copy.deepcopy(base)
+    c.seed = c.data.seed = seed
+    c.train.num_steps = c.train.save_every = budget.steps
+    c.train.eval_every = budget.eval_every
+    c.train.sample_every = 0
+    c.train.progress_bar = False
+    c.eval.max_rows = budget.eval_rows_during
+    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, budget.steps - 1)
+    for key, value in variant.overrides.items():
+        group, name = key.split(".")
+        c[group][name] = value
+    return c
+
+
+def _final(model, encoder, problems, seed: int) -> dict:
+    """Held-out greedy and sampled accuracy, and three greedy completions to read."""
+    acc = demo.held_out_accuracy(model, encoder, problems, seed=seed)
+    greedy = evaluation.sampling_config(encoder, demo.MAX_COMPLETION_LENGTH, 0.0)
+    examples = evaluation.completions(model, encoder, problems[:3], greedy)
+    return {"greedy": acc.greedy, "sampled": acc.sampled,
+            "examples": [p.prompt + t for p, t in zip(problems, examples, strict=False)]}  # fmt: skip
+
+
+def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str, encoder,
+           problems) -> dict:  # fmt: skip
+    config = rl_config(base, variant, seed, budget)
+    config.lock()
+    t0 = time.perf_counter()
+    trainer.train(config, workdir)
+    wall = time.perf_counter() - t0
+    model, _ = checkpoint.load_policy(workdir)
+    during = [(e["step"], e["pass@1"]) for e in eval_history(workdir)]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f if line.strip()]
+    shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+    return {"wall_s": wall, "during": during, **_final(model, encoder, problems, seed),
+            "ell": [r["guidance_length"] for r in metrics],
+            "skipped_steps": int(sum(r.get("skipped", 0) for r in metrics))}  # fmt: skip
+
+
+def run_sft(base, variant: Variant, seed: int, budget: Budget, encoder, problems) -> dict:
+    """The control: reference traces of the training file, `rows_per_step` a step (default
+    B·G, shuffled by seed; `order: sorted` reads them in the curriculum's order, as RL does)."""
+    model, _ = from_pretrained(base.model.path)
+    rows = read_problems(base.data.path)
+    per_step = variant.overrides.get("rows_per_step", base.data.batch_size * base.grpo.group_size)
+    epochs = -(-budget.steps * per_step // len(rows))
+    if variant.overrides.get("order") == "sorted":
+        with open(base.data.path) as f:
+            difficulty = [json.loads(line)["difficulty"] for line in f if line.strip()]
+        order = np.tile(np.argsort(difficulty, kind="stable"), epochs)
+    else:
+        rng = np.random.default_rng(seed)
+        order = np.concatenate([rng.permutation(len(rows)) for _ in range(epochs)])
+    opt = base.optimizer
+    config = sft.SFTConfig(
+        steps=budget.steps, batch_size=per_step,
+        seq_len=base.data.max_prompt_length + base.data.max_completion_length,
+        learning_rate=opt.learning_rate, warmup_steps=opt.warmup_steps,
+        final_lr_fraction=opt.final_lr_fraction, weight_decay=opt.weight_decay,
+        max_grad_norm=opt.max_grad_norm,
+    )  # fmt: skip
+    during_rows = problems[: budget.eval_rows_during]
+    during = []
+
+    def check(step: int, model) -> bool:
+        acc = demo.held_out_accuracy(model, encoder, during_rows, seed=seed)
+        during.append((step, acc.greedy))
+        return False
+
+    check(0, model)
+    t0 = time.perf_counter()
+    sft.train(
+        model, config,
+        lambda k: encoder.sft_arrays([rows[i] for i in order[k * per_step:(k + 1) * per_step]],
+                                     config.seq_len),
+        check_every=budget.eval_every, stop=check,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "during": during, **_final(model, encoder, problems, seed),
+            "ell": [], "skipped_steps": 0}  # fmt: skip
+
+
+def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, budget: Budget,
+              log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
+    """Runs every (seed, variant) not yet in OUT/results.jsonl, seed by seed, appending one
+    record per run; returns all records."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.jsonl")
+    done = _read(path)
+    if budget.one_epoch:
+        base = copy.deepcopy(base)
+        base.data.path = train_subset(base.data.path, budget.steps * base.data.batch_size,
+                                      os.path.join(out_dir, "train_subset.jsonl"))  # fmt: skip
+    encoder = Encoder(load_tokenizer(base.model.path))
+    problems = read_problems(base.eval.path)
+    if not any(r["variant"] == "base" for r in done):
+        model, _ = from_pretrained(base.model.path)
+        done.append(_append(path, {"variant": "base", "seed": 0, "wall_s": 0.0, "during": [],
+                                   **_final(model, encoder, problems, 0), "ell": [],
+                                   "skipped_steps": 0}))  # fmt: skip
+    for seed in seeds:
+        for variant in variants:
+            if any(r["variant"] == variant.name and r["seed"] == seed for r in done):
+                continue
+            log(f"[{time.strftime('%H:%M:%S')}] {variant.name} seed {seed} ...")
+            if variant.name.startswith("sft"):
+                record = run_sft(base, variant, seed, budget, encoder, problems)
+            else:
+                workdir = os.path.join(out_dir, "runs", variant.name, f"seed{seed}")
+                shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
+                record = run_rl(base, variant, seed, budget, workdir, encoder, problems)
+            record = {"variant": variant.name, "seed": seed, "steps": budget.steps, **record}
+            done.append(_append(path, record))
+            log(f"  greedy {record['greedy']:.3f} sampled {record['sampled']:.3f} "
+                f"({record['wall_s']:.0f} s)")  # fmt: skip
+    return done
+
+
+def train_subset(path: str, rows: int, out: str, seed: int = 0) -> str:
+    """Writes `rows` rows of `path`, drawn at random (seeded), in file order, to `out`."""
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    if rows > len(lines):
+        raise ValueError(f"{path} has {len(lines)} rows, fewer than the {rows} asked for")
+    keep = np.sort(np.random.default_rng(seed).choice(len(lines), rows, replace=False))
+    with open(out, "w") as f:
+        f.writelines(lines[i] for i in keep)
+    return out
+
+
+def _read(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _append(path: str, record: dict) -> dict:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+# --- Table and plots -----------------------------------------------------------------------
+
+
+def _stats(values) -> str:
+    values = np.asarray(values, float)
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def table(records: list[dict]) -> str:
+    """Markdown: one row per variant, mean ± sample std over seeds, and the per-seed values."""
+    lines = ["| variant | greedy | sampled (T = 1) | greedy per seed | wall s / run | seeds |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    names = ["base"] + [v.name for v in VARIANTS]
+    labels = {"base": "base model (before RL)"} | {v.name: v.label for v in VARIANTS}
+    for name in names:
+        rows = sorted((r for r in records if r["variant"] == name), key=lambda r: r["seed"])
+        if not rows:
+            continue
+        per_seed = ", ".join(f"{r['greedy']:.3f}" for r in rows)
+        wall = "–" if name == "base" else f"{np.mean([r['wall_s'] for r in rows]):.0f}"
+        lines.append(f"| {labels[name]} (`{name}`) | {_stats([r['greedy'] for r in rows])} | "
+                     f"{_stats([r['sampled'] for r in rows])} | {per_seed} | {wall} | "
+                     f"{len(rows)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(records: list[dict], out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [v.name for v in VARIANTS if any(r["variant"] == v.name for r in records)]
+    base = [r for r in records if r["variant"] == "base"]
+    written = []
+
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    x = np.arange(len(names))
+    for offset, key in ((-0.2, "greedy"), (0.2, "sampled")):
+        values = [[r[key] for r in records if r["variant"] == n] for n in names]
+        means = [np.mean(v) for v in values]
+        stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=key)
+        for i, v in enumerate(values):
+            ax.scatter([x[i] + offset] * len(v), v, color="k", s=6, zorder=3)
+    if base:
+        ax.axhline(base[0]["greedy"], color="gray", linestyle="--", linewidth=1,
+                   label="base model, greedy")  # fmt: skip
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set(ylabel="held-out accuracy (unguided)", title="Final accuracy: mean ± std over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(os.path.join(out_dir, "final_accuracy.png"))
+    fig.savefig(written[-1])
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    colors = {v.name: plt.get_cmap("tab20")(i) for i, v in enumerate(VARIANTS)}
+    for name in names:
+        runs = [r for r in records if r["variant"] == name]
+        steps = [s for s, _ in runs[0]["during"]]
+        if all([s for s, _ in r["during"]] == steps for r in runs) and steps:
+            mean = np.mean([[a for _, a in r["during"]] for r in runs], axis=0)
+            axes[0].plot(steps, mean, marker="o", markersize=3, label=name, color=colors[name])
+        ells = [r["ell"] for r in runs if r["ell"]]
+        if ells and not name.startswith("grpo"):  # α = 0: ℓ guides nobody
+            axes[1].plot(
+                np.arange(1, len(ells[0]) + 1),
+                np.mean(ells, axis=0),
+                label=name,
+                color=colors[name],
+                linestyle="--" if name == "alpha1_half" else "-",
+            )
+    axes[0].set(xlabel="step", ylabel="greedy accuracy (held-out subset)",
+                title="During training (mean over seeds)")  # fmt: skip
+    axes[1].set(xlabel="step", ylabel="ℓ (tokens)", title="Guidance length (mean over seeds)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(os.path.join(out_dir, "curves.png"))
+    fig.savefig(written[-1])
+    plt.close(fig)
+    return written
