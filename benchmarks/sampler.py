@@ -19,13 +19,12 @@ import json
 import os
 import statistics
 import tempfile
-import time
 
 import jax
 import numpy as np
 import torch
 import transformers
-from _common import CpuMonitor, log, machine, matmul_peak_gflops, timed
+from _common import CpuMonitor, log, machine, matmul_peak_gflops, timed, wait_for_quiet
 from flax import nnx
 
 from g2rpo_jax.models import from_pretrained
@@ -67,18 +66,6 @@ def wall_and_cpu_s(fn) -> tuple[float, float]:
     cpu = sum(os.times()[:2])
     wall = timed(fn)
     return wall, sum(os.times()[:2]) - cpu
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.05) -> float:
-    """Waits up to max_wait_s until other processes use < threshold of the CPUs."""
-    deadline = time.perf_counter() + max_wait_s
-    while True:
-        load = {}
-        with CpuMonitor().measure(load):
-            time.sleep(2.0)
-        if load["others_cpu_frac"] < threshold or time.perf_counter() > deadline:
-            return load["others_cpu_frac"]
-        log(f"others use {load['others_cpu_frac']:.0%} of the CPUs; waiting")
 
 
 def bench(name: str, runs: int, guided: bool) -> dict:

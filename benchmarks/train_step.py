@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                      # ~27M model, 16 × (64 + 192), < 3 min
     python benchmarks/train_step.py --shape=anchors      # the anchors' [64, 32 + 64] batch
+    python benchmarks/train_step.py --model=tiny --shape=anchors --no-shared-prompts
     python benchmarks/train_step.py --model=qwen3-0.6b --dtype=bfloat16   # on a GPU
 
 One update = group advantages → reference forward (β = 0.04) → policy forward + backward
@@ -50,8 +51,12 @@ from flax import nnx
 from g2rpo_jax import grpo, guidance, sharding
 from g2rpo_jax.models import PRESETS, from_pretrained
 
-LARGE = dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-             num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True)  # fmt: skip
+ANCHORS = {  # ../shared/anchors' sizes
+    "tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True),
+    "large": dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True),
+}  # fmt: skip
 SHAPES = {  # rows, group size G, prompt length, completion length
     "default": (16, 4, 64, 192),
     "anchors": (64, 8, 32, 64),
@@ -61,8 +66,8 @@ GUIDANCE = guidance.GuidanceConfig(ratio=0.0, initial_length=1, max_length=1)
 
 
 def hf_config(model: str) -> transformers.Qwen3Config:
-    if model == "large":
-        dims = LARGE
+    if model in ANCHORS:
+        dims = ANCHORS[model]
     else:
         c = PRESETS[model]
         dims = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
@@ -140,7 +145,11 @@ def torch_update(policy, reference, optimizer, batch: dict, group: int, device, 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="large", help="'large' or a preset (qwen3-0.6b)")
+    parser.add_argument(
+        "--model",
+        default="large",
+        help="'large', 'tiny' (the anchors' sizes) or a preset (qwen3-0.6b)",
+    )
     parser.add_argument("--shape", choices=SHAPES, default="default")
     parser.add_argument("--dtype", default="float32", help="compute dtype (params stay fp32)")
     parser.add_argument("--remat", action="store_true")

@@ -133,7 +133,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.progress_bar = True
     c.train.wandb_project = ""  # log to Weights & Biases too when set and installed
     c.train.eval_at_start = False  # evaluate before the first step too (the step-0 baseline)
-    c.train.plots = False  # at the end: PNG plots and the before → after line (toy/report.py)
+    c.train.plots = False  # at the end: PNG plots and the before → after line (report.py)
 
     c.eval = ml_collections.ConfigDict()  # periodic eval and scripts/evaluate.py (SPEC §7)
     c.eval.path = ""

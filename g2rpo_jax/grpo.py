@@ -8,7 +8,6 @@ import dataclasses
 import enum
 import functools
 import math
-from typing import TypeVar
 
 import flax.struct
 import jax
@@ -17,9 +16,8 @@ import optax
 from flax import nnx
 
 from g2rpo_jax import guidance, sharding
+from g2rpo_jax.choices import as_enum
 from g2rpo_jax.models.qwen import KVCache, Qwen, init_cache, positions_from_mask, token_log_probs
-
-_E = TypeVar("_E", bound=enum.Enum)
 
 # SPEC §2: added to the std so that a group of near-tied rewards does not blow up.
 ADVANTAGE_EPS = 1e-4
@@ -47,14 +45,6 @@ class AdvantageStd(enum.StrEnum):
     GROUP_POPULATION = "group_population"  # group std with N
     NONE = "none"  # no scaling (Dr.GRPO)
     BATCH = "batch"  # std of all B·G rewards, N − 1
-
-
-def _as_enum(cls: type[_E], value: object, field: str) -> _E:
-    try:
-        return cls(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in cls)
-        raise ValueError(f"{field} must be one of {choices}; got {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +75,7 @@ class GRPOConfig:
             ("guidance_loss", GuidanceLoss),
             ("advantage_std", AdvantageStd),
         ):
-            object.__setattr__(self, field, _as_enum(cls, getattr(self, field), field))
+            object.__setattr__(self, field, as_enum(cls, getattr(self, field), field))
         if not self.beta >= 0:
             raise ValueError(f"beta (β) must be >= 0, got {self.beta}")
         if not 0 <= self.epsilon_low < 1:

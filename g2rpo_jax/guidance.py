@@ -10,13 +10,12 @@ with the config static; the length ℓ it returns after step k is used from step
 import dataclasses
 import enum
 import math
-from typing import TypeVar
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-_E = TypeVar("_E", bound=enum.Enum)
+from g2rpo_jax.choices import as_enum
 
 
 class GuidanceRule(enum.StrEnum):
@@ -83,8 +82,8 @@ class GuidanceConfig:
 
     def __post_init__(self) -> None:
         # Configs arrive from ConfigDicts as plain strings; store the enum.
-        object.__setattr__(self, "rule", _as_enum(GuidanceRule, self.rule, "rule"))
-        object.__setattr__(self, "signal", _as_enum(GuidanceSignal, self.signal, "signal"))
+        object.__setattr__(self, "rule", as_enum(GuidanceRule, self.rule, "rule"))
+        object.__setattr__(self, "signal", as_enum(GuidanceSignal, self.signal, "signal"))
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"guidance ratio α must be in [0, 1], got ratio={self.ratio}")
         if self.min_length < 0:
@@ -117,14 +116,6 @@ class GuidanceConfig:
                 "signal='unguided_accuracy' needs unguided candidates, but ratio α = 1 "
                 "guides every candidate"
             )
-
-
-def _as_enum(cls: type[_E], value: object, field: str) -> _E:
-    try:
-        return cls(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in cls)
-        raise ValueError(f"{field} must be one of {choices}; got {value!r}") from None
 
 
 # --- The guidance plan ---------------------------------------------------------------------

@@ -362,8 +362,8 @@ def train(
             checkpointer.close()  # waits for the last save
             pool.close()
             logger.close()
-    if exp.train.plots and jax.process_index() == 0:  # before → after and plots (issue 9)
-        from g2rpo_jax.toy import report
+    if exp.train.plots and jax.process_index() == 0:  # before → after and plots
+        from g2rpo_jax import report
 
         report.finish(workdir)
     return TrainResult(step=saved, total_steps=total_steps, preempted=bool(preemption.requested))

@@ -11,9 +11,9 @@ import transformers
 
 from g2rpo_jax import config as config_lib
 from g2rpo_jax import trainer
+from g2rpo_jax.plots import PLOTS
 from g2rpo_jax.toy import demo, task
 from g2rpo_jax.toy.data import read_problems
-from g2rpo_jax.toy.plots import PLOTS
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.py"
 

@@ -4,10 +4,8 @@ import contextlib
 import ctypes
 import dataclasses
 import os
-import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from g2rpo_jax.rewards import SandboxConfig, code_reward, extract_program, run_python, run_tests
+from tests import runnable_sandbox
 
 PR_SET_CHILD_SUBREAPER = 36
 ADD_CASES = [
@@ -31,16 +30,9 @@ def fenced(program: str) -> str:
 
 @pytest.fixture(scope="module")
 def sandbox() -> SandboxConfig:
-    """Short limits, and an interpreter the sandbox user can run (the venv's may sit in /root)."""
+    """Short limits, and an interpreter the sandbox user can run."""
     base = SandboxConfig(timeout_s=2.0, cpu_s=2, memory_mb=256, max_file_bytes=1 << 20, disk_mb=8)
-    for python in (sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")):
-        config = dataclasses.replace(base, python=python)
-        try:
-            run_python("pass", config=config)
-        except RuntimeError:
-            continue
-        return config
-    pytest.fail("the sandbox user can run neither this interpreter nor a system python3")
+    return runnable_sandbox.runnable(base)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 import dataclasses
 import random
-import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -16,8 +14,8 @@ from g2rpo_jax.rewards import (
     code_reward,
     compute_rewards,
     format_reward,
-    run_python,
 )
+from tests import runnable_sandbox
 
 N = 512
 CODE_EVERY = 64  # every 64th row is a code row, so code runs spread over the workers
@@ -25,16 +23,9 @@ CODE_EVERY = 64  # every 64th row is a code row, so code runs spread over the wo
 
 @pytest.fixture(scope="module")
 def sandbox() -> SandboxConfig:
-    """An interpreter the sandbox user can run (the venv's may sit in /root)."""
+    """An interpreter the sandbox user can run."""
     base = SandboxConfig(timeout_s=2.0, cpu_s=2, memory_mb=256)
-    for python in (sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")):
-        config = dataclasses.replace(base, python=python)
-        try:
-            run_python("pass", config=config)
-        except RuntimeError:
-            continue
-        return config
-    pytest.fail("the sandbox user can run neither this interpreter nor a system python3")
+    return runnable_sandbox.runnable(base)
 
 
 def _row(i: int, rng: random.Random) -> tuple[str, str, str | None, list | None]:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from g2rpo_jax import config as config_lib
-from g2rpo_jax.toy import plots, report, study
+from g2rpo_jax import plots, report
+from g2rpo_jax.toy import study
 from tests.test_demo import demo_config
 
 

@@ -2,7 +2,7 @@
 
 Shape legend: B batch, T query length, S key length (cache slots), D model dim,
 N query heads, K kv heads, G query heads per kv head (N = K·G), H head dim,
-F mlp dim, V vocab.
+E = N·H, F mlp dim, V vocab.
 
 Two entry points share one layer stack:
 - `model(input_ids, positions, attention_mask)` runs a full causal forward over a
@@ -194,7 +194,7 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         if T == 1:
             # Decode: a multiply-reduce over S runs ~4x faster on XLA:CPU than B·K tiny
-            # [G, S] @ [S, H] matmuls (benchmarks/README.md, "Profile").
+            # [G, S] @ [S, H] matmuls (benchmarks/README.md, "What made the sampler faster").
             out_BKGH = jnp.sum(
                 probs[:, :, :, 0, :, None] * v_BKSH[:, :, None].astype(dt), axis=3,
                 dtype=jnp.float32,
@@ -202,7 +202,7 @@ class Attention(nnx.Module):
             out_BTKGH = out_BKGH[:, None].astype(dt)
         else:
             out_BTKGH = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v_BKSH.astype(dt))
-        # One contracting axis (E = N·H): with two, XLA:CPU transposed both operands per call.
+        # One contracting axis: with two (N, H), XLA:CPU transposed both operands per call.
         y_BTD = jnp.einsum(
             "BTE,ED->BTD", out_BTKGH.reshape(B, T, N * H),
             self.o_proj[...].reshape(N * H, -1).astype(dt),

@@ -6,7 +6,5 @@ data        JSONL rows in our schema; token batches for supervised runs
 sft         supervised training on reference traces (the warm start, the study's control)
 evaluation  held-out unguided accuracy with our Sampler; trace log-likelihood (difficulty)
 demo        the demo model's recipe and build (scripts/make_demo_model.py)
-plots       PNG plots of a run's metrics.jsonl / eval.jsonl
-report      the end-of-run before → after line and plots (called by the trainer)
 study       the variants and protocol of scripts/toy_study.py
 """

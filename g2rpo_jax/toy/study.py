@@ -24,9 +24,9 @@ import numpy as np
 
 from g2rpo_jax import checkpoint, trainer
 from g2rpo_jax.models import from_pretrained
+from g2rpo_jax.report import eval_history
 from g2rpo_jax.toy import demo, evaluation, sft
 from g2rpo_jax.toy.data import Encoder, read_problems
-from g2rpo_jax.toy.report import eval_history
 from g2rpo_jax.toy.tokenizer import load_tokenizer
 
 HALF, FULL = 23, 46  # ℓ in tokens: half and all of a 4-digit trace (45–46 tokens)
@@ -104,8 +104,10 @@ def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str, enco
     config = rl_config(base, variant, seed, budget)
     config.lock()
     t0 = time.perf_counter()
-    trainer.train(config, workdir)
+    result = trainer.train(config, workdir)
     wall = time.perf_counter() - t0
+    if result.step != budget.steps:  # stopped by a signal: no record, rerun to redo it
+        raise RuntimeError(f"{workdir}: stopped at step {result.step} of {budget.steps}")
     model, _ = checkpoint.load_policy(workdir)
     during = [(e["step"], e["pass@1"]) for e in eval_history(workdir)]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

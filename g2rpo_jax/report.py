@@ -3,7 +3,7 @@
 import json
 import os
 
-from g2rpo_jax.toy import plots
+from g2rpo_jax import plots
 
 
 def eval_history(workdir: str) -> list[dict]:
