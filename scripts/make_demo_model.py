@@ -5,8 +5,10 @@ r"""Builds the demo's base model, tokenizer and data (g2rpo_jax/toy/demo.py has 
 
 Writes OUT/model (Hugging Face config.json, model.safetensors, tokenizer files),
 OUT/train.jsonl (RL problems), OUT/eval.jsonl (held-out problems) and OUT/build_info.json
-(the recipe, the calibration checks, held-out accuracy, timings). A CPU build; the same seed
-gives the same model on the same software and CPU.
+(the recipe, the calibration checks, held-out accuracy, timings). A CPU build: the same seed
+on the same software and CPU gives the same bytes; other software (or a change to the model
+code) changes the floats, and the calibration stop then lands the held-out accuracy near
+the target (docs/toy_study.md, "The base model's provenance", states the spread).
 """
 
 import dataclasses

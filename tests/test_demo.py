@@ -1,6 +1,7 @@
 """The demo path: configs/demo.py:smoke trains the shipped demo model for 2 steps, evaluating
 before and after, and writes the plots; the shipped files are what the recipe says."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -40,6 +41,12 @@ def test_shipped_demo_assets_match_the_recipe():
     assert train == sets["train"] and not set(train) & set(sets["eval"])
     assert all(p.digits == demo.RL_DIGITS for p in train)
     assert max(len(tokenizer(p.trace)["input_ids"]) for p in train) < demo.MAX_COMPLETION_LENGTH
+    # Provenance: the shipped model was built by today's recipe and starts in the sparse-reward
+    # regime the demo is about.
+    with open(os.path.join(demo.DEMO_DIR, demo.INFO_FILE)) as f:
+        info = json.load(f)
+    assert info["recipe"] == json.loads(json.dumps(dataclasses.asdict(demo.Recipe())))
+    assert 0.02 <= info["held_out"]["greedy"] <= 0.20
 
 
 def test_demo_smoke_run_evaluates_before_and_after_and_plots(tmp_path, capsys):

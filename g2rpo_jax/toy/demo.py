@@ -67,7 +67,9 @@ class Recipe:
                                           learning_rate=1e-4, warmup_steps=30,
                                           final_lr_fraction=1.0)  # fmt: skip
     phase2_share: float = 0.15  # of 4-digit problems in phase 2; the rest 1–3 digits
-    check_every: int = 10
+    # Accuracy climbs ~0.08 in 10 phase-2 steps near the target: checking every 2 steps lands
+    # rebuilds close to target_greedy whatever path their floats took.
+    check_every: int = 2
     target_greedy: float = 0.08
 
 
