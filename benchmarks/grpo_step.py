@@ -29,7 +29,7 @@ import numpy as np
 from _common import CpuMonitor, log, machine, wait_for_quiet
 from flax import nnx
 
-from g2rpo_jax import grpo, guidance, sharding
+from g2rpo_jax import grpo, guidance, optimization, sharding
 from g2rpo_jax.models import ModelConfig, Qwen
 from g2rpo_jax.rewards import RewardConfig, RewardPool
 from g2rpo_jax.sampling import Sampler, SamplingConfig
@@ -40,7 +40,7 @@ TINY = ModelConfig(model_type="qwen3", qk_norm=True, vocab_size=1024, hidden_siz
 PROMPTS, G, PROMPT_LEN, COMPLETION_LEN = 8, 8, 32, 64
 GUIDANCE = guidance.GuidanceConfig(ratio=0.5, initial_length=32, min_length=1, max_length=64)
 GRPO = grpo.GRPOConfig(beta=0.04)
-OPTIMIZER = grpo.OptimizerConfig(total_steps=100, learning_rate=1e-6, warmup_steps=0)
+OPTIMIZER = optimization.OptimizerConfig(total_steps=100, learning_rate=1e-6, warmup_steps=0)
 REWARDS = RewardConfig(weights=(("accuracy", 1.0), ("format", 0.1)), workers=0)
 
 

@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 from _common import log, machine  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from g2rpo_jax import grpo, guidance, sharding  # noqa: E402
+from g2rpo_jax import grpo, guidance, optimization, sharding  # noqa: E402
 from g2rpo_jax.models import ModelConfig, abstract_model, preset  # noqa: E402
 
 GUIDANCE = guidance.GuidanceConfig(ratio=0.75, initial_length=3072, max_length=3072)
@@ -104,7 +104,7 @@ def analyse(config: ModelConfig, beta: float, rows: int, group: int, prompt: int
             completion: int, micro: int, mesh) -> dict:  # fmt: skip
     """Compile train_step on abstract inputs; the per-device memory analysis in bytes."""
     grpo_config = grpo.GRPOConfig(beta=beta)
-    optimizer = grpo.OptimizerConfig(total_steps=1000, micro_batches=micro)
+    optimizer = optimization.OptimizerConfig(total_steps=1000, micro_batches=micro)
     graphdef, state = abstract_state(config, grpo_config, optimizer, mesh)
     step = grpo.make_train_step(graphdef, grpo_config, optimizer, GUIDANCE, group, mesh, state)
     start = time.perf_counter()
@@ -173,7 +173,7 @@ def validate(name: str, config: ModelConfig, rows: int, group: int, prompt: int,
 
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     grpo_config = grpo.GRPOConfig(beta=beta)
-    optimizer = grpo.OptimizerConfig(total_steps=1000)
+    optimizer = optimization.OptimizerConfig(total_steps=1000)
     predicted = analyse(config, beta, rows, group, prompt, completion, 1, mesh)
     model = Qwen(config, rngs=nnx.Rngs(0))
     graphdef = nnx.graphdef(model)

@@ -48,7 +48,7 @@ from _common import (
 )
 from flax import nnx
 
-from g2rpo_jax import grpo, guidance, sharding
+from g2rpo_jax import grpo, guidance, optimization, sharding
 from g2rpo_jax.models import PRESETS, from_pretrained
 
 ANCHORS = {  # ../shared/anchors' sizes
@@ -184,7 +184,7 @@ def main():
 
     batch = make_batch(rows, group, prompt, completion, config.vocab_size, args.shared_prompts)
     grpo_config = grpo.GRPOConfig(beta=BETA)
-    opt_config = grpo.OptimizerConfig(total_steps=1000, learning_rate=LR, warmup_steps=0,
+    opt_config = optimization.OptimizerConfig(total_steps=1000, learning_rate=LR, warmup_steps=0,
                                       final_lr_fraction=1.0, max_grad_norm=CLIP)  # fmt: skip
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     state = grpo.init_train_state(model, grpo_config, opt_config, GUIDANCE)

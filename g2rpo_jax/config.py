@@ -14,9 +14,10 @@ import ml_collections
 from ml_collections import config_dict
 
 from g2rpo_jax.data import DataConfig, FieldMap
-from g2rpo_jax.grpo import GRPOConfig, OptimizerConfig
+from g2rpo_jax.grpo import GRPOConfig
 from g2rpo_jax.guidance import GuidanceConfig
 from g2rpo_jax.models import PRESETS, ModelConfig, preset
+from g2rpo_jax.optimization import OptimizerConfig
 from g2rpo_jax.rewards import REWARD_FUNCTIONS, RewardConfig, SandboxConfig
 from g2rpo_jax.sampling import SamplingConfig
 
@@ -324,12 +325,11 @@ def build(
     *,
     num_devices: int,
     process_count: int = 1,
-    total_steps: int | None = None,
 ) -> Experiment:
     """Checks `c` and returns the typed Experiment; raises ConfigError naming the field.
 
-    total_steps: the run length for the optimizer and schedules; defaults to
-    train.num_steps (or a stand-in until the data is loaded, see `with_total_steps`).
+    The optimizer and schedules run for train.num_steps, or a stand-in until the data says
+    how many steps there are (`Experiment.with_total_steps`).
     """
     check_keys(c)
     m = c.model
@@ -393,7 +393,7 @@ def build(
     if t.num_steps < 0:
         _fail("train.num_steps", f"{t.num_steps} must be >= 0 (0: every batch of the data)")
     # Until the data says how many steps there are, a stand-in that any warmup fits.
-    steps = total_steps or t.num_steps or (c.optimizer.warmup_steps or 0) + 1
+    steps = t.num_steps or (c.optimizer.warmup_steps or 0) + 1
     optimizer = _make("optimizer", OptimizerConfig, total_steps=steps, **c.optimizer.to_dict())
     guidance_config = _make("guidance", GuidanceConfig, total_steps=steps, **c.guidance.to_dict())
     if guidance_config.max_length > d.max_completion_length and s.guidance_in_budget:
@@ -428,9 +428,8 @@ def build(
     pass_k = tuple(int(k) for k in e.pass_k)
     if not pass_k or any(not 1 <= k <= e.num_samples for k in pass_k):
         _fail("eval.pass_k", f"{pass_k}: each k must be in [1, eval.num_samples={e.num_samples}]")
-    for name in ("batch_size",):
-        if e[name] < 1:
-            _fail(f"eval.{name}", f"{e[name]} must be >= 1")
+    if e.batch_size < 1:
+        _fail("eval.batch_size", f"{e.batch_size} must be >= 1")
     eval_sampling = _make(
         "eval", SamplingConfig, max_completion_length=e.max_completion_length or
         d.max_completion_length, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,

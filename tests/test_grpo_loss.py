@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from g2rpo_jax import grpo
+from g2rpo_jax import grpo, optimization
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "goldens" / "grpo_loss.json").read_text())
 
@@ -160,9 +160,9 @@ def test_skip_update_only_for_all_zero_advantages_without_kl():
         (lambda: grpo.GRPOConfig(num_updates=0), "num_updates"),
         (lambda: grpo.GRPOConfig(aggregation="seq_sum_fixed"), "max_completion_length"),
         (lambda: grpo.GRPOConfig(aggregation="sum"), "aggregation"),
-        (lambda: grpo.OptimizerConfig(total_steps=0), "total_steps"),
-        (lambda: grpo.OptimizerConfig(total_steps=10, warmup_steps=10), "warmup_steps"),
-        (lambda: grpo.OptimizerConfig(total_steps=10, final_lr_fraction=2.0), "final_lr"),
+        (lambda: optimization.OptimizerConfig(total_steps=0), "total_steps"),
+        (lambda: optimization.OptimizerConfig(total_steps=10, warmup_steps=10), "warmup_steps"),
+        (lambda: optimization.OptimizerConfig(total_steps=10, final_lr_fraction=2.0), "final_lr"),
     ],
 )
 def test_invalid_configs_name_the_field(make, match):
@@ -181,9 +181,9 @@ def test_configs_are_hashable_and_take_strings():
 
 
 def test_schedule_warms_up_then_decays_to_the_final_fraction():
-    config = grpo.OptimizerConfig(total_steps=100, learning_rate=1e-3)
+    config = optimization.OptimizerConfig(total_steps=100, learning_rate=1e-3)
     assert config.num_warmup_steps == 5  # ceil(0.05 · 100), not 6 from float error
-    lr = np.asarray(grpo.learning_rate_schedule(config)(jnp.arange(111)))
+    lr = np.asarray(optimization.learning_rate_schedule(config)(jnp.arange(111)))
     assert lr[0] == 0.0
     assert lr[5] == pytest.approx(1e-3, rel=1e-6)
     assert lr[100] == pytest.approx(1e-4, rel=1e-5) and lr[110] == pytest.approx(1e-4, rel=1e-5)
@@ -191,8 +191,8 @@ def test_schedule_warms_up_then_decays_to_the_final_fraction():
 
 
 def test_optimizer_first_step_moves_each_weight_by_lr():
-    config = grpo.OptimizerConfig(total_steps=10, learning_rate=1e-2, warmup_steps=0)
-    optimizer = grpo.make_optimizer(config)
+    config = optimization.OptimizerConfig(total_steps=10, learning_rate=1e-2, warmup_steps=0)
+    optimizer = optimization.make_optimizer(config)
     params = {"w": jnp.ones(3)}
     grads = {"w": jnp.asarray([3.0, -0.5, 100.0])}  # clipped to norm 1 first; Adam → sign
     updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)

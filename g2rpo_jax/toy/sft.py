@@ -1,6 +1,6 @@
 """Supervised training on reference traces: the demo model's warm start and the study's
 control. Cross-entropy on `prompt ⊕ trace ⊕ EOS`, loss on the trace and EOS tokens only,
-AdamW with warmup and cosine decay (grpo.make_optimizer), one jitted step.
+AdamW with warmup and cosine decay (optimization.make_optimizer), one jitted step.
 
 Warmup matters (NOTES.md): Adam's first update moves every weight by about lr in the sign of
 its gradient, which on a calibrated model can wipe out a fragile skill in one step.
@@ -16,8 +16,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from g2rpo_jax.grpo import OptimizerConfig, make_optimizer
 from g2rpo_jax.models import Qwen
+from g2rpo_jax.optimization import OptimizerConfig, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
