@@ -70,10 +70,7 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
-
-    def save(self, step: int, state, data_state: dict, meta: dict, *, force: bool = True) -> bool:
+    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
         """Starts saving (asynchronously when enabled); device arrays are copied to the host
         before this returns, so the caller may donate `state` right after."""
         args = ocp.args.Composite(
@@ -83,7 +80,7 @@ class Checkpointer:
                 META: ocp.args.JsonSave(meta),
             }
         )
-        return self._manager.save(step, args=args, force=force)
+        self._manager.save(step, args=args, force=True)
 
     def wait(self) -> None:
         """Blocks until the last save is on disk."""

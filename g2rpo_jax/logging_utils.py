@@ -142,6 +142,9 @@ def _wandb_id(workdir: str) -> str:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSONL file; none when it does not exist (yet)."""
+    if not os.path.exists(path):
+        return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 

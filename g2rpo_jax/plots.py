@@ -1,20 +1,14 @@
 """PNG plots of a run from its metrics.jsonl (and eval.jsonl): reward, accuracy of guided vs
 unguided candidates, guidance length ℓ, and held-out accuracy, each over training steps."""
 
-import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from g2rpo_jax.logging_utils import EVAL_FILE, METRICS_FILE, read_jsonl
+
 PLOTS = ("reward.png", "accuracy_guided_unguided.png", "guidance_length.png", "eval_accuracy.png")
-
-
-def _read(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +37,8 @@ def write_plots(workdir: str, out_dir: str | None = None, window: int = 10) -> l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = _read(os.path.join(workdir, "metrics.jsonl"))
-    evals = _read(os.path.join(workdir, "eval.jsonl"))
+    metrics = read_jsonl(os.path.join(workdir, METRICS_FILE))
+    evals = read_jsonl(os.path.join(workdir, EVAL_FILE))
     out_dir = out_dir or workdir
     os.makedirs(out_dir, exist_ok=True)
     written = []

@@ -1,22 +1,14 @@
 """End-of-run report: held-out accuracy before → after (from eval.jsonl) and the PNG plots."""
 
-import json
 import os
 
 from g2rpo_jax import plots
+from g2rpo_jax.logging_utils import EVAL_FILE, read_jsonl
 
 
 def eval_history(workdir: str) -> list[dict]:
     """The run's evaluations in step order (the last record of a step wins on resume)."""
-    path = os.path.join(workdir, "eval.jsonl")
-    if not os.path.exists(path):
-        return []
-    by_step = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                by_step[record["step"]] = record
+    by_step = {r["step"]: r for r in read_jsonl(os.path.join(workdir, EVAL_FILE))}
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -45,7 +45,7 @@ from g2rpo_jax.data.schema import to_row
 from g2rpo_jax.data.sources import read_records, resolve_format
 from g2rpo_jax.data.tokenization import Tokenizer, encode_prompts, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
-from g2rpo_jax.rewards import RewardConfig, RewardPool, parse_gold
+from g2rpo_jax.rewards import RewardPool, parse_gold
 from g2rpo_jax.sampling import Sampler, SamplingConfig
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, copied into the workdir at the start
@@ -538,10 +538,3 @@ def evaluate(params, sampler: Sampler, tokenizer: Tokenizer, examples, pool: Rew
         np.mean([np.mean(r["completion_tokens"]) for r in results]))  # fmt: skip
     report["rows"] = results
     return report
-
-
-def eval_reward_config(exp: config_lib.Experiment, workers: int | None = None) -> RewardConfig:
-    """Only the accuracy reward: evaluation scores nothing else."""
-    return RewardConfig(weights={exp.accuracy_reward: 1.0},
-                        workers=exp.rewards.workers if workers is None else workers,
-                        sandbox=exp.rewards.sandbox)  # fmt: skip

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from g2rpo_jax.logging_utils import METRICS_FILE, read_jsonl
 from tests.test_trainer import final_state, write_rows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,8 +43,7 @@ def launch(command, timeout=400):
 
 
 def losses(workdir):
-    with open(workdir / "metrics.jsonl") as f:
-        return [json.loads(line)["loss"] for line in f]
+    return [r["loss"] for r in read_jsonl(workdir / METRICS_FILE)]
 
 
 @pytest.fixture(scope="module")

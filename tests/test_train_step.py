@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from g2rpo_jax import grpo, guidance, sharding
+from g2rpo_jax import grpo, guidance, optimization, sharding
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig
 
@@ -55,7 +55,9 @@ GRPO = grpo.GRPOConfig(beta=0.04)
 # Adam's first step moves each weight by lr·g/(|g|+ε): with the default ε = 1e-8 a
 # near-zero gradient turns float-rounding differences into changes up to ±lr. ε = 1e-3
 # bounds that amplification by lr/ε = 1, so parameters can be compared at 1e-5.
-OPTIMIZER = grpo.OptimizerConfig(total_steps=10, learning_rate=1e-3, eps=1e-3, warmup_steps=0)
+OPTIMIZER = optimization.OptimizerConfig(
+    total_steps=10, learning_rate=1e-3, eps=1e-3, warmup_steps=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,30 @@ def test_sharded_step_equals_single_device(hf_qwen3_dir, single_device, shape):
     assert mlp.sharding.spec == jax.sharding.PartitionSpec(tensor, fsdp)
     adam_mu = state.opt_state[1][0].mu["layers"][0]["attn"]["q_proj"][...]
     assert adam_mu.sharding.spec == q.sharding.spec
+
+
+def test_groups_sharing_a_prompt_run_it_once_with_the_same_log_probs_and_gradients(
+    hf_qwen3_dir,
+):
+    """The trainer's batches repeat each prompt G times; the step then runs each prompt once
+    and lets its KV cache serve the group. Log-probs and their gradient must not change."""
+    batch = make_batch()
+    for key in ("prompt_ids", "prompt_mask"):  # row b·G's prompt for the whole group
+        batch[key] = np.repeat(batch[key][::G], G, axis=0)
+    model, _ = from_pretrained(hf_qwen3_dir)
+    graphdef, params = nnx.split(model)
+
+    def total(params, group_size):
+        lp = grpo.completion_log_probs(graphdef, params, batch, group_size=group_size)
+        return (lp * batch["completion_mask"]).sum(), lp
+
+    run = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)
+    (_, shared), shared_grads = run(params, G)
+    (_, full), full_grads = run(params, 1)
+    mask = batch["completion_mask"]
+    np.testing.assert_allclose(np.asarray(shared)[mask], np.asarray(full)[mask], atol=1e-5)
+    for a, b in zip(jax.tree.leaves(shared_grads), jax.tree.leaves(full_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])  # seq_sum_fixed: as seq_mean
@@ -165,7 +191,7 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
     model, _ = from_pretrained(hf_qwen3_dir)
     graphdef = nnx.graphdef(model)
     config = grpo.GRPOConfig(beta=0.0)
-    optimizer = grpo.OptimizerConfig(total_steps=steps, learning_rate=3e-3, warmup_steps=2)
+    optimizer = optimization.OptimizerConfig(total_steps=steps, learning_rate=3e-3, warmup_steps=2)
     no_guidance = dataclasses.replace(GUIDANCE, ratio=0.0)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     state = grpo.init_train_state(model, config, optimizer, no_guidance)

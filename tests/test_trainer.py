@@ -17,7 +17,7 @@ import pytest
 
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import logging_utils, trainer
+from g2rpo_jax import logging_utils, sharding, trainer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -56,8 +56,7 @@ def final_state(workdir):
     )
     exp = exp.with_total_steps(exp.train.num_steps)
     model_config = checkpoint_lib.model_config_from_json(meta["model_config"])
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(exp.mesh_shape),
-                             ("data", "fsdp", "tensor"))  # fmt: skip
+    mesh = sharding.make_mesh(exp.mesh_shape)
     _, abstract = trainer.abstract_train_state(model_config, exp, mesh)
     state, data_state, _ = checkpointer.restore(step, abstract)
     checkpointer.close()

@@ -131,9 +131,11 @@ def warm_start(recipe: Recipe, encoder: Encoder, sets: dict, log: Callable[[str]
     return model, info
 
 
-def held_out_accuracy(model: Qwen, encoder: Encoder, problems, seed: int = 0):
+def held_out_accuracy(model: Qwen, encoder: Encoder, problems, seed: int = 0,
+                      sampled: bool = True):  # fmt: skip
     return evaluation.accuracy(model, encoder, problems, temperature=TEMPERATURE,
-                               max_completion_length=MAX_COMPLETION_LENGTH, seed=seed)  # fmt: skip
+                               max_completion_length=MAX_COMPLETION_LENGTH, seed=seed,
+                               sampled=sampled)  # fmt: skip
 
 
 def build(out_dir: str, recipe: Recipe = Recipe(), log: Callable[[str], None] = print) -> dict:

@@ -7,12 +7,11 @@ import jax
 import numpy as np
 from flax import nnx
 
+from g2rpo_jax import trainer
 from g2rpo_jax.models import Qwen
-from g2rpo_jax.sampling import Sampler, SamplingConfig
+from g2rpo_jax.sampling import SamplingConfig
 from g2rpo_jax.toy import sft, task
 from g2rpo_jax.toy.data import Encoder
-
-_SAMPLERS: dict = {}
 
 
 def sampling_config(encoder: Encoder, max_completion_length: int, temperature: float,
@@ -28,10 +27,7 @@ def completions(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem],
                 config: SamplingConfig, seed: int = 0, chunk: int = 512) -> list[str]:  # fmt: skip
     """The decoded unguided completion of each problem (special tokens dropped)."""
     graphdef, params = nnx.split(model)
-    key = (graphdef, config)
-    if key not in _SAMPLERS:
-        _SAMPLERS[key] = Sampler(graphdef, config)
-    sampler = _SAMPLERS[key]
+    sampler = trainer.sampler_for(graphdef, config)
     texts = []
     for start in range(0, len(problems), chunk):
         part = problems[start : start + chunk]
@@ -39,10 +35,7 @@ def completions(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem],
         out = sampler(params, ids, lengths, np.zeros((len(part), 0), np.int32),
                       np.zeros(len(part), np.int32), jax.random.key(seed + start))  # fmt: skip
         completion_ids, mask = jax.device_get((out.completion_ids, out.completion_mask))
-        texts += encoder.tokenizer.batch_decode(
-            [row[m.astype(bool)] for row, m in zip(completion_ids, mask, strict=True)],
-            skip_special_tokens=True,
-        )
+        texts += trainer.decode(encoder.tokenizer, completion_ids, mask)
     return texts
 
 

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from g2rpo_jax import checkpoint, trainer
+from g2rpo_jax.logging_utils import METRICS_FILE, append_jsonl, read_jsonl
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.report import eval_history
 from g2rpo_jax.toy import demo, evaluation, sft
@@ -110,8 +111,7 @@ def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str, enco
         raise RuntimeError(f"{workdir}: stopped at step {result.step} of {budget.steps}")
     model, _ = checkpoint.load_policy(workdir)
     during = [(e["step"], e["pass@1"]) for e in eval_history(workdir)]
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        metrics = [json.loads(line) for line in f if line.strip()]
+    metrics = read_jsonl(os.path.join(workdir, METRICS_FILE))
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     return {"wall_s": wall, "during": during, **_final(model, encoder, problems, seed),
             "ell": [r["guidance_length"] for r in metrics],
@@ -144,7 +144,7 @@ def run_sft(base, variant: Variant, seed: int, budget: Budget, encoder, problems
     during = []
 
     def check(step: int, model) -> bool:
-        acc = demo.held_out_accuracy(model, encoder, during_rows, seed=seed)
+        acc = demo.held_out_accuracy(model, encoder, during_rows, seed=seed, sampled=False)
         during.append((step, acc.greedy))
         return False
 
@@ -167,7 +167,7 @@ def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, bu
     record per run; returns all records."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.jsonl")
-    done = _read(path)
+    done = read_jsonl(path)
     if budget.one_epoch:
         base = copy.deepcopy(base)
         base.data.path = train_subset(base.data.path, budget.steps * base.data.batch_size,
@@ -209,16 +209,8 @@ def train_subset(path: str, rows: int, out: str, seed: int = 0) -> str:
     return out
 
 
-def _read(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _append(path: str, record: dict) -> dict:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(path, record)
     return record
 
 
