@@ -8,7 +8,14 @@ import torch
 from flax import nnx
 
 from g2rpo_jax.models import from_pretrained
-from g2rpo_jax.sampling import FINISH_EOS, FINISH_LENGTH, Sampler, SamplingConfig, sample_tokens
+from g2rpo_jax.sampling import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    Sampler,
+    SamplingConfig,
+    decode_phase_ends,
+    sample_tokens,
+)
 from tests import tiny_models
 
 PROMPT_LENGTHS = np.array([5, 11, 3, 8])
@@ -92,6 +99,34 @@ def test_log_probs_equal_a_full_forward(loaded, temperature):
     mask = np.asarray(out.completion_mask)
     assert mask.sum() == 4 * 24
     np.testing.assert_allclose(np.asarray(out.log_probs)[mask], expected[mask], atol=1e-4)
+
+
+def test_decode_phases_change_nothing_but_the_cache_read(loaded):
+    """One loop over the whole cache, or phases over caches grown as they fill: the same
+    sampled tokens and log-probs, guided rows included."""
+    _, graphdef, params = loaded
+    prompts, traces = prompts_and_traces()
+    outs = [
+        jax.device_get(
+            Sampler(graphdef, SamplingConfig(max_completion_length=24, decode_phases=n))(
+                params, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(2)
+            )
+        )
+        for n in (1, 4, 23, 40)
+    ]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out.completion_ids, outs[0].completion_ids)
+        np.testing.assert_allclose(out.log_probs, outs[0].log_probs, atol=1e-6)
+
+
+def test_decode_phase_ends():
+    # 64 tokens take 63 model calls: the prefill's logits choose the first.
+    assert decode_phase_ends(64, 4) == [16, 32, 48, 63]
+    assert decode_phase_ends(64, 1) == [63]
+    assert decode_phase_ends(3, 4) == [1, 2]
+    assert decode_phase_ends(1, 4) == []
+    with pytest.raises(ValueError, match="decode_phases=0"):
+        SamplingConfig(max_completion_length=8, decode_phases=0)
 
 
 def test_eos_stops_a_row_and_ends_its_mask(loaded):
