@@ -77,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.top_k = 0
     c.sampling.guidance_in_budget = True  # max_completion_length counts guidance tokens
     c.sampling.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
+    c.sampling.decode_phases = 4  # decode loops, each over a cache grown to what it fills
 
     c.grpo = ml_collections.ConfigDict()  # SPEC §2–3
     c.grpo.group_size = 12  # G
@@ -385,6 +386,7 @@ def build(
         "sampling", SamplingConfig, max_completion_length=d.max_completion_length,
         temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
         guidance_in_budget=s.guidance_in_budget, batch_multiple=s.batch_multiple,
+        decode_phases=s.decode_phases,
     )  # fmt: skip
     grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
     grpo = _make("grpo", GRPOConfig, **grpo_kw, max_completion_length=d.max_completion_length)
@@ -433,7 +435,7 @@ def build(
     eval_sampling = _make(
         "eval", SamplingConfig, max_completion_length=e.max_completion_length or
         d.max_completion_length, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
-        batch_multiple=s.batch_multiple,
+        batch_multiple=s.batch_multiple, decode_phases=s.decode_phases,
     )  # fmt: skip
     evaluation = EvalConfig(e.path, e.num_samples, pass_k, eval_sampling, e.batch_size, e.max_rows)
 

@@ -163,17 +163,17 @@ def _argmax(x_BV):
     return jnp.min(jnp.where(is_max, jnp.arange(V), V - 1), axis=-1)
 
 
-def _categorical(keys_B, logits_BV, chunk: int = 128):
-    """One token per row drawn from softmax(logits) by inverting its CDF, in two levels.
+def _categorical(keys_B, weights_BV, chunk: int = 128):
+    """One token per row drawn with probability ∝ its weight (≥ 0), by inverting the CDF
+    in two levels.
 
     Draws a chunk of `chunk` tokens with probability ∝ its mass, then a token in it ∝ its
     weight: two uniforms per row instead of Gumbel noise for every one of the V logits
     (threefry over B·V values dominated the decode step on CPU). A zero-weight token
-    (filtered to -inf) is never drawn.
+    (filtered out) is never drawn.
     """
-    B, V = logits_BV.shape
+    B, V = weights_BV.shape
     n = -(-V // chunk)
-    weights_BV = jnp.exp(logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True))
     weights_BnC = jnp.pad(weights_BV, ((0, 0), (0, n * chunk - V))).reshape(B, n, chunk)
     u_B2 = jax.vmap(lambda key: jax.random.uniform(key, (2,)))(keys_B)
 
@@ -189,29 +189,41 @@ def _categorical(keys_B, logits_BV, chunk: int = 128):
 
 
 def sample_tokens(logits_BV, keys_B, step, config: SamplingConfig):
-    """Chooses one token per row; returns (tokens [B], log-probs [B])."""
-    logits_BV = logits_BV.astype(jnp.float32)
+    """Chooses one token per row; returns (tokens [B], log-probs [B]).
+
+    One exp over the vocabulary serves both: the sampling weights are exp(scaled − max)
+    with filtered tokens zeroed, and their unfiltered sum gives the log-probs' normalizer.
+    """
+    scaled_BV = logits_BV.astype(jnp.float32)
+    if not config.is_greedy:
+        scaled_BV = scaled_BV / config.temperature
+    max_B1 = jnp.max(scaled_BV, axis=-1, keepdims=True)
+    weights_BV = jnp.exp(scaled_BV - max_B1)
+    log_normalizer_B = max_B1[:, 0] + jnp.log(jnp.sum(weights_BV, axis=-1))
     if config.is_greedy:
-        scaled_BV = logits_BV
-        tokens = _argmax(logits_BV)
+        tokens = _argmax(scaled_BV)
     else:
-        scaled_BV = logits_BV / config.temperature
-        filtered_BV = scaled_BV
+        keep_BV = None
         if config.top_k:
             kth_B1 = jax.lax.top_k(scaled_BV, config.top_k)[0][:, -1:]
-            filtered_BV = jnp.where(scaled_BV < kth_B1, -jnp.inf, filtered_BV)
+            keep_BV = scaled_BV >= kth_B1
         if config.top_p < 1:
             # Keep the smallest set of most likely tokens whose mass reaches top_p.
-            sorted_BV = jnp.sort(filtered_BV, axis=-1)[:, ::-1]
+            candidates_BV = (
+                scaled_BV if keep_BV is None else jnp.where(keep_BV, scaled_BV, -jnp.inf)
+            )
+            sorted_BV = jnp.sort(candidates_BV, axis=-1)[:, ::-1]
             probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
             before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
             kept_BV = jnp.where(before_BV < config.top_p, sorted_BV, jnp.inf)
             threshold_B1 = jnp.min(kept_BV, axis=-1, keepdims=True)
-            filtered_BV = jnp.where(filtered_BV < threshold_B1, -jnp.inf, filtered_BV)
+            keep_BV = candidates_BV >= threshold_B1
+        if keep_BV is not None:
+            weights_BV = jnp.where(keep_BV, weights_BV, 0.0)
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
-        tokens = _categorical(step_keys, filtered_BV)
+        tokens = _categorical(step_keys, weights_BV)
     picked = jnp.take_along_axis(scaled_BV, tokens[:, None], axis=-1)[:, 0]
-    return tokens.astype(jnp.int32), picked - jax.nn.logsumexp(scaled_BV, axis=-1)
+    return tokens.astype(jnp.int32), picked - log_normalizer_B
 
 
 def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_BL,
