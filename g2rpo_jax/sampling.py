@@ -16,7 +16,7 @@ them. With a fixed batch and prompt bucket, ℓ ∈ [1, 4096] compiles at most 9
 Decode phases: a step attends over every slot of the cache it is given, filled or not, and
 on CPU that read is a large share of the step. So the loop runs in `decode_phases` parts,
 the cache grown (one copy) at each boundary to just the slots the next part fills: with 4
-phases a 32-token prefix and 64 new tokens read 72 slots per step on average instead of 96.
+phases a 32-token prefix and 64 new tokens read 71 slots per step on average instead of 96.
 Each phase is its own loop in the program, so more phases mean more code to compile.
 
 Log-probs are log softmax(logits / temperature) at the chosen tokens, taken before top-k /
