@@ -17,7 +17,8 @@ Decode phases: a step attends over every slot of the cache it is given, filled o
 on CPU that read is a large share of the step. So the loop runs in `decode_phases` parts,
 the cache grown (one copy) at each boundary to just the slots the next part fills: with 4
 phases a 32-token prefix and 64 new tokens read 71 slots per step on average instead of 96.
-Each phase is its own loop in the program, so more phases mean more code to compile.
+Each phase is its own loop in the program, so more phases mean more code to compile, and
+none is shorter than MIN_PHASE_STEPS steps.
 
 Log-probs are log softmax(logits / temperature) at the chosen tokens, taken before top-k /
 top-p truncation (the distribution the policy defines at that temperature); greedy
@@ -48,8 +49,9 @@ class SamplingConfig:
     max_completion_length: the completion budget; it counts guidance tokens too unless
     guidance_in_budget is False, then guided rows may generate that many on top (SPEC §1).
     temperature 0 or greedy=True decode greedily; top_k 0 and top_p 1 turn those filters off.
-    decode_phases: the decode loop runs in this many phases, each over a KV cache just long
-    enough for the tokens it adds, so early steps read fewer slots (module docstring).
+    decode_phases: the decode loop runs in up to this many phases (each ≥ MIN_PHASE_STEPS
+    steps), each over a KV cache just long enough for the tokens it adds, so early steps read
+    fewer slots (module docstring).
     """
 
     max_completion_length: int
@@ -119,10 +121,15 @@ class _LoopState:
     log_probs_BC: jax.Array
 
 
+# A shorter phase saves little cache reading and still costs a loop body to compile.
+MIN_PHASE_STEPS = 12
+
+
 def decode_phase_ends(budget: int, phases: int) -> list[int]:
     """The step each decode phase ends before: budget − 1 model calls in `phases` near-equal
-    parts (fewer when there are fewer calls)."""
+    parts, fewer when a part would be under MIN_PHASE_STEPS calls."""
     calls = budget - 1
+    phases = max(1, min(phases, calls // MIN_PHASE_STEPS))
     return sorted({-(-calls * (i + 1) // phases) for i in range(phases)} - {0})
 
 

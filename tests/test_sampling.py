@@ -106,24 +106,24 @@ def test_decode_phases_change_nothing_but_the_cache_read(loaded):
     sampled tokens and log-probs, guided rows included."""
     _, graphdef, params = loaded
     prompts, traces = prompts_and_traces()
-    outs = [
+    one, three = (
         jax.device_get(
-            Sampler(graphdef, SamplingConfig(max_completion_length=24, decode_phases=n))(
+            Sampler(graphdef, SamplingConfig(max_completion_length=40, decode_phases=n))(
                 params, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(2)
             )
         )
-        for n in (1, 4, 23, 40)
-    ]
-    for out in outs[1:]:
-        np.testing.assert_array_equal(out.completion_ids, outs[0].completion_ids)
-        np.testing.assert_allclose(out.log_probs, outs[0].log_probs, atol=1e-6)
+        for n in (1, 3)
+    )
+    np.testing.assert_array_equal(three.completion_ids, one.completion_ids)
+    np.testing.assert_allclose(three.log_probs, one.log_probs, atol=1e-6)
 
 
 def test_decode_phase_ends():
     # 64 tokens take 63 model calls: the prefill's logits choose the first.
     assert decode_phase_ends(64, 4) == [16, 32, 48, 63]
     assert decode_phase_ends(64, 1) == [63]
-    assert decode_phase_ends(3, 4) == [1, 2]
+    assert decode_phase_ends(40, 4) == [13, 26, 39]  # phases of at least MIN_PHASE_STEPS
+    assert decode_phase_ends(24, 4) == [23]
     assert decode_phase_ends(1, 4) == []
     with pytest.raises(ValueError, match="decode_phases=0"):
         SamplingConfig(max_completion_length=8, decode_phases=0)
