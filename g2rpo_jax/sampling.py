@@ -245,7 +245,8 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
     )
     W = P + L
     cache = init_cache(model.config, B, W)
-    hidden_BWD, cache = model.hidden_states(tokens_BW, positions_BW, mask_BW, cache)
+    # X = L + 1: only the outputs that predict the guidance tokens and the first new token.
+    hidden_BXD, cache = model.hidden_states(tokens_BW, positions_BW, mask_BW, cache, last=L + 1)
 
     cols_C = jnp.arange(C)[None, :]
     is_guidance_BC = cols_C < guidance_len_B[:, None]
@@ -255,9 +256,7 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
         # Column W-L+i of the prefix holds guidance token i of a row with ℓ = L; a row with
         # fewer guidance tokens has them in the last ℓ columns.
         temperature = 1.0 if config.is_greedy else config.temperature
-        lp_BL = token_log_probs(
-            model, hidden_BWD[:, W - L - 1 : W - 1], tokens_BW[:, W - L :], temperature
-        )
+        lp_BL = token_log_probs(model, hidden_BXD[:, :L], tokens_BW[:, W - L :], temperature)
         src_BC = jnp.clip(L - guidance_len_B[:, None] + cols_C, 0, L - 1)
         guidance_tokens_BC = jnp.take_along_axis(tokens_BW[:, W - L :], src_BC, axis=1)
         completion_BC = jnp.where(is_guidance_BC, guidance_tokens_BC, completion_BC)
@@ -302,7 +301,7 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
 
     init = _LoopState(
         step=jnp.zeros((), jnp.int32),
-        logits_BV=model.logits(hidden_BWD[:, -1:])[:, 0],
+        logits_BV=model.logits(hidden_BXD[:, -1:])[:, 0],
         cache=cache,
         positions_B=positions_BW[:, -1] + 1,
         rotary=model.rotary(positions_BW[:, -1:] + 1),

@@ -88,6 +88,26 @@ def test_prefill_then_decode_equals_full_forward(fixture, request):
     assert max_error(np.concatenate(steps, axis=1), full, mask) <= 1e-4
 
 
+@pytest.mark.parametrize("remat", [False, True])
+def test_last_positions_only(hf_qwen3_dir, remat):
+    """`last=k` gives the full forward's last k hidden states and the same cache."""
+    model, config = from_pretrained(hf_qwen3_dir, remat=remat)
+    ids, mask, positions = tiny_models.left_padded_batch(length=14, pads=(0, 3, 6))
+
+    @nnx.jit(static_argnums=1)
+    def prefill(model, last):
+        cache = init_cache(config, batch=ids.shape[0], max_length=ids.shape[1])
+        return model.hidden_states(ids, positions, mask, cache, last=last)
+
+    full, full_cache = prefill(model, None)
+    for last in (1, 5):
+        hidden, cache = prefill(model, last)
+        assert hidden.shape == (ids.shape[0], last, config.hidden_size)
+        np.testing.assert_allclose(hidden, full[:, -last:], atol=1e-5)
+        for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(full_cache), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_left_padding_changes_nothing(hf_qwen3_dir):
     model, _ = from_pretrained(hf_qwen3_dir)
     ids, mask, positions = tiny_models.left_padded_batch(pads=(0, 5, 9))

@@ -133,6 +133,37 @@ def apply_rope(x_BTNH: jax.Array, cos_BTh: jax.Array, sin_BTh: jax.Array) -> jax
     return out.astype(x_BTNH.dtype)
 
 
+def _computed_once(x, always_true: jax.Array):
+    """x (an array or a tuple of them) in buffers of its own, on XLA:CPU.
+
+    XLA:CPU fuses cheap elementwise producers into consumers that read each element many
+    times and recomputes them there; an optimization_barrier does not survive its passes,
+    a cond on a value it cannot fold does. `always_true` must hold (its other branch is
+    never taken). Other backends get x as is: a GPU cond waits on the host for its
+    predicate, and their fusions do not redo the work.
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    return jax.lax.cond(always_true, lambda: x, lambda: jax.tree.map(jnp.negative, x))
+
+
+def _sum_over_cores(x_X: jax.Array, axis: int) -> jax.Array:
+    """jnp.sum(x, axis), run by XLA's own loop emitter on every core.
+
+    XLA:CPU gives a plain sum to YNNPACK, which reads a decode step's key cache on one
+    thread at ~10 GB/s. Summing in chunks of 16 with a reducer YNNPACK does not take
+    (a − (−b): the same IEEE sum) makes the multiply-reduce a loop fusion split over the
+    cores, ~2× faster over a cache that does not fit in L3 (benchmarks/README.md); the
+    chunks also keep XLA from rewriting the reduce into a windowed one that writes out
+    the product first. Not differentiable: decode only.
+    """
+    n = x_X.shape[axis]
+    w = math.gcd(n, 16)
+    x_X = x_X.reshape(x_X.shape[:axis] + (n // w, w) + x_X.shape[axis + 1 :])
+    partial = jax.lax.reduce(x_X, np.zeros((), x_X.dtype), lambda a, b: a - (-b), (axis + 1,))
+    return jnp.sum(partial, axis=axis)
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, dtype, param_dtype, axis: str):
         self.weight = _param(None, (dim,), (axis,), param_dtype, init="ones")
@@ -170,12 +201,16 @@ class Attention(nnx.Module):
             y = y + getattr(self, f"{name}_bias")[...].astype(dt)
         return y
 
-    def __call__(self, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache=None, index=None):
+    def __call__(self, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache=None, index=None, last=None):
+        """last: queries for the last `last` positions only (keys and values for all)."""
         cfg, dt = self.config, self.config.compute_dtype
-        q_BTNH, k_BTKH, v_BTKH = (self._project(x_BTD, n) for n in ("q", "k", "v"))
+        queries = slice(None) if last is None else slice(-last, None)
+        q_BTNH = self._project(x_BTD[:, queries], "q")
+        k_BTKH, v_BTKH = self._project(x_BTD, "k"), self._project(x_BTD, "v")
         if cfg.qk_norm:
             q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
-        q_BTNH = apply_rope(q_BTNH, cos_BTh, sin_BTh)
+        q_BTNH = apply_rope(q_BTNH, cos_BTh[:, queries], sin_BTh[:, queries])
+        mask_BTS = mask_BTS[:, queries]
         k_BTKH = apply_rope(k_BTKH, cos_BTh, sin_BTh)
         if kv_cache is not None:
             k_cache, v_cache = kv_cache
@@ -191,17 +226,18 @@ class Attention(nnx.Module):
         B, T, N, H = q_BTNH.shape
         K = cfg.num_kv_heads
         q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-        if T == 1:
-            # Decode: a multiply-reduce over H, vectorized along the contiguous S slots.
-            scores = jnp.sum(
-                q_BTKGH[:, 0, :, :, None, :, None] * k_BKHS[:, :, None, None].astype(dt), axis=4
-            )
+        if T == 1 and kv_cache is not None:
+            # Decode: a multiply-reduce over H, vectorized along the contiguous S slots; q's
+            # norm and RoPE done once, not again for each slot inside the reduce.
+            q_BKGH = _computed_once(q_BTKGH[:, 0].astype(jnp.float32), index >= 0)
+            k_BKHS32 = k_BKHS.astype(jnp.float32)
+            scores = _sum_over_cores(q_BKGH[:, :, :, None, :, None] * k_BKHS32[:, :, None, None], 4)
         else:
             scores = jnp.einsum("BTKGH,BKHS->BKGTS", q_BTKGH, k_BKHS.astype(dt))
         scores = scores.astype(jnp.float32) / math.sqrt(H)
         scores = jnp.where(mask_BTS[:, None, None], scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        if T == 1:
+        if T == 1 and kv_cache is not None:
             # Decode: a multiply-reduce over S runs ~4x faster on XLA:CPU than B·K tiny
             # [G, S] @ [S, H] matmuls (benchmarks/README.md, "What made the sampler faster").
             out_BKGH = jnp.sum(
@@ -248,21 +284,22 @@ class Block(nnx.Module):
         self.attn = Attention(config, rngs)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache=None, index=None):
+    def __call__(self, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache=None, index=None, last=None):
+        """last: the output for the last `last` positions only; all of them fill kv_cache."""
         h_BTD, kv_cache = self.attn(
-            self.input_norm(x_BTD), cos_BTh, sin_BTh, mask_BTS, kv_cache, index
+            self.input_norm(x_BTD), cos_BTh, sin_BTh, mask_BTS, kv_cache, index, last
         )
-        x_BTD = x_BTD + h_BTD
+        x_BTD = (x_BTD if last is None else x_BTD[:, -last:]) + h_BTD
         x_BTD = x_BTD + self.mlp(self.post_attention_norm(x_BTD))
         return x_BTD, kv_cache
 
 
-def _block_forward(block: Block, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache, index):
-    return block(x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache, index)
+def _block_forward(block: Block, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache, index, last):
+    return block(x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache, index, last)
 
 
 # Recompute each layer's activations in the backward pass instead of storing them.
-_remat_block_forward = nnx.remat(_block_forward)
+_remat_block_forward = nnx.remat(_block_forward, static_argnums=(7,))
 
 
 class Qwen(nnx.Module):
@@ -293,22 +330,24 @@ class Qwen(nnx.Module):
     def rotary(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """RoPE cos and sin [B, T, H/2] at positions [B, T], each computed once.
 
-        Left alone, XLA fuses cos and sin into every layer's q and k and recomputes them
-        there, 2 × layers times (optimization_barrier does not survive XLA:CPU's passes); a
-        cond on a value it cannot fold keeps them in buffers of their own. A decode loop
-        carries the next step's in its state instead (sampling.py).
+        Left alone, XLA:CPU fuses cos and sin into every layer's q and k and recomputes
+        them there, 2 × layers times. A decode loop carries the next step's in its state
+        (sampling.py). Positions are ≥ 0.
         """
         inv_freq, attention_factor = self.rope
         angles_BTh = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
         cos_BTh = jnp.cos(angles_BTh) * attention_factor
         sin_BTh = jnp.sin(angles_BTh) * attention_factor
-        return jax.lax.cond(
-            positions.reshape(-1)[0] >= 0, lambda: (cos_BTh, sin_BTh), lambda: (sin_BTh, cos_BTh)
-        )
+        return _computed_once((cos_BTh, sin_BTh), positions.reshape(-1)[0] >= 0)
 
     def hidden_states(self, input_ids, positions, attention_mask, cache: KVCache | None = None,
-                      rotary=None):  # fmt: skip
-        """The final-normed hidden states [B, T, D] (and the cache), before the LM head."""
+                      rotary=None, last: int | None = None):  # fmt: skip
+        """The final-normed hidden states [B, T, D] (and the cache), before the LM head.
+
+        last: return the last `last` positions only, [B, last, D]. The last layer then runs
+        its queries, attention output and MLP for those alone (a prefill whose other outputs
+        are never read saves ~1/layers of its work); every position still fills the cache.
+        """
         cfg = self.config
         x_BTD = self.embed[...][input_ids].astype(cfg.compute_dtype)
         cos_BTh, sin_BTh = self.rotary(positions) if rotary is None else rotary
@@ -328,7 +367,8 @@ class Qwen(nnx.Module):
         new_k, new_v = [], []
         for i, block in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x_BTD, kv = forward(block, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv, index)
+            trim = last if i == len(self.layers) - 1 else None
+            x_BTD, kv = forward(block, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv, index, trim)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
