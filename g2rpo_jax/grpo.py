@@ -320,7 +320,7 @@ def _log_probs_shared_prompt(graphdef, params, batch, rows, group_size: int) -> 
     prompt_mask = pin(first(batch["prompt_mask"]))
     cache = init_cache(model.config, prompt_mask.shape[0], P + C)
     hidden_prompt, cache = model.hidden_states(
-        pin(first(batch["prompt_ids"])), pin(first(positions[:, :P])), prompt_mask, cache, last=1
+        pin(first(batch["prompt_ids"])), pin(first(positions[:, :P])), prompt_mask, cache
     )
     cache = KVCache(k=tuple(map(expand, cache.k)), v=tuple(map(expand, cache.v)),
                     mask=expand(cache.mask), index=cache.index)  # fmt: skip

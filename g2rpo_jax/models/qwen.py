@@ -156,7 +156,7 @@ def _sum_over_cores(x_X: jax.Array, axis: int) -> jax.Array:
     (a − (−b): the same IEEE sum) makes the multiply-reduce a loop fusion split over the
     cores, ~2× faster over a cache that does not fit in L3 (benchmarks/README.md); the
     chunks also keep XLA from rewriting the reduce into a windowed one that writes out
-    the product first. Not differentiable: decode only.
+    the product first.
     """
     n = x_X.shape[axis]
     w = math.gcd(n, 16)
