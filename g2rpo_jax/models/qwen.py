@@ -228,7 +228,8 @@ class Attention(nnx.Module):
         B, T, N, H = q_BTNH.shape
         K = cfg.num_kv_heads
         q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-        if T == 1 and kv_cache is not None:
+        one_query = T == 1 and kv_cache is not None  # a decode step (or a prefill's last)
+        if one_query:
             # Decode: a multiply-reduce over H, vectorized along the contiguous S slots; q's
             # norm and RoPE done once, not again for each slot inside the reduce.
             q_BKGH = _computed_once(q_BTKGH[:, 0].astype(jnp.float32), index >= 0)
@@ -239,7 +240,7 @@ class Attention(nnx.Module):
         scores = scores.astype(jnp.float32) / math.sqrt(H)
         scores = jnp.where(mask_BTS[:, None, None], scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        if T == 1 and kv_cache is not None:
+        if one_query:
             # Decode: a multiply-reduce over S runs ~4x faster on XLA:CPU than B·K tiny
             # [G, S] @ [S, H] matmuls (benchmarks/README.md, "What made the sampler faster").
             out_BKGH = jnp.sum(
