@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -69,6 +70,23 @@ def test_half_precision_checkpoints_load(hf_qwen3_dir, tmp_path, disk_dtype):
     hf_embed = tiny_models.load_hf(hf_qwen3_dir).model.embed_tokens.weight
     expected = hf_embed.to(disk_dtype).float().detach().numpy()
     np.testing.assert_array_equal(np.asarray(model.embed[...]), expected)
+
+
+def test_dtype_as_name_jnp_or_numpy_gives_the_same_model(hf_qwen3_dir, tmp_path):
+    for name, as_jnp, as_np in [("float32", jnp.float32, np.float32),
+                                ("bfloat16", jnp.bfloat16, np.dtype(jnp.bfloat16))]:  # fmt: skip
+        by_name, config = from_pretrained(hf_qwen3_dir, dtype=name)
+        for dtype in (as_jnp, as_np):
+            model, same = from_pretrained(hf_qwen3_dir, dtype=dtype)
+            assert same == config and config.dtype == name
+            leaves = jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(by_name))
+            for a, b in zip(*leaves, strict=True):
+                np.testing.assert_array_equal(a, b)
+    save_pretrained(by_name, str(tmp_path), dtype=jnp.float16)
+    assert json.load(open(tmp_path / "config.json"))["dtype"] == "float16"
+    for bad in ("float64", jnp.int32, "fp32"):
+        with pytest.raises(ValueError, match=r"use one of \['float32', 'bfloat16', 'float16'\]"):
+            from_pretrained(hf_qwen3_dir, dtype=bad)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

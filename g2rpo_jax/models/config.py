@@ -3,9 +3,28 @@
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
 MODEL_TYPES = ("qwen2", "qwen3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_name(dtype, field: str = "dtype") -> str:
+    """The name in DTYPES of a dtype given as a string, a jnp or numpy type, or an np.dtype.
+
+    Configs and checkpoints store the name; JAX users pass `jnp.float32`, numpy users
+    `np.float32`, and all three must mean the same model.
+    """
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = None
+    if name not in DTYPES:
+        raise ValueError(f"{field}={dtype!r}: use one of {list(DTYPES)} (or their jnp/np dtypes)")
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +89,8 @@ class ModelConfig:
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
         for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in DTYPES:
-                raise ValueError(f"{field}={getattr(self, field)!r}: use one of {list(DTYPES)}")
+            # Frozen: normalising a jnp/np dtype to its name is the one write after init.
+            object.__setattr__(self, field, dtype_name(getattr(self, field), field))
 
     @property
     def compute_dtype(self):

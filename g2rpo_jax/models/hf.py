@@ -19,7 +19,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
-from g2rpo_jax.models.config import DTYPES, ModelConfig, RopeScaling
+from g2rpo_jax.models.config import ModelConfig, RopeScaling, dtype_name
 from g2rpo_jax.models.qwen import Qwen, abstract_model
 
 log = logging.getLogger(__name__)
@@ -238,21 +238,22 @@ def _read_tensors(files: dict[str, str], names: list[str]) -> Iterator[tuple[str
 def from_pretrained(
     path_or_hub_id: str,
     *,
-    dtype: str = "float32",
-    param_dtype: str | None = None,
+    dtype="float32",
+    param_dtype=None,
     mesh: jax.sharding.Mesh | None = None,
     remat: bool = False,
 ) -> tuple[Qwen, ModelConfig]:
     """Loads a Hugging Face Qwen2/Qwen3 checkpoint (a local folder or a hub id).
 
-    dtype is the compute dtype; param_dtype (default: dtype) the dtype weights are kept in.
-    With a mesh, each weight is placed straight into its sharding (sharding.py rules).
+    dtype is the compute dtype; param_dtype (default: dtype) the dtype weights are kept in;
+    each a name ("bfloat16"), a jnp dtype (jnp.bfloat16) or a numpy dtype. With a mesh, each weight is placed straight into its sharding (sharding.py rules).
     """
     directory = _resolve(path_or_hub_id)
     config_path = os.path.join(directory, "config.json")
     with open(config_path) as f:
         config = config_from_hf(json.load(f), source=config_path)
-    config = config.replace(dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+    param_dtype = dtype if param_dtype is None else param_dtype
+    config = config.replace(dtype=dtype, param_dtype=param_dtype, remat=remat)
     graphdef, abstract_state = nnx.split(abstract_model(config))
     flat = dict(nnx.to_flat_state(abstract_state))
     shardings = None
@@ -299,17 +300,15 @@ def save_pretrained(
     model: Qwen,
     out_dir: str,
     *,
-    dtype: str | None = None,
+    dtype=None,
     max_shard_bytes: int = 4 * 2**30,
 ) -> None:
     """Writes config.json and safetensors (sharded with an index past max_shard_bytes).
 
-    dtype: the dtype on disk (default: the model's param dtype).
+    dtype: the dtype on disk (default: the model's param dtype), a name, jnp or numpy dtype.
     """
     config: ModelConfig = model.config
-    dtype = dtype or config.param_dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}: use one of {list(DTYPES)}")
+    dtype = config.param_dtype if dtype is None else dtype_name(dtype)
     os.makedirs(out_dir, exist_ok=True)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     out_dtype = _NUMPY_DTYPES[dtype]
