@@ -20,7 +20,7 @@ import transformers
 from absl import app, flags
 from flax import nnx
 
-from g2rpo_jax import checkpoint, config, trainer
+from g2rpo_jax import checkpoint, cli, config, trainer
 from g2rpo_jax.data import DataConfig, FieldMap
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
@@ -116,4 +116,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

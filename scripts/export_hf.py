@@ -15,7 +15,7 @@ import jax
 import transformers
 from absl import app, flags
 
-from g2rpo_jax import checkpoint, trainer
+from g2rpo_jax import checkpoint, cli, trainer
 from g2rpo_jax.models import save_pretrained
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir or checkpoint step folder.")
@@ -54,4 +54,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

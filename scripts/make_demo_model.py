@@ -15,6 +15,7 @@ import dataclasses
 
 from absl import app, flags
 
+from g2rpo_jax import cli
 from g2rpo_jax.toy import demo
 
 _OUT = flags.DEFINE_string("out", demo.DEMO_DIR, "Output folder.")
@@ -31,4 +32,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -15,8 +15,9 @@ estimate, 1 − pass rate of the base model over n samples, goes into `_ESTIMATO
 
 import dataclasses
 
-from absl import app, flags
+from absl import flags
 
+from g2rpo_jax import cli
 from g2rpo_jax.data import DataConfig, FieldMap, SourceFormat, load_rows
 from g2rpo_jax.data import difficulty as difficulty_lib
 from g2rpo_jax.data.tfds_builder import write_array_record
@@ -81,4 +82,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

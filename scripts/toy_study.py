@@ -15,6 +15,7 @@ import time
 
 from absl import app, flags
 
+from g2rpo_jax import cli
 from g2rpo_jax.toy import study
 
 _OUT = flags.DEFINE_string("out", "runs/toy_study", "Output folder.")
@@ -56,4 +57,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

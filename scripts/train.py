@@ -12,7 +12,7 @@ again to continue.
 from absl import app, flags
 from ml_collections import config_flags
 
-from g2rpo_jax import distributed, trainer
+from g2rpo_jax import cli, distributed, trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, PATH[:variant] (e.g. configs/qwen3_0p6b.py:smoke).",
@@ -40,4 +40,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
