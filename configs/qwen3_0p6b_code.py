@@ -2,7 +2,9 @@ r"""Qwen3-0.6B-Base on code with G²RPO-A: rows carry `tests`; reward = fraction
 
 α = 5/6 (10 of 12 guided; *ours* — the paper gives code more guidance than math without a
 number for this size). Rows need a reference solution trace in `guidance` and `tests`
-(see README); `answer` may be empty.
+(see README); `answer` may be empty. There is no default data set: the hub code sets we know
+(e.g. open-r1/verifiable-coding-problems-python) keep their test cases inside a JSON
+`verification_info` column, which data.fields cannot map, so `--config.data.path` is required.
 
     python scripts/train.py --config=configs/qwen3_0p6b_code.py --workdir=/ckpt/run \
         --config.data.path=/data/code_train.jsonl

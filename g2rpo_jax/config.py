@@ -13,7 +13,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from g2rpo_jax.data import DataConfig, FieldMap
+from g2rpo_jax.data import HUB_PREFIX, DataConfig, FieldMap, source_fields
 from g2rpo_jax.grpo import GRPOConfig
 from g2rpo_jax.guidance import GuidanceConfig
 from g2rpo_jax.models import PRESETS, ModelConfig, preset
@@ -23,6 +23,8 @@ from g2rpo_jax.sampling import SamplingConfig
 
 BYTES_TOKENIZER = "builtin:bytes"  # a byte-level Qwen-style tokenizer written to the workdir
 VARIANTS = ("smoke",)
+OPENR1_MATH = "hf:open-r1/OpenR1-Math-220k"
+MATH_500 = "hf:HuggingFaceH4/MATH-500"
 # Sub-dicts whose keys are free (checked against another schema instead of the defaults).
 _FREE_KEYS = ("model.overrides", "rewards.weights")
 
@@ -50,8 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
 
     c.data = ml_collections.ConfigDict()
-    c.data.path = ""  # training rows: JSONL, Parquet, saved HF dataset or TFDS data_dir
-    c.data.format = "auto"  # auto | jsonl | parquet | hf_disk | tfds
+    # Training rows: JSONL, Parquet, saved HF dataset, TFDS data_dir, or `hf:<hub id>`.
+    c.data.path = ""
+    c.data.format = "auto"  # auto | jsonl | parquet | hf_disk | hf_hub | tfds
     c.data.split = "train"
     c.data.fields = ml_collections.ConfigDict()  # source column of each row field
     c.data.fields.prompt = "prompt"
@@ -138,7 +141,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.plots = False  # at the end: PNG plots and the before → after line (report.py)
 
     c.eval = ml_collections.ConfigDict()  # periodic eval and scripts/evaluate.py (SPEC §7)
-    c.eval.path = ""
+    c.eval.path = ""  # problems, in any data.path form; known hub sets bring their fields
+    c.eval.split = ""  # "" = data.split
     c.eval.num_samples = 1  # n completions per problem
     c.eval.pass_k = (1,)  # pass@k reported for each k ≤ n
     c.eval.temperature = 0.6
@@ -147,6 +151,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.max_completion_length = 0  # 0 = data.max_completion_length
     c.eval.batch_size = 8  # prompts per sampler call
     c.eval.max_rows = 0  # 0 = every row
+    return c
+
+
+def math_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The paper's math data (SPEC §7) from the hub: OpenR1-Math-220k's default split to
+    train on (its first trace marked correct guides), MATH-500 evaluated every 100 steps.
+    `--config.data.path` / `--config.eval.path` point at local copies instead."""
+    c.data.path = OPENR1_MATH
+    c.eval.path = MATH_500
+    c.eval.split = "test"  # MATH-500's only split
+    c.train.eval_every = 100
     return c
 
 
@@ -180,6 +195,12 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.pass_k = (1, 2)
     c.eval.batch_size = 4
     c.eval.max_rows = 8
+    # Hub data is for real runs; a smoke run reads the local file it is given.
+    for group in (c.data, c.eval):
+        if group.path.startswith(HUB_PREFIX):
+            group.path = ""
+    if not c.eval.path:
+        c.train.eval_every = 0
     return c
 
 
@@ -233,6 +254,8 @@ class EvalConfig:
     sampling: SamplingConfig  # eos/pad ids are filled in once the tokenizer is known
     batch_size: int
     max_rows: int
+    split: str = "train"
+    fields: FieldMap = FieldMap()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +386,7 @@ def build(
     data_parallel = mesh_shape[0] * mesh_shape[1]
     d = c.data
     if not d.path:
-        _fail("data.path", "set the training data file (--config.data.path=...)")
+        _fail("data.path", "set the training data (--config.data.path=FILE or hf:HUB_ID)")
     rows = d.batch_size * process_count * group_size
     if d.batch_size < 1:
         _fail("data.batch_size", f"{d.batch_size} must be >= 1")
@@ -379,7 +402,7 @@ def build(
 
     fields = _make("data.fields", FieldMap, **c.data.fields.to_dict())
     data_kw = {k: v for k, v in d.to_dict().items() if k != "fields"}
-    data = _make("data", DataConfig, **data_kw, fields=fields)
+    data = _make("data", DataConfig, **data_kw, fields=source_fields(d.path, fields))
 
     s = c.sampling
     sampling = _make(
@@ -437,7 +460,8 @@ def build(
         d.max_completion_length, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
         batch_multiple=s.batch_multiple, decode_phases=s.decode_phases,
     )  # fmt: skip
-    evaluation = EvalConfig(e.path, e.num_samples, pass_k, eval_sampling, e.batch_size, e.max_rows)
+    evaluation = EvalConfig(e.path, e.num_samples, pass_k, eval_sampling, e.batch_size,
+                            e.max_rows, e.split or d.split, source_fields(e.path, fields))  # fmt: skip
 
     return Experiment(
         seed=c.seed, model=model, tokenizer=c.tokenizer or m.path, mesh_shape=mesh_shape,

@@ -39,7 +39,7 @@ from flax import nnx
 
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import distributed, grpo, guidance, logging_utils, sharding
+from g2rpo_jax import distributed, grpo, guidance, hub, logging_utils, sharding
 from g2rpo_jax.data import DataConfig, DataError, Order, make_dataset
 from g2rpo_jax.data.schema import to_row
 from g2rpo_jax.data.sources import read_records, resolve_format
@@ -254,6 +254,10 @@ def train(
         )
     quiet_orbax_logs()
     os.makedirs(workdir, exist_ok=True)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
+                                               async_save=exp.train.async_checkpointing)  # fmt: skip
+    start = checkpointer.latest_step() or 0
+    hub.fetch(hub.run_sources(exp, needs_weights=not start))
     tokenizer = load_tokenizer(exp.tokenizer, workdir)
     mesh = sharding.make_mesh(exp.mesh_shape)
     names = dict(exp.rewards.weights)
@@ -267,10 +271,7 @@ def train(
         )
     exp = exp.with_total_steps(total_steps)
 
-    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
-                                               async_save=exp.train.async_checkpointing)  # fmt: skip
     iterator = iter(data.batches)
-    start = checkpointer.latest_step() or 0
     if start:
         meta = checkpointer.meta(start)
         model_config = checkpoint_lib.model_config_from_json(meta["model_config"])
@@ -459,10 +460,11 @@ def _log(logger: logging_utils.RunLogger, step: int, metrics, host: dict) -> Non
 # --- Evaluation (also scripts/evaluate.py) -------------------------------------------------
 
 
-def load_eval_examples(exp: config_lib.Experiment, tokenizer: Tokenizer, path: str = ""):
+def load_eval_examples(exp: config_lib.Experiment, tokenizer: Tokenizer):
     """Tokenized eval rows in file order (no curriculum), at most eval.max_rows."""
-    config = dataclasses.replace(exp.data, path=path or exp.eval.path, order=Order.NONE,
-                                 format="auto", num_epochs=1, skip_bad_rows=False)  # fmt: skip
+    config = dataclasses.replace(exp.data, path=exp.eval.path, split=exp.eval.split,
+                                 fields=exp.eval.fields, order=Order.NONE, format="auto",
+                                 num_epochs=1, skip_bad_rows=False)  # fmt: skip
     check = parse_gold if exp.accuracy_reward == "accuracy" else None
     return eval_examples(config, tokenizer, check, exp.eval.max_rows)
 

@@ -2,7 +2,7 @@ r"""pass@1 (and pass@k from n samples) of a model on a problem file, with SPEC Â
 evaluation decoding (temperature 0.6, top-p 0.95, top-k 20); writes a JSON report with
 per-row completions and scores.
 
-    python scripts/evaluate.py --model=/ckpt/run1/hf --data=/data/math500.jsonl
+    python scripts/evaluate.py --model=/ckpt/run1/hf --data=hf:HuggingFaceH4/MATH-500
     python scripts/evaluate.py --model=/ckpt/run1 --data=/data/math500.jsonl \
         --num_samples=8 --pass_k=1,4,8 --out=/ckpt/run1/math500.json
 
@@ -21,14 +21,16 @@ from absl import app, flags
 from flax import nnx
 
 from g2rpo_jax import checkpoint, cli, config, trainer
-from g2rpo_jax.data import DataConfig, FieldMap
+from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.rewards import RewardConfig, RewardPool, parse_gold
 from g2rpo_jax.sampling import SamplingConfig
 
 _MODEL = flags.DEFINE_string("model", None, "Hugging Face folder / hub id, or a workdir.")
-_DATA = flags.DEFINE_string("data", None, "Problems: JSONL, Parquet or a saved HF dataset.")
+_DATA = flags.DEFINE_string("data", None, "Problems: JSONL, Parquet, a saved HF dataset, "
+                            "or hf:HUB_ID (e.g. hf:HuggingFaceH4/MATH-500).")  # fmt: skip
+_SPLIT = flags.DEFINE_string("split", "test", "Split of an hf: or saved HF dataset.")
 _OUT = flags.DEFINE_string("out", "eval_report.json", "Where the JSON report goes.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer (default: the model's).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "n completions per problem.")
@@ -85,7 +87,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     model, tokenizer, data, reward, budget, base = _load(_MODEL.value)
     reward = _REWARD.value or reward
-    data = dataclasses.replace(data, path=_DATA.value,
+    data = dataclasses.replace(data, path=_DATA.value, split=_SPLIT.value,
+                               fields=source_fields(_DATA.value, data.fields),
                                max_prompt_length=_MAX_PROMPT_LENGTH.value or data.max_prompt_length)  # fmt: skip
     examples = trainer.eval_examples(data, tokenizer, parse_gold if reward == "accuracy" else None,
                                      _MAX_ROWS.value)  # fmt: skip

@@ -9,7 +9,8 @@ import jax
 import pytest
 
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import trainer
+from g2rpo_jax import hub, trainer
+from g2rpo_jax.data import FieldMap
 from g2rpo_jax.models import abstract_model
 from g2rpo_jax.models.hf import config_from_hf
 from g2rpo_jax.models.qwen import param_count
@@ -27,6 +28,25 @@ def load(path: pathlib.Path, arg: str | None = None):
     config = module.get_config(arg)
     config.data.path = config.data.path or "train.jsonl"
     return config
+
+
+@pytest.mark.parametrize("name", ["qwen3_0p6b", "qwen3_1p7b", "qwen3_8b"])
+def test_paper_configs_read_the_hub_math_data_and_smoke_reads_local(name):
+    path = CONFIGS[0].parent / f"{name}.py"
+    exp = config_lib.build(load(path), num_devices=8)
+    assert (exp.data.path, exp.data.fields) == (config_lib.OPENR1_MATH, FieldMap.openr1_math())
+    assert (exp.eval.path, exp.eval.split, exp.eval.fields) == (
+        config_lib.MATH_500,
+        "test",
+        FieldMap.math500(),
+    )
+    assert [s.what for s in hub.run_sources(exp, needs_weights=True)] == [
+        "model", "data", "eval data"
+    ]  # fmt: skip
+    # Resuming, the weights and tokenizer come from the workdir.
+    assert [s.what for s in hub.run_sources(exp, needs_weights=False)] == ["data", "eval data"]
+    smoke = load(path, "smoke")
+    assert (smoke.data.path, smoke.eval.path, smoke.train.eval_every) == ("train.jsonl", "", 0)
 
 
 @pytest.mark.parametrize("variant", [None, "smoke"])

@@ -5,7 +5,15 @@ data = make_dataset(DataConfig(path="train.jsonl", batch_size=8), tokenizer,
 iterator = iter(data.batches)  # checkpoint with iterator.get_state() / set_state()
 """
 
-from g2rpo_jax.data.config import DataConfig, FieldMap, Order, SourceFormat
+from g2rpo_jax.data.config import (
+    HUB_PREFIX,
+    DataConfig,
+    FieldMap,
+    Order,
+    SourceFormat,
+    hub_id,
+    source_fields,
+)
 from g2rpo_jax.data.curriculum import DifficultySource
 from g2rpo_jax.data.load import Loaded, load_rows
 from g2rpo_jax.data.pipeline import HOST_FIELDS, DataStats, TrainData, make_dataset
@@ -13,6 +21,7 @@ from g2rpo_jax.data.schema import AnswerCheck, DataError, Row
 
 __all__ = [
     "HOST_FIELDS",
+    "HUB_PREFIX",
     "AnswerCheck",
     "DataConfig",
     "DataError",
@@ -24,6 +33,8 @@ __all__ = [
     "Row",
     "SourceFormat",
     "TrainData",
+    "hub_id",
     "load_rows",
     "make_dataset",
+    "source_fields",
 ]

@@ -5,10 +5,11 @@ import enum
 
 
 class SourceFormat(enum.StrEnum):
-    AUTO = "auto"  # from the path's suffix: .jsonl → JSONL, .parquet → Parquet
+    AUTO = "auto"  # from the path: hf:… → HF_HUB, .jsonl → JSONL, .parquet → Parquet
     JSONL = "jsonl"
     PARQUET = "parquet"
     HF_DISK = "hf_disk"  # a folder written by `datasets.Dataset.save_to_disk`
+    HF_HUB = "hf_hub"  # `hf:<hub id or local copy>`, read by `datasets.load_dataset`
     TFDS = "tfds"  # a data_dir written by `scripts/prepare_data.py` (ArrayRecord)
 
 
@@ -46,6 +47,34 @@ class FieldMap:
             difficulty=None,
             tests=None,
         )
+
+    @classmethod
+    def math500(cls) -> "FieldMap":
+        """MATH-500: `problem`, `answer`, and a worked `solution` (the reference trace)."""
+        return cls(prompt="problem", guidance="solution", difficulty=None, tests=None)
+
+
+HUB_PREFIX = "hf:"
+# The column mapping of the hub datasets the paper's recipe uses, by dataset name, so that
+# `hf:open-r1/OpenR1-Math-220k` and a local copy of it (`hf:/data/OpenR1-Math-220k`) both work
+# with data.fields left at our own schema's names.
+_KNOWN_HUB_FIELDS = {
+    "OpenR1-Math-220k": FieldMap.openr1_math(),
+    "MATH-500": FieldMap.math500(),
+}
+
+
+def hub_id(path: str) -> str | None:
+    """The hub id (or local copy) of an `hf:` path; None for any other path."""
+    return path.removeprefix(HUB_PREFIX) if path.startswith(HUB_PREFIX) else None
+
+
+def source_fields(path: str, fields: FieldMap) -> FieldMap:
+    """`fields`, or the known mapping of an `hf:` dataset when `fields` is our schema's."""
+    source = hub_id(path)
+    if source is None or fields != FieldMap():
+        return fields
+    return _KNOWN_HUB_FIELDS.get(source.rstrip("/").rsplit("/", 1)[-1], fields)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from g2rpo_jax.data.config import SourceFormat
+from g2rpo_jax.data.config import SourceFormat, hub_id
 from g2rpo_jax.data.schema import DataError
 
 _PARQUET_BATCH_ROWS = 1024
@@ -28,6 +28,8 @@ class Record:
 def resolve_format(path: str, fmt: SourceFormat) -> SourceFormat:
     if fmt != SourceFormat.AUTO:
         return fmt
+    if hub_id(path) is not None:
+        return SourceFormat.HF_HUB
     if path.endswith(".jsonl"):
         return SourceFormat.JSONL
     if path.endswith(".parquet"):
@@ -43,6 +45,8 @@ def read_records(path: str, fmt: SourceFormat, split: str) -> Iterator[Record]:
             return _parquet(path)
         case SourceFormat.HF_DISK:
             return _hf_disk(path, split)
+        case SourceFormat.HF_HUB:
+            return _hf_hub(path, split)
         case SourceFormat.TFDS:
             # Imported here: tensorflow_datasets is only needed by users of this format.
             from g2rpo_jax.data import tfds_builder
@@ -76,16 +80,30 @@ def _parquet(path: str) -> Iterator[Record]:
 
 
 def _hf_disk(path: str, split: str) -> Iterator[Record]:
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError(
-            "reading a saved Hugging Face dataset needs the `datasets` package: "
-            "pip install datasets"
-        ) from e
+    import datasets  # imported on use: it takes a second and most runs read other formats
+
     dataset = datasets.load_from_disk(path)
     if isinstance(dataset, datasets.DatasetDict):
         dataset = dataset[split]
         path = os.path.join(path, split)
+    return _rows(dataset, path)
+
+
+def _hf_hub(path: str, split: str) -> Iterator[Record]:
+    """Downloaded once into the `datasets` cache (with its progress bars), then read from it."""
+    return _rows(load_hub_dataset(path, split), f"{path}[{split}]")
+
+
+def load_hub_dataset(path: str, split: str):
+    """The `split` of an `hf:` path's dataset: a hub id, or a local copy of a hub repo."""
+    source = hub_id(path)
+    if source is None:
+        raise ValueError(f"{path!r} is not an hf: path")
+    import datasets
+
+    return datasets.load_dataset(source, split=split)
+
+
+def _rows(dataset, where: str) -> Iterator[Record]:
     for index, value in enumerate(dataset):
-        yield Record(index, f"{path}:{index}", value)
+        yield Record(index, f"{where}:{index}", value)

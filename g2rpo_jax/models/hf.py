@@ -197,10 +197,17 @@ def _to_hf(t: _Tensor, array: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- loading
 
 
-def _resolve(path_or_hub_id: str) -> str:
+def is_hub_id(path: str) -> bool:
+    """`path` names a hub repo, not a local file or folder (which start with . / ~ or exist)."""
+    return bool(path) and not os.path.exists(path) and not path.startswith((".", "/", "~"))
+
+
+def resolve_model_dir(path_or_hub_id: str) -> str:
+    """The local folder of a model: the path itself, or the hub repo's cached snapshot
+    (downloaded on first use)."""
     if os.path.isdir(path_or_hub_id):
         return path_or_hub_id
-    if os.path.exists(path_or_hub_id) or path_or_hub_id.startswith((".", "/", "~")):
+    if not is_hub_id(path_or_hub_id):
         raise FileNotFoundError(f"{path_or_hub_id}: not a model directory")
     import huggingface_hub
 
@@ -248,7 +255,7 @@ def from_pretrained(
     dtype is the compute dtype; param_dtype (default: dtype) the dtype weights are kept in;
     each a name ("bfloat16"), a jnp dtype (jnp.bfloat16) or a numpy dtype. With a mesh, each weight is placed straight into its sharding (sharding.py rules).
     """
-    directory = _resolve(path_or_hub_id)
+    directory = resolve_model_dir(path_or_hub_id)
     config_path = os.path.join(directory, "config.json")
     with open(config_path) as f:
         config = config_from_hf(json.load(f), source=config_path)
