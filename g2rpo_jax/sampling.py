@@ -236,6 +236,9 @@ def sample_tokens(logits_BV, keys_B, step, config: SamplingConfig):
 def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_BL,
             guidance_len_B, row_ids_B, rng):  # fmt: skip
     model: Qwen = nnx.merge(graphdef, params)
+    # Sampling never differentiates, so remat buys nothing here; and nnx.remat'd layers of a
+    # model merged outside the decode loop fail inside it (TraceContextError).
+    model.config = model.config.replace(remat=False)
     B, P = prompt_ids_BP.shape
     L = guidance_ids_BL.shape[1]
     budget = config.max_completion_length

@@ -123,6 +123,23 @@ def test_decode_phases_change_nothing_but_the_cache_read(loaded):
     np.testing.assert_allclose(three.log_probs, one.log_probs, rtol=0, atol=bound)
 
 
+def test_a_remat_model_samples_what_the_plain_one_does(loaded):
+    """The user's default (model.remat on) in the sampler: once a TraceContextError."""
+    directory, graphdef, params = loaded
+    remat_graphdef, remat_params = nnx.split(from_pretrained(directory, remat=True)[0])
+    prompts, traces = prompts_and_traces()
+    plain, remat = (
+        jax.device_get(
+            Sampler(g, SamplingConfig(max_completion_length=8))(
+                p, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(2)
+            )
+        )
+        for g, p in ((graphdef, params), (remat_graphdef, remat_params))
+    )
+    np.testing.assert_array_equal(remat.completion_ids, plain.completion_ids)
+    np.testing.assert_array_equal(remat.log_probs, plain.log_probs)  # the same program
+
+
 def test_decode_phase_ends():
     # 64 tokens take 63 model calls: the prefill's logits choose the first.
     assert decode_phase_ends(64, 4) == [16, 32, 48, 63]
