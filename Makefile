@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format demo smoke-real clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ test: lint
 
 demo: $(STAMP)
 	$(PY) scripts/train.py --config=configs/demo.py --workdir=$${WORKDIR:-runs/demo}
+
+# Qwen3-0.6B at its real size (random weights, 151k-token tokenizer): ~minutes, ~GiBs of RAM.
+smoke-real: $(STAMP)
+	$(PY) scripts/smoke_real.py --workdir=$${WORKDIR:-runs/smoke_real}
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
