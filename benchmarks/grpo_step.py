@@ -32,7 +32,7 @@ from flax import nnx
 from g2rpo_jax import grpo, guidance, optimization, sharding
 from g2rpo_jax.models import ModelConfig, Qwen
 from g2rpo_jax.rewards import RewardConfig, RewardPool
-from g2rpo_jax.sampling import Sampler, SamplingConfig
+from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig
 
 TINY = ModelConfig(model_type="qwen3", qk_norm=True, vocab_size=1024, hidden_size=256,
                    intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -92,7 +92,9 @@ def main():
         accuracy = rewards.per_function[:, rewards.names.index("accuracy")]
         t2 = time.perf_counter()
         batch = {f: getattr(out, f) for f in grpo.BATCH_FIELDS[:5]}
-        batch |= {"rewards": rewards.total, "accuracy": accuracy, "is_guided": is_guided}
+        batch |= {"rewards": rewards.total, "accuracy": accuracy, "is_guided": is_guided,
+                  "truncated": out.finish_reason == FINISH_LENGTH,
+                  "is_filler": np.zeros(PROMPTS * G, bool)}  # fmt: skip
         state, metrics = train_step(state, batch)
         jax.block_until_ready(state)
         t3 = time.perf_counter()

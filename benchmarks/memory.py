@@ -96,6 +96,8 @@ def abstract_batch(rows: int, prompt: int, completion: int, mesh) -> dict:
         "rewards": ((rows,), jnp.float32),
         "accuracy": ((rows,), jnp.float32),
         "is_guided": ((rows,), jnp.bool_),
+        "truncated": ((rows,), jnp.bool_),
+        "is_filler": ((rows,), jnp.bool_),
     }
     return {k: jax.ShapeDtypeStruct(shape, dt, sharding=s) for k, (shape, dt) in spec.items()}
 
@@ -190,6 +192,8 @@ def validate(name: str, config: ModelConfig, rows: int, group: int, prompt: int,
         "rewards": rng.random(rows).astype(np.float32),
         "accuracy": np.zeros(rows, np.float32),
         "is_guided": np.zeros(rows, bool),
+        "truncated": np.zeros(rows, bool),
+        "is_filler": np.zeros(rows, bool),
     }
     batch = jax.device_put(batch)
     # Compile and run once, so code, thread pools and allocator arenas exist before measuring.

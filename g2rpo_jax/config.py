@@ -92,6 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.grpo.guidance_loss = "include"  # include | mask
     c.grpo.advantage_std = "group_unbiased"  # group_unbiased | group_population | none | batch
     c.grpo.skip_zero_advantage_steps = True
+    c.grpo.mask_truncated = False  # rows cut at the length budget leave the loss (TRL)
+    c.grpo.filter_zero_std_groups = False  # drop groups whose rewards tie, refill (DAPO)
+    c.grpo.filter_max_extra_batches = 3  # at most this many extra sampler calls a step
 
     c.optimizer = ml_collections.ConfigDict()  # AdamW, warmup + cosine (SPEC §7)
     c.optimizer.learning_rate = 1e-5

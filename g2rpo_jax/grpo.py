@@ -57,6 +57,11 @@ class GRPOConfig:
     num_updates: μ, policy updates per batch of rollouts.
     max_completion_length: the fixed divisor of `seq_sum_fixed` (required by it).
     skip_zero_advantage_steps: skip the optimizer update when every A is 0 and β = 0.
+    mask_truncated: rows that hit the length budget without EOS leave the loss (TRL's
+    `mask_truncated_completions`): no loss weight, and out of every denominator.
+    filter_zero_std_groups: groups whose rewards all tie (A = 0 for every candidate) are
+    dropped and the batch refilled from more prompts, at most `filter_max_extra_batches`
+    extra sampler calls a step (DAPO's dynamic sampling; the trainer does it, on the host).
     """
 
     beta: float = 0.04
@@ -68,6 +73,9 @@ class GRPOConfig:
     advantage_std: AdvantageStd = AdvantageStd.GROUP_UNBIASED
     max_completion_length: int | None = None
     skip_zero_advantage_steps: bool = True
+    mask_truncated: bool = False
+    filter_zero_std_groups: bool = False
+    filter_max_extra_batches: int = 3
 
     def __post_init__(self) -> None:
         # Configs arrive from ConfigDicts as plain strings; store the enums.
@@ -91,6 +99,10 @@ class GRPOConfig:
             )
         if self.aggregation is Aggregation.SEQ_SUM_FIXED and self.max_completion_length is None:
             raise ValueError("aggregation='seq_sum_fixed' requires max_completion_length")
+        if self.filter_max_extra_batches < 0:
+            raise ValueError(
+                f"filter_max_extra_batches must be >= 0, got {self.filter_max_extra_batches}"
+            )
 
 
 # --- Advantages (SPEC §2) ------------------------------------------------------------------
@@ -136,6 +148,51 @@ def group_advantages(
     return (centered / (std + ADVANTAGE_EPS)).reshape(-1)
 
 
+def zero_std_groups(
+    rewards: jax.Array, group_size: int, members: jax.Array | None = None
+) -> jax.Array:
+    """bool[B]: the groups whose rewards all tie (every A is then 0), over the `members`
+    bool[B*G] of each group (default all); a group with no member does not tie."""
+    r = jnp.reshape(rewards, (-1, group_size))
+    m = jnp.ones(r.shape, bool) if members is None else jnp.reshape(members, r.shape)
+    present = jnp.any(m, axis=1)
+    highest = jnp.max(jnp.where(m, r, -jnp.inf), axis=1)
+    return present & (highest == jnp.min(jnp.where(m, r, jnp.inf), axis=1))
+
+
+def group_ties(
+    rewards: jax.Array,
+    accuracy: jax.Array,
+    is_guided: jax.Array,
+    group_size: int,
+    rows: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """How many groups GRPO cannot learn from: fractions of the groups whose rewards all tie.
+
+    rewards, accuracy: float[B*G]; is_guided: bool[B*G]; rows: bool[B*G], the rows to count
+    (default all; a group none of whose rows count is left out of the denominators).
+    `zero_std` counts groups whose counted rewards all tie; of those, `zero_std_all_correct`
+    / `_all_wrong` have accuracy 1 / 0 on every candidate. The same three over the guided
+    candidates of each group only (`guided_*`) and the unguided only (`unguided_*`): a
+    subset of one candidate ties trivially. numpy or jax arrays, on the host or in jit.
+    """
+    shape = (-1, group_size)
+    acc = jnp.reshape(accuracy, shape)
+    guided = jnp.reshape(is_guided, shape).astype(bool)
+    counted = jnp.ones_like(guided) if rows is None else jnp.reshape(rows, shape).astype(bool)
+    out = {}
+    for prefix, members in (("", counted), ("guided_", counted & guided),
+                            ("unguided_", counted & ~guided)):  # fmt: skip
+        tied = zero_std_groups(rewards, group_size, members)
+        correct = tied & jnp.all(~members | (acc >= 1), axis=1)
+        wrong = tied & jnp.all(~members | (acc <= 0), axis=1)
+        groups = jnp.maximum(jnp.sum(jnp.any(members, axis=1)), 1)
+        for name, x in (("zero_std", tied), ("zero_std_all_correct", correct),
+                        ("zero_std_all_wrong", wrong)):  # fmt: skip
+            out[prefix + name] = jnp.sum(x) / groups
+    return out
+
+
 # --- Policy loss (SPEC §3) -----------------------------------------------------------------
 
 
@@ -143,9 +200,25 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _loss_mask(completion_mask: jax.Array, is_guidance: jax.Array, mode: GuidanceLoss) -> jax.Array:
-    """float32[B*G, T]: the tokens that enter the loss."""
+def loss_rows(batch: dict, config: GRPOConfig) -> jax.Array:
+    """float32[B*G]: 1 for the rows that enter the loss, 0 for fill-in rows of a filtered
+    batch (`is_filler`) and, with mask_truncated, rows cut off at the length budget."""
+    out = jnp.logical_not(batch["is_filler"])
+    if config.mask_truncated:
+        out = out & jnp.logical_not(batch["truncated"])
+    return out.astype(jnp.float32)
+
+
+def _loss_mask(
+    completion_mask: jax.Array,
+    is_guidance: jax.Array,
+    mode: GuidanceLoss,
+    rows: jax.Array | None = None,
+) -> jax.Array:
+    """float32[B*G, T]: the tokens that enter the loss (of the `rows` [B*G] that do)."""
     mask = completion_mask.astype(jnp.float32)
+    if rows is not None:
+        mask = mask * rows[:, None]
     match mode:
         case GuidanceLoss.INCLUDE:
             return mask
@@ -153,19 +226,22 @@ def _loss_mask(completion_mask: jax.Array, is_guidance: jax.Array, mode: Guidanc
             return mask * jnp.logical_not(is_guidance)
 
 
-def _aggregate(per_token: jax.Array, mask: jax.Array, config: GRPOConfig) -> jax.Array:
-    """One scalar from per-token losses [B*G, T] over the loss mask [B*G, T] (float)."""
+def _aggregate(
+    per_token: jax.Array, mask: jax.Array, config: GRPOConfig, rows: jax.Array | None
+) -> jax.Array:
+    """One scalar from per-token losses [B*G, T] over the loss mask [B*G, T] (float); rows
+    [B*G] (None: all) are the rows that count in the per-row denominators."""
+    num_rows = per_token.shape[0] if rows is None else jnp.maximum(jnp.sum(rows), 1.0)
     match config.aggregation:
         case Aggregation.SEQ_MEAN:
-            # Every row counts in the mean over sequences, as the released code; a row with
-            # no loss token (all guidance under `mask`) contributes 0.
+            # Every row in the loss counts in the mean over sequences, as the released code;
+            # a row with no loss token (all guidance under `mask`) contributes 0.
             per_seq = jnp.sum(per_token * mask, axis=-1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
-            return jnp.mean(per_seq)
+            return jnp.sum(per_seq) / num_rows
         case Aggregation.TOKEN_MEAN:
             return _masked_mean(per_token, mask)
         case Aggregation.SEQ_SUM_FIXED:
-            rows = per_token.shape[0]
-            return jnp.sum(per_token * mask) / (rows * config.max_completion_length)
+            return jnp.sum(per_token * mask) / (num_rows * config.max_completion_length)
 
 
 def policy_loss(
@@ -176,6 +252,7 @@ def policy_loss(
     is_guidance: jax.Array,
     config: GRPOConfig,
     ref_logp: jax.Array | None = None,
+    rows: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The clipped GRPO loss with β·k3 KL, aggregated per `config`; returns (loss, metrics).
 
@@ -185,11 +262,12 @@ def policy_loss(
     is_guidance: bool[B*G, T], the guidance tokens; under `guidance_loss=mask` they leave
     the loss (they must stay in the model's attention — the caller's job).
     ref_logp is only read when β > 0; β = 0 skips the KL term entirely.
+    rows: float[B*G], 1 for the rows in the loss (`loss_rows`); None: every row.
     Metrics are token means over the loss mask: `kl` (only when computed), `ratio_mean`,
     `clip_fraction_low/high` (tokens whose clip is active: ρ < 1 − ε_low with A < 0, ρ >
     1 + ε_high with A > 0), `clip_fraction`, `pg_loss` (aggregated), `loss_tokens`.
     """
-    mask = _loss_mask(completion_mask, is_guidance, config.guidance_loss)
+    mask = _loss_mask(completion_mask, is_guidance, config.guidance_loss, rows)
     adv = advantages.astype(jnp.float32)[:, None]  # [B*G, 1]
 
     ratio = jnp.exp(logp - old_logp)  # ρ
@@ -208,32 +286,36 @@ def policy_loss(
     low = (ratio < 1.0 - config.epsilon_low) & (adv < 0)
     high = (ratio > 1.0 + config.epsilon_high) & (adv > 0)
     metrics |= {
-        "pg_loss": _aggregate(pg, mask, config),
+        "pg_loss": _aggregate(pg, mask, config, rows),
         "ratio_mean": _masked_mean(ratio, mask),
         "clip_fraction_low": _masked_mean(low, mask),
         "clip_fraction_high": _masked_mean(high, mask),
         "clip_fraction": _masked_mean(low | high, mask),
         "loss_tokens": jnp.sum(mask),
     }
-    return _aggregate(per_token, mask, config), metrics
+    return _aggregate(per_token, mask, config, rows), metrics
 
 
-def skip_update(advantages: jax.Array, config: GRPOConfig) -> jax.Array:
+def skip_update(advantages: jax.Array, config: GRPOConfig, rows: jax.Array) -> jax.Array:
     """Whether to skip this step's optimizer update (bool scalar), SPEC §3 (*ours*).
 
-    True when skip_zero_advantage_steps is on, β = 0 and every A_i is 0: the gradient is
-    then exactly 0, but Adam's momentum would still move the weights.
+    True when skip_zero_advantage_steps is on, β = 0 and every A_i of the `rows` in the
+    loss is 0: the gradient is then exactly 0, but Adam's momentum would still move the
+    weights.
     """
     if not config.skip_zero_advantage_steps or config.beta > 0:
         return jnp.asarray(False)
-    return jnp.all(advantages == 0)
+    return jnp.all((advantages == 0) | (rows == 0))
 
 
 # --- The train step ------------------------------------------------------------------------
 
 # Per-row arrays a train step reads: the sampler's outputs and the host's rewards.
+# truncated: [R] bool, the sampler stopped the row at its length budget (no EOS);
+# is_filler: [R] bool, a row of a tied group kept only to fill a filtered batch (no loss).
 BATCH_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
-                "is_guidance", "rewards", "accuracy", "is_guided")  # fmt: skip
+                "is_guidance", "rewards", "accuracy", "is_guided", "truncated",
+                "is_filler")  # fmt: skip
 
 
 @flax.struct.dataclass
@@ -414,24 +496,27 @@ def make_train_step(
 
     def gradients(params, batch, advantages, old_lp, ref_lp):
         """The full batch's loss gradient, summed over micro-batches with exact weights."""
-        loss_mask = _loss_mask(batch["completion_mask"], batch["is_guidance"], grpo.guidance_loss)
+        rows_in_loss = loss_rows(batch, grpo)
+        loss_mask = _loss_mask(batch["completion_mask"], batch["is_guidance"], grpo.guidance_loss,
+                               rows_in_loss)  # fmt: skip
         b = block(batch)
-        if grpo.aggregation == Aggregation.TOKEN_MEAN:
-            per_mb = _split(loss_mask, micro, b).reshape(micro, -1).sum(1)
-            weights = per_mb / jnp.maximum(loss_mask.sum(), 1.0)
-        else:  # per-row means (or a fixed divisor) average evenly over equal micro-batches
-            weights = jnp.full((micro,), 1.0 / micro)
-        inputs = _split((batch, advantages, old_lp, ref_lp), micro, b) + (weights,)
+        # Each micro-batch's share of the full batch's denominator: of the loss tokens
+        # (token_mean), else of the rows in the loss.
+        counts = loss_mask if grpo.aggregation == Aggregation.TOKEN_MEAN else rows_in_loss
+        per_mb = _split(counts, micro, b).reshape(micro, -1).sum(1)
+        weights = per_mb / jnp.maximum(counts.sum(), 1.0)
+        inputs = _split((batch, advantages, old_lp, ref_lp, rows_in_loss), micro, b) + (weights,)
 
         def micro_step(grad_sum, mb):
-            mb_batch, mb_adv, mb_old, mb_ref, weight = mb
+            mb_batch, mb_adv, mb_old, mb_ref, mb_rows, weight = mb
 
             def loss_and_grad(log_probs, p):
                 def loss_fn(p):
                     lp = log_probs(graphdef, p, mb_batch, rows)
                     old = jax.lax.stop_gradient(lp) if mb_old is None else mb_old
                     loss, metrics = policy_loss(lp, old, mb_adv, mb_batch["completion_mask"],
-                                                mb_batch["is_guidance"], grpo, mb_ref)  # fmt: skip
+                                                mb_batch["is_guidance"], grpo, mb_ref,
+                                                mb_rows)  # fmt: skip
                     return weight * loss, metrics
 
                 return jax.value_and_grad(loss_fn, has_aux=True)(p)
@@ -473,7 +558,8 @@ def make_train_step(
             update, (state.params, state.opt_state), length=grpo.num_updates
         )
         metrics = jax.tree.map(jnp.mean, metrics)
-        skipped = skip_update(advantages, grpo)
+        rows_in_loss = loss_rows(batch, grpo)
+        skipped = skip_update(advantages, grpo, rows_in_loss)
         keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
 
         signal = guidance.step_signal(batch["accuracy"], batch["rewards"], batch["is_guided"],
@@ -492,7 +578,13 @@ def make_train_step(
             "completion_length": jnp.mean(completion_length),
             "guidance_length": state.controller.length.astype(jnp.float32),
             "signal": signal,
+            # The rows that move the policy: in the loss, with A ≠ 0.
+            "effective_rows": jnp.sum((advantages != 0) * rows_in_loss),
+            "truncated_fraction": jnp.mean(batch["truncated"].astype(jnp.float32)),
         }  # fmt: skip
+        ties = group_ties(batch["rewards"], accuracy, batch["is_guided"], group_size,
+                          jnp.logical_not(batch["is_filler"]))  # fmt: skip
+        metrics |= {f"groups/{name}": value for name, value in ties.items()}
         new_state = state.replace(
             step=state.step + jnp.where(skipped, 0, 1).astype(jnp.int32),
             params=keep(state.params, params),

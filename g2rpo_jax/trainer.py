@@ -9,6 +9,9 @@ Per step k (0-based; the checkpoint after it is step k+1):
 The host reads ℓ once per step: the guidance plan needs it, and it depends on the previous
 step's rewards, so that read is where the previous train step is waited for.
 
+With grpo.filter_zero_std_groups the sampling of a step is DAPO's dynamic sampling
+(`dynamic_sampling`): tied groups are dropped and refilled from the next batches.
+
 SIGTERM / SIGINT set a flag read between steps: the loop saves a checkpoint and returns.
 A second SIGINT interrupts at once.
 
@@ -20,6 +23,7 @@ batch, so a run samples the same completions on any number of hosts. Only proces
 """
 
 import dataclasses
+import functools
 import json
 import logging as py_logging
 import math
@@ -39,14 +43,14 @@ from flax import nnx
 
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import distributed, grpo, guidance, hub, logging_utils, sharding
+from g2rpo_jax import distributed, dynamic_sampling, grpo, guidance, hub, logging_utils, sharding
 from g2rpo_jax.data import DataConfig, DataError, Order, make_dataset
 from g2rpo_jax.data.schema import to_row
 from g2rpo_jax.data.sources import read_records, resolve_format
 from g2rpo_jax.data.tokenization import Tokenizer, encode_prompts, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
 from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import Sampler, SamplingConfig
+from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, copied into the workdir at the start
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -252,6 +256,11 @@ def train(
             "config.train.eval_every: periodic evaluation runs in single-process jobs only; "
             "set it to 0 and run scripts/evaluate.py on an exported checkpoint"
         )
+    if jax.process_count() > 1 and exp.grpo.filter_zero_std_groups:
+        raise config_lib.ConfigError(
+            "config.grpo.filter_zero_std_groups: dynamic sampling refills batches on one host; "
+            "multi-process runs need it off"
+        )
     quiet_orbax_logs()
     os.makedirs(workdir, exist_ok=True)
     checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
@@ -305,6 +314,11 @@ def train(
     )  # fmt: skip
     pool = RewardPool(exp.rewards)
     rollout = _Rollout(exp, tokenizer, sampler, pool, mesh)
+    if exp.grpo.filter_zero_std_groups:
+        filtered = functools.partial(
+            dynamic_sampling.sample_filtered, rollout, next_batch=lambda: next(iterator, None),
+            config=exp.grpo, group_size=exp.group_size, pad_id=pad,
+        )  # fmt: skip
     pending = None  # (step, metrics on device, host values): logged one step late
     step = saved = start
     preemption = _Preemption()
@@ -315,14 +329,27 @@ def train(
         try:
             for k in range(start, total_steps):
                 t0 = time.perf_counter()
-                batch = next(iterator)
+                batch = next(iterator, None)
+                if batch is None:  # only when dynamic sampling drew extra batches
+                    logging.warning(
+                        "the data ran out after step %d of %d: grpo.filter_zero_std_groups "
+                        "drew extra batches; raise data.num_epochs to train longer", k,
+                        total_steps)  # fmt: skip
+                    if saved < step:
+                        checkpointer.save(step, state, iterator.get_state(), meta | {"step": step})
+                        saved = step
+                    break
                 t_data = time.perf_counter()
                 # Reading ℓ waits for the previous train step: the plan depends on it.
                 ell = int(jax.device_get(state.controller.length))
                 if pending is not None:
                     pending[2]["end"] = time.perf_counter()
                 t_ell = time.perf_counter()
-                rows, host, samples = rollout(state.params, batch, ell, k)
+                if exp.grpo.filter_zero_std_groups:
+                    rows, host, samples = filtered(state.params, batch, ell, k)
+                    rows = distributed.global_batch(rows, rollout.sharding)
+                else:
+                    rows, host, samples = rollout(state.params, batch, ell, k)
                 if jax.process_count() > 1:  # which rows each host read, for audits and tests
                     logging_utils.append_jsonl(
                         os.path.join(workdir, f"rows.process{jax.process_index()}.jsonl"),
@@ -383,8 +410,11 @@ class _Rollout:
         self.key = jax.random.key(exp.seed)
         self.sharding = grpo.batch_sharding(mesh)
 
-    def __call__(self, params, batch: dict, ell: int, k: int):
+    def __call__(self, params, batch: dict, ell: int, k: int, draw: int = 0):
+        """`draw` > 0: the step's extra sampler calls of dynamic sampling, keyed apart."""
         G, t0 = self.G, time.perf_counter()
+        key = jax.random.fold_in(self.key, k)
+        key = jax.random.fold_in(key, draw) if draw else key
         lengths = np.asarray(jax.device_get(
             guidance.guidance_lengths(batch["guidance_length"], ell, G, self.n_guided)))  # fmt: skip
         is_guided = np.tile(np.arange(G) < self.n_guided, len(batch["index"]))
@@ -394,11 +424,10 @@ class _Rollout:
         ).reshape(-1)
         out = self.sampler(
             params, np.repeat(batch["prompt_ids"], G, 0), np.repeat(batch["prompt_length"], G, 0),
-            np.repeat(batch["guidance_ids"], G, 0), lengths, jax.random.fold_in(self.key, k),
-            row_ids=row_ids,
+            np.repeat(batch["guidance_ids"], G, 0), lengths, key, row_ids=row_ids,
         )  # fmt: skip
-        ids, mask, generated = (distributed.local_rows(x) for x in
-                                (out.completion_ids, out.completion_mask, out.num_generated))  # fmt: skip
+        ids, mask, generated, finish = (distributed.local_rows(x) for x in (
+            out.completion_ids, out.completion_mask, out.num_generated, out.finish_reason))  # fmt: skip
         t_sample = time.perf_counter()
         texts = decode(self.tokenizer, ids, mask)
         prompts = _repeat(batch["prompt_text"], G)
@@ -410,7 +439,8 @@ class _Rollout:
         fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_guidance")
         rows = {f: getattr(out, f) for f in fields}  # already global, rows over the mesh
         host_rows = {"rewards": rewards.total.astype(np.float32), "accuracy": accuracy,
-                     "is_guided": is_guided}  # fmt: skip
+                     "is_guided": is_guided, "truncated": finish == FINISH_LENGTH,
+                     "is_filler": np.zeros(len(texts), bool)}  # fmt: skip
         rows |= distributed.global_batch(host_rows, self.sharding)
         host = {
             "time/sample_s": t_sample - t0, "time/decode_s": t_decode - t_sample,

@@ -143,13 +143,14 @@ def test_beta_zero_skips_the_reference():
 
 
 def test_skip_update_only_for_all_zero_advantages_without_kl():
-    zeros, some = jnp.zeros(8), jnp.zeros(8).at[3].set(0.5)
+    zeros, some, rows = jnp.zeros(8), jnp.zeros(8).at[3].set(0.5), jnp.ones(8)
     no_kl = grpo.GRPOConfig(beta=0.0)
-    assert bool(grpo.skip_update(zeros, no_kl))
-    assert not bool(grpo.skip_update(some, no_kl))
-    assert not bool(grpo.skip_update(zeros, grpo.GRPOConfig(beta=0.04)))
+    assert bool(grpo.skip_update(zeros, no_kl, rows))
+    assert not bool(grpo.skip_update(some, no_kl, rows))
+    assert bool(grpo.skip_update(some, no_kl, rows.at[3].set(0)))  # its only A ≠ 0 left out
+    assert not bool(grpo.skip_update(zeros, grpo.GRPOConfig(beta=0.04), rows))
     off = grpo.GRPOConfig(beta=0.0, skip_zero_advantage_steps=False)
-    assert not bool(grpo.skip_update(zeros, off))
+    assert not bool(grpo.skip_update(zeros, off, rows))
 
 
 @pytest.mark.parametrize(
@@ -198,3 +199,98 @@ def test_optimizer_first_step_moves_each_weight_by_lr():
     updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
     new = optax.apply_updates(params, updates)
     np.testing.assert_allclose(new["w"], 1.0 - 1e-2 * np.sign(grads["w"]), rtol=1e-5)
+
+
+def numpy_loss(logp, old, adv, mask, ref, config: grpo.GRPOConfig, rows) -> float:
+    """SPEC §3 in float64 over the rows with `rows` set only, written out by hand."""
+    keep = np.asarray(rows, bool)
+    logp, old, ref = (np.asarray(x, np.float64)[keep] for x in (logp, old, ref))
+    mask, adv = np.asarray(mask, np.float64)[keep], np.asarray(adv, np.float64)[keep][:, None]
+    ratio = np.exp(logp - old)
+    clipped = np.clip(ratio, 1 - config.epsilon_low, 1 + config.epsilon_high)
+    per_token = -np.minimum(ratio * adv, clipped * adv)
+    per_token += config.beta * (np.exp(ref - logp) - (ref - logp) - 1)
+    match config.aggregation:
+        case grpo.Aggregation.TOKEN_MEAN:
+            return (per_token * mask).sum() / mask.sum()
+        case grpo.Aggregation.SEQ_MEAN:
+            return ((per_token * mask).sum(1) / mask.sum(1)).mean()
+        case grpo.Aggregation.SEQ_SUM_FIXED:
+            return (per_token * mask).sum() / (keep.sum() * config.max_completion_length)
+
+
+@pytest.mark.parametrize("aggregation", list(grpo.Aggregation))
+def test_a_truncated_row_has_no_loss_weight_under_mask_truncated(aggregation):
+    rng = np.random.default_rng(3)
+    R, T = 6, 9
+    logp = jnp.asarray(rng.normal(-1.0, 0.3, (R, T)), jnp.float32)
+    old = logp + jnp.asarray(rng.normal(0.0, 0.2, (R, T)), jnp.float32)
+    ref = logp + jnp.asarray(rng.normal(0.0, 0.2, (R, T)), jnp.float32)
+    adv = jnp.asarray(rng.normal(0.0, 1.0, R), jnp.float32)
+    lengths = np.array([4, 9, 6, 9, 2, 7])
+    mask = jnp.asarray(np.arange(T)[None] < lengths[:, None])
+    batch = {"truncated": lengths == T, "is_filler": np.zeros(R, bool)}
+    batch["truncated"][3] = False  # a row that ended with EOS on its last slot stays in
+    config = grpo.GRPOConfig(aggregation=aggregation, beta=0.04, max_completion_length=T,
+                             mask_truncated=True)  # fmt: skip
+    rows = grpo.loss_rows(batch, config)
+    np.testing.assert_array_equal(rows, [1, 0, 1, 1, 1, 1])
+    no_guidance = jnp.zeros((R, T), bool)
+
+    def loss(lp):
+        return grpo.policy_loss(lp, old, adv, mask, no_guidance, config, ref, rows)[0]
+
+    # fp32 against float64 over ≤ 54 terms of size ~1: a few ulps of the sum, far below 1e-5.
+    want = numpy_loss(logp, old, adv, mask, ref, config, rows)
+    assert float(loss(logp)) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    grads = jax.grad(loss)(logp)
+    assert np.all(np.asarray(grads[1]) == 0.0) and np.any(np.asarray(grads[0]) != 0.0)
+    off = grpo.loss_rows(batch, grpo.GRPOConfig(aggregation=aggregation,
+                                                max_completion_length=T))  # fmt: skip
+    np.testing.assert_array_equal(off, np.ones(R))  # the default keeps truncated rows in
+    filler = grpo.loss_rows(batch | {"is_filler": np.arange(R) == 5}, config)
+    np.testing.assert_array_equal(filler, [1, 0, 1, 1, 1, 0])
+
+
+def numpy_group_ties(rewards, accuracy, is_guided, group_size, rows) -> dict[str, float]:
+    """Counts by a plain loop over groups and their members."""
+    counts, present = {}, {}
+    for g in range(len(rewards) // group_size):
+        idx = range(g * group_size, (g + 1) * group_size)
+        for prefix, member in (("", lambda i: rows[i]),
+                               ("guided_", lambda i: rows[i] and is_guided[i]),
+                               ("unguided_", lambda i: rows[i] and not is_guided[i])):  # fmt: skip
+            members = [i for i in idx if member(i)]
+            if not members:
+                continue
+            present[prefix] = present.get(prefix, 0) + 1
+            tied = len({float(rewards[i]) for i in members}) == 1
+            correct = tied and all(accuracy[i] == 1 for i in members)
+            wrong = tied and all(accuracy[i] == 0 for i in members)
+            for name, hit in (("zero_std", tied), ("zero_std_all_correct", correct),
+                              ("zero_std_all_wrong", wrong)):  # fmt: skip
+                counts[prefix + name] = counts.get(prefix + name, 0) + int(hit)
+    return {name: n / present[name.split("zero_std")[0]] for name, n in counts.items()}
+
+
+def test_group_ties_equal_a_numpy_count():
+    G = 4  # the first two candidates of each group are guided
+    accuracy = np.array([1, 1, 1, 1,  0, 0, 0, 0,  1, 1, 0, 0,  1, 0, 1, 0,
+                         0, 0, 1, 1,  1, 1, 1, 1], np.float32)  # fmt: skip
+    rewards = accuracy + np.array([0] * 20 + [0.0, 0.0, 0.0, 0.5], np.float32)  # format bonus
+    is_guided = np.tile(np.arange(G) < 2, 6)
+    rows = np.ones(24, bool)
+    rows[16:20] = False  # a filler group: left out of every count
+    got = {k: float(v) for k, v in grpo.group_ties(rewards, accuracy, is_guided, G, rows).items()}
+    want = numpy_group_ties(rewards, accuracy, is_guided, G, rows)
+    assert got.keys() == want.keys() and len(got) == 9
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-7), name
+    # By hand: of 5 counted groups, [1111] and [0000] tie; the last ties on its guided pair.
+    fifths = {"zero_std": 2, "zero_std_all_correct": 1, "zero_std_all_wrong": 1,
+              "guided_zero_std": 4, "unguided_zero_std": 3}  # fmt: skip
+    for name, n in fifths.items():
+        assert got[name] == np.float32(n / 5), name
+    jitted = jax.jit(grpo.group_ties, static_argnames="group_size")
+    on_device = jitted(rewards, accuracy, is_guided, group_size=G, rows=rows)
+    assert {k: float(v) for k, v in on_device.items()} == got

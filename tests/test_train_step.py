@@ -38,6 +38,8 @@ def make_batch(seed=0):
         "rewards": rewards,
         "accuracy": (rewards > 0.5).astype(np.float32),
         "is_guided": is_guided,
+        "truncated": completion_len == C,  # cut at the budget, as the sampler reports it
+        "is_filler": np.zeros(ROWS, bool),
     }
 
 
@@ -209,7 +211,8 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
         ) / out.completion_mask.sum(1)
         batch = {f: getattr(out, f) for f in grpo.BATCH_FIELDS[:5]}
         batch |= {"rewards": reward.astype(np.float32), "accuracy": reward.astype(np.float32),
-                  "is_guided": np.zeros(prompts * 8, bool)}  # fmt: skip
+                  "is_guided": np.zeros(prompts * 8, bool), "truncated": np.zeros(prompts * 8, bool),
+                  "is_filler": np.zeros(prompts * 8, bool)}  # fmt: skip
         state, _ = step(state, batch)
         rewards.append(reward.mean())
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
