@@ -79,6 +79,34 @@ def check_outputs(workdir: pathlib.Path) -> None:
     assert all(e["num_rows"] == 8 and 0 <= e["pass@1"] <= e["pass@2"] <= 1 for e in evaluations)
 
 
+def interrupt_and_resume(make_config, data_file, workdir: pathlib.Path) -> list[dict]:
+    """A 4-step run SIGTERMed after step 2 and resumed; returns its metrics records."""
+
+    def sigterm_after_step_2(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the trainer's handler
+
+    previous = signal.getsignal(signal.SIGTERM)
+    first = trainer.train(make_config(data_file), str(workdir), step_callback=sigterm_after_step_2)
+    assert first == trainer.TrainResult(step=2, total_steps=4, preempted=True)
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+    second = trainer.train(make_config(data_file), str(workdir))
+    assert second == trainer.TrainResult(step=4, total_steps=4, preempted=False)
+    return logging_utils.read_jsonl(workdir / logging_utils.METRICS_FILE)
+
+
+def assert_same_state(workdir, baseline_workdir):
+    """Both runs' last checkpoints: same step, data iterator state and every leaf bitwise."""
+    step, resumed, resumed_data = final_state(workdir)
+    expected_step, expected, expected_data = final_state(baseline_workdir)
+    assert step == expected_step == 4 and resumed_data == expected_data
+    leaves = jax.tree_util.tree_leaves_with_path(expected)
+    for (path, want), got in zip(leaves, jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+    return expected
+
+
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     data_file = write_rows(tmp_path / "train.jsonl")
     uninterrupted = tmp_path / "uninterrupted"
@@ -89,30 +117,10 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     check_outputs(uninterrupted)
 
     interrupted = tmp_path / "interrupted"
+    records = interrupt_and_resume(smoke_config, data_file, interrupted)
+    expected = assert_same_state(interrupted, uninterrupted)
+    assert int(expected.controller.count) == 4
 
-    def sigterm_after_step_2(step):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the trainer's handler
-
-    previous = signal.getsignal(signal.SIGTERM)
-    first = trainer.train(
-        smoke_config(data_file), str(interrupted), step_callback=sigterm_after_step_2
-    )
-    assert first == trainer.TrainResult(step=2, total_steps=4, preempted=True)
-    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
-    assert sorted(os.listdir(interrupted / "checkpoints")) == ["2"]
-    second = trainer.train(smoke_config(data_file), str(interrupted))
-    assert second == trainer.TrainResult(step=4, total_steps=4, preempted=False)
-
-    step, resumed, resumed_data = final_state(interrupted)
-    expected_step, expected, expected_data = final_state(uninterrupted)
-    assert step == expected_step == 4 and resumed_data == expected_data
-    assert int(resumed.controller.count) == 4
-    leaves = jax.tree_util.tree_leaves_with_path(expected)
-    for (path, want), got in zip(leaves, jax.tree.leaves(resumed), strict=True):
-        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
-
-    records = logging_utils.read_jsonl(interrupted / logging_utils.METRICS_FILE)
     baseline = logging_utils.read_jsonl(uninterrupted / logging_utils.METRICS_FILE)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert [r["rows"] for r in records] == [r["rows"] for r in baseline]  # the batches seen
@@ -122,6 +130,56 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert max(r["accuracy"] for r in baseline) > 0
     assert int(expected.controller.length) < 24  # ℓ moved (from step 5 on: 24·0.375/0.75)
     assert sorted(sum((r["rows"] for r in baseline), [])) == list(range(16))
+    # The tied-group metrics of every step, in metrics.jsonl and TensorBoard.
+    ties = [f"groups/{p}zero_std{s}" for p in ("", "guided_", "unguided_")
+            for s in ("", "_all_correct", "_all_wrong")]  # fmt: skip
+    assert all(0 <= r[name] <= 1 for r in baseline for name in ties)
+    assert max(r["groups/zero_std"] for r in baseline) > 0  # the even rows' groups all fail
+    assert all(r["effective_rows"] <= 16 and "truncated_fraction" in r for r in baseline)
+    assert set(ties) <= tensorboard_tags(uninterrupted)
+
+
+def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
+    """The scalar tags in a run's TensorBoard event files (TFRecord framing, Event protos)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in (workdir / logging_utils.TB_DIR).iterdir():
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = np.frombuffer(data[at : at + 8], np.uint64)
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + int(length)])
+            tags |= {value.tag for value in event.summary.value}
+            at += 16 + int(length)
+    return tags
+
+
+def filtering_config(data_path: str):
+    """The smoke run with DAPO dynamic sampling: two epochs of data, for the extra batches."""
+    c = smoke_config(data_path)
+    c.grpo.filter_zero_std_groups = True
+    c.grpo.filter_max_extra_batches = 2
+    c.data.num_epochs = 3
+    return c
+
+
+def test_filtered_groups_never_tie_and_resume_stays_exact(tmp_path):
+    data_file = write_rows(tmp_path / "train.jsonl")
+    uninterrupted = tmp_path / "uninterrupted"
+    assert trainer.train(filtering_config(data_file), str(uninterrupted)).step == 4
+    baseline = logging_utils.read_jsonl(uninterrupted / logging_utils.METRICS_FILE)
+    # Every trained group has a reward spread: tied ones were dropped or are filler.
+    assert all(r["groups/zero_std"] == 0 for r in baseline)
+    assert all(r["filter/filler_groups"] == 0 for r in baseline)  # refills sufficed here
+    assert sum(r["filter/extra_sampler_calls"] for r in baseline) > 0
+    assert all(r["filter/sampled_zero_std"] > 0 for r in baseline)
+    # More rows were read than trained: the extra batches moved the iterator.
+    assert all(len(r["rows"]) > 4 for r in baseline if r["filter/extra_sampler_calls"])
+
+    records = interrupt_and_resume(filtering_config, data_file, tmp_path / "interrupted")
+    assert_same_state(tmp_path / "interrupted", uninterrupted)
+    for name in ("rows", "loss", "reward", "filter/extra_sampler_calls", "filter/dropped_groups"):
+        assert [r[name] for r in records] == [r[name] for r in baseline], name
 
 
 _KILLED_MID_SAVE = """
