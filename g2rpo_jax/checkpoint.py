@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from g2rpo_jax.models import ModelConfig, Qwen, RopeScaling, abstract_model
+from g2rpo_jax.models.config import LoraConfig
 
 STATE, DATA, META = "state", "data", "meta"
 SUBDIR = "checkpoints"
@@ -46,6 +47,8 @@ def model_config_from_json(d: dict) -> ModelConfig:
     d = dict(d)
     if d.get("rope_scaling") is not None:
         d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    if d.get("lora") is not None:
+        d["lora"] = LoraConfig(**d["lora"])
     return ModelConfig(**d)
 
 

@@ -1,0 +1,80 @@
+"""LoRA adapters: an untrained adapter is the base model exactly; trained ones equal the
+dense model with merged weights W + (alpha/r)·A·B, forward and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from g2rpo_jax.models import ModelConfig, Qwen
+from g2rpo_jax.models.config import LoraConfig
+from g2rpo_jax.models.qwen import LoraParam
+
+BASE = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=48,
+                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)  # fmt: skip
+LORA = BASE.replace(lora=LoraConfig(rank=4, alpha=8.0))
+IDS = np.random.RandomState(0).randint(0, 64, (2, 7)).astype(np.int32)
+MASK = np.ones_like(IDS)
+POS = np.tile(np.arange(7, dtype=np.int32), (2, 1))
+
+
+def models():
+    """(base model, LoRA model on the same base weights)."""
+    base = Qwen(BASE, rngs=nnx.Rngs(0))
+    lora = Qwen(LORA, rngs=nnx.Rngs(1))
+    nnx.update(lora, nnx.state(base, nnx.Param))
+    return base, lora
+
+
+def merged_params(lora: Qwen) -> nnx.State:
+    """The base weights with each adapter folded in: W + (alpha/r)·A·B in our layout."""
+    base = nnx.to_pure_dict(nnx.state(lora, nnx.Not(LoraParam)))
+    adapters = nnx.to_pure_dict(nnx.state(lora, LoraParam))
+    scale = LORA.lora.scale
+
+    def fold(b, a):
+        for key, sub in a.items():
+            if isinstance(key, str) and key.endswith("_lora_a"):
+                name = key[: -len("_lora_a")]
+                A, B = sub, a[f"{name}_lora_b"]
+                delta = jnp.tensordot(A, B, axes=1)
+                b[f"{name}_proj"] = b[f"{name}_proj"] + scale * delta
+            elif isinstance(sub, dict):
+                fold(b[key], sub)
+        return b
+
+    return fold(base, adapters)
+
+
+def test_rank_zero_adds_nothing_and_zero_b_is_the_base_model_exactly():
+    base, lora = models()
+    assert not jax.tree.leaves(nnx.state(base, LoraParam))
+    adapters = nnx.state(lora, LoraParam)
+    assert len(jax.tree.leaves(adapters)) == 2 * 7 * BASE.num_layers
+    np.testing.assert_array_equal(lora(IDS, POS, MASK), base(IDS, POS, MASK))
+
+
+def test_lora_forward_and_gradients_equal_the_dense_merged_model():
+    base, lora = models()
+    rng = np.random.RandomState(1)
+    graphdef, adapters, rest = nnx.split(lora, LoraParam, ...)
+    adapters = jax.tree.map(lambda x: jnp.asarray(0.1 * rng.randn(*x.shape), x.dtype), adapters)
+    nnx.update(lora, adapters)
+    dense = Qwen(BASE, rngs=nnx.Rngs(0))
+    nnx.update(dense, merged_params(lora))
+    np.testing.assert_allclose(lora(IDS, POS, MASK), dense(IDS, POS, MASK), atol=1e-5)
+
+    dense_graphdef = nnx.graphdef(dense)
+    weights = jax.random.normal(jax.random.key(0), (2, 7, 64))
+
+    def lora_loss(adapters):
+        return jnp.sum(weights * nnx.merge(graphdef, adapters, rest)(IDS, POS, MASK))
+
+    def dense_loss(adapters):  # the reference: differentiate through W + s·A·B
+        merged = nnx.merge(graphdef, adapters, rest)
+        return jnp.sum(weights * nnx.merge(dense_graphdef, merged_params(merged))(IDS, POS, MASK))
+
+    got, want = jax.grad(lora_loss)(adapters), jax.grad(dense_loss)(adapters)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want),
+                            strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
