@@ -78,3 +78,35 @@ def test_lora_forward_and_gradients_equal_the_dense_merged_model():
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want),
                             strict=True):  # fmt: skip
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_a_train_step_moves_the_adapters_only_on_the_frozen_base():
+    """With β > 0 (the reference is the base: adapters zeroed) and remat on; the optimizer
+    state holds adapter moments only."""
+    from g2rpo_jax import grpo, lora, optimization, sharding
+    from tests.test_train_step import GUIDANCE, G, make_batch
+
+    config = LORA.replace(vocab_size=128, remat=True)
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    model = lora.random_model(config, mesh, seed=0)
+    optimizer = optimization.OptimizerConfig(total_steps=4, learning_rate=1e-2, warmup_steps=0)
+    grpo_config = grpo.GRPOConfig(beta=0.04)
+    state = grpo.init_train_state(model, grpo_config, optimizer, GUIDANCE)
+    assert state.ref_params is None  # no second copy of the weights
+    before = jax.device_get(state)  # host copies: the step donates `state`
+    step = grpo.make_train_step(nnx.graphdef(model), grpo_config, optimizer, GUIDANCE, G,
+                                mesh, state)  # fmt: skip
+    after, metrics = jax.device_get(step(state, jax.device_put(make_batch())))
+
+    assert float(metrics["kl"]) == 0.0  # B = 0: the policy is the base exactly
+    base_leaves = jax.tree_util.tree_leaves_with_path(before.frozen)
+    assert len(base_leaves) == len(jax.tree.leaves(nnx.state(model, nnx.Param))) - 28
+    for (path, want), got in zip(base_leaves, jax.tree.leaves(after.frozen), strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+    moved = {jax.tree_util.keystr(path): bool(np.any(got != want)) for (path, want), got in
+             zip(jax.tree_util.tree_leaves_with_path(before.params),
+                 jax.tree.leaves(after.params), strict=True)}  # fmt: skip
+    assert len(moved) == 28 and all(v for k, v in moved.items() if "lora_b" in k)
+    adapter_shapes = sorted(x.shape for x in jax.tree.leaves(before.params))
+    moments = [x for x in jax.tree.leaves(before.opt_state) if np.ndim(x)]
+    assert sorted(x.shape for x in moments) == sorted(adapter_shapes * 2)  # Adam's mu, nu
