@@ -23,7 +23,7 @@ from g2rpo_jax.models.qwen import (
     Qwen,
     init_cache,
     positions_from_mask,
-    token_log_probs,  # fmt: skip
+    token_log_probs,
 )
 from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make_optimizer
 
@@ -245,7 +245,7 @@ BATCH_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes, as one pytree (checkpointed whole).
+    """Everything a step reads and changes, as one pytree (checkpointed but `frozen`).
 
     step: completed optimizer steps (int32). params: the trained weights (under LoRA the
     adapters only). ref_params: the frozen reference policy, None when β = 0 (no memory, no

@@ -110,3 +110,53 @@ def test_a_train_step_moves_the_adapters_only_on_the_frozen_base():
     adapter_shapes = sorted(x.shape for x in jax.tree.leaves(before.params))
     moments = [x for x in jax.tree.leaves(before.opt_state) if np.ndim(x)]
     assert sorted(x.shape for x in moments) == sorted(adapter_shapes * 2)  # Adam's mu, nu
+
+
+def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3_dir):
+    """A LoRA checkpoint (adapters + the base's folder) → scripts/export_hf.py → a plain
+    Hugging Face folder: no adapter tensors, logits equal to ours unmerged."""
+    import importlib.util
+    import json
+    import os
+
+    import safetensors
+
+    from g2rpo_jax import checkpoint, grpo, guidance, lora, optimization, sharding, trainer
+    from g2rpo_jax import config as config_lib
+    from g2rpo_jax.models import from_pretrained
+    from tests import tiny_models
+
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    model = lora.add_adapters(from_pretrained(hf_qwen3_dir)[0], LORA.lora, seed=0, mesh=mesh)
+    rng = np.random.RandomState(0)
+    nnx.update(model, jax.tree.map(lambda x: jnp.asarray(0.1 * rng.randn(*x.shape), x.dtype),
+                                   nnx.state(model, LoraParam)))  # fmt: skip
+    state = grpo.init_train_state(model, grpo.GRPOConfig(beta=0.0),
+                                  optimization.OptimizerConfig(total_steps=2),
+                                  guidance.GuidanceConfig(0.5, initial_length=8, max_length=8))  # fmt: skip
+    workdir = tmp_path / "run"
+    trainer.bytes_tokenizer().save_pretrained(workdir / trainer.TOKENIZER_DIR)
+    meta = {"config": json.loads(config_lib.default_config().to_json_best_effort()),
+            "tokenizer": trainer.TOKENIZER_DIR, "step": 1,
+            "model_config": checkpoint.model_config_to_json(model.config),
+            checkpoint.BASE_MODEL: lora.base_location(hf_qwen3_dir, seed=0)}  # fmt: skip
+    saver = checkpoint.Checkpointer(str(workdir), async_save=False)
+    saver.save(1, state.checkpointed(), {}, meta)
+    saver.close()
+
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "export_hf.py")
+    spec = importlib.util.spec_from_file_location("export_hf", script)
+    export_hf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_hf)
+    export_hf.export(str(workdir), str(tmp_path / "hf"))
+
+    with safetensors.safe_open(tmp_path / "hf" / "model.safetensors", "np") as f:
+        assert f.keys() and not [k for k in f.keys() if "lora" in k]
+    ids, mask, positions = tiny_models.left_padded_batch()
+    expected = np.asarray(model(ids, positions, mask))
+    got = tiny_models.hf_logits(tiny_models.load_hf(tmp_path / "hf"), ids, mask, positions)
+    assert np.abs(got - expected)[mask.astype(bool)].max() <= 1e-5
+    assert (
+        np.abs(expected - np.asarray(from_pretrained(hf_qwen3_dir)[0](ids, positions, mask))).max()
+        > 1e-3
+    )  # fmt: skip  (the adapters matter)
