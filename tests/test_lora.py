@@ -160,3 +160,27 @@ def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3
         np.abs(expected - np.asarray(from_pretrained(hf_qwen3_dir)[0](ids, positions, mask))).max()
         > 1e-3
     )  # fmt: skip  (the adapters matter)
+
+
+def test_lora_config_keys_are_checked_and_round_trip_through_checkpoint_meta():
+    import json
+
+    import pytest
+
+    from g2rpo_jax import checkpoint
+    from g2rpo_jax import config as config_lib
+
+    c = config_lib.smoke(config_lib.default_config())
+    c.data.path = "rows.jsonl"
+    c.model.lora.rank, c.model.lora.targets = 8, ("q", "v")
+    exp = config_lib.build(c, num_devices=1)
+    assert exp.model.lora == LoraConfig(rank=8, alpha=16.0, targets=("q", "v"))
+    config = LORA.replace(lora=exp.model.lora)
+    as_json = json.loads(json.dumps(checkpoint.model_config_to_json(config)))  # as in meta
+    assert checkpoint.model_config_from_json(as_json) == config
+    c.model.lora.dropout = 0.1
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora\.dropout"):
+        config_lib.build(c, num_devices=1)
+    c.model.lora.dropout, c.model.lora.targets = 0.0, ("q", "qkv")
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora"):
+        config_lib.build(c, num_devices=1)
