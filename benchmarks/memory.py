@@ -153,9 +153,10 @@ def table(rows: list[dict]) -> str:
             "| --- | --- | --- | --- | --- | --- |")  # fmt: skip
     label = lambda r: r["model"] + (f" LoRA r={r['lora_rank']}, {r['param_dtype']} base"
                                     if r.get("lora_rank") else "")  # fmt: skip
+    held = lambda r: "no copy" if r.get("lora_rank") else "yes"  # LoRA: adapters zeroed
     lines = [
         f"| {label(r)} | {'yes' if r['remat'] else 'no'} | {r['beta']} "
-        f"({'yes' if r['beta'] > 0 else 'no'}) | {r['arguments'] / GIB:.2f} | "
+        f"({held(r) if r['beta'] > 0 else 'no'}) | {r['arguments'] / GIB:.2f} | "
         f"{r['temp'] / GIB:.2f} | {r['peak'] / GIB:.2f} |"
         for r in rows
     ]
