@@ -23,6 +23,10 @@ predicted peak with the measured one: the growth of the process's peak resident 
 (VmHWM, reset before the step through /proc/self/clear_refs) over its resident memory with
 the state and batch already in place, plus the donated state the step reuses.
 Prints a markdown table on stderr and one JSON line on stdout.
+
+`--lora-rank=16` (with e.g. `--param-dtype=bfloat16`): LoRA rows, adapters on every
+projection (fp32, with their Adam moments), the base frozen in the param dtype and the
+reference the base itself (no copy).
 """
 
 import argparse
@@ -63,6 +67,7 @@ from flax import nnx  # noqa: E402
 
 from g2rpo_jax import grpo, guidance, optimization, sharding  # noqa: E402
 from g2rpo_jax.models import ModelConfig, abstract_model, preset  # noqa: E402
+from g2rpo_jax.models.config import LoraConfig  # noqa: E402
 
 GUIDANCE = guidance.GuidanceConfig(ratio=0.75, initial_length=3072, max_length=3072)
 GIB = 2**30
@@ -148,9 +153,12 @@ def estimate(config: ModelConfig, full: bool, *args) -> dict:
 def table(rows: list[dict]) -> str:
     head = ("| model | remat | β (reference) | state GiB | temp GiB | peak GiB / device |\n"
             "| --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    label = lambda r: r["model"] + (f" LoRA r={r['lora_rank']}, {r['param_dtype']} base"
+                                    if r.get("lora_rank") else "")  # fmt: skip
+    held = lambda r: "no copy" if r.get("lora_rank") else "yes"  # LoRA: adapters zeroed
     lines = [
-        f"| {r['model']} | {'yes' if r['remat'] else 'no'} | {r['beta']} "
-        f"({'yes' if r['beta'] > 0 else 'no'}) | {r['arguments'] / GIB:.2f} | "
+        f"| {label(r)} | {'yes' if r['remat'] else 'no'} | {r['beta']} "
+        f"({held(r) if r['beta'] > 0 else 'no'}) | {r['arguments'] / GIB:.2f} | "
         f"{r['temp'] / GIB:.2f} | {r['peak'] / GIB:.2f} |"
         for r in rows
     ]
@@ -244,6 +252,7 @@ def main():
     parser.add_argument("--remat", default="no,yes")
     parser.add_argument("--betas", default="0.04,0")
     parser.add_argument("--layers", type=int, default=0, help="override num_layers (0: preset)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rows (0: full fine-tuning)")
     parser.add_argument("--full", action="store_true",
                         help="compile every layer (slow: ~2 min per 28-layer model on 2 cores) "
                         "instead of extrapolating from 2 and 4 layers")  # fmt: skip
@@ -271,11 +280,13 @@ def main():
             config = preset(name, dtype=args.dtype, param_dtype=args.param_dtype, remat=remat)
             if args.layers:
                 config = config.replace(num_layers=args.layers)
+            config = config.replace(lora=LoraConfig(rank=args.lora_rank))
             for beta in (float(b) for b in args.betas.split(",")):
                 log(f"{name} remat={remat} beta={beta}")
                 r = estimate(config, args.full, beta, rows, args.group, args.prompt,
                              args.completion, args.micro_batches, mesh)  # fmt: skip
-                results.append(dict(model=name, remat=remat, beta=beta, **r))
+                results.append(dict(model=name, remat=remat, beta=beta, lora_rank=args.lora_rank,
+                                    param_dtype=args.param_dtype, **r))  # fmt: skip
                 log(f"  peak {r['peak'] / GIB:.2f} GiB (compile {r['compile_s']} s)")
     log(table(results))
     print(json.dumps(dict(

@@ -4,7 +4,8 @@ Layout: `WORKDIR/checkpoints/<step>/{state,data,meta}`, `step` = completed train
 - state: the TrainState pytree (params, optimizer state, reference params, ℓ controller,
   optimizer step), restored straight into its shardings;
 - data: the Grain iterator state (JSON), so a resumed run reads the next batch it would have;
-- meta: JSON with the config, the ModelConfig and where the tokenizer is.
+- meta: JSON with the config, the ModelConfig and where the tokenizer is; under LoRA also
+  `base_model`, where the frozen base weights are read again (they are not in `state`).
 The sampling PRNG needs no entry: step k's key is fold_in(key(seed), k).
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
@@ -20,9 +21,14 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from g2rpo_jax import lora as lora_lib
+from g2rpo_jax import sharding
 from g2rpo_jax.models import ModelConfig, Qwen, RopeScaling, abstract_model
+from g2rpo_jax.models.config import LoraConfig
+from g2rpo_jax.models.qwen import LoraParam
 
 STATE, DATA, META = "state", "data", "meta"
+BASE_MODEL = "base_model"  # meta key: `lora.base_location` of a LoRA run
 SUBDIR = "checkpoints"
 
 
@@ -46,6 +52,8 @@ def model_config_from_json(d: dict) -> ModelConfig:
     d = dict(d)
     if d.get("rope_scaling") is not None:
         d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    if d.get("lora") is not None:
+        d["lora"] = LoraConfig(**d["lora"])
     return ModelConfig(**d)
 
 
@@ -140,16 +148,23 @@ def locate(path: str) -> tuple[str, int]:
 
 def load_policy(path: str, device: jax.Device | None = None) -> tuple[Qwen, dict]:
     """The policy of a training checkpoint (a workdir's newest, or a step folder) on one
-    device, and the checkpoint's meta with `workdir`, `step` and `tokenizer_path` added."""
+    device, and the checkpoint's meta with `workdir`, `step` and `tokenizer_path` added.
+    A LoRA checkpoint's policy is its adapters on the base read from `meta[BASE_MODEL]`."""
     workdir, step = locate(path)
     checkpointer = Checkpointer(workdir, read_only=True)
     meta = checkpointer.meta(step)
-    graphdef, abstract = nnx.split(abstract_model(model_config_from_json(meta["model_config"])))
+    model_config = model_config_from_json(meta["model_config"])
+    graphdef, abstract = nnx.split(abstract_model(model_config))
+    if model_config.lora.rank:
+        abstract = nnx.state(abstract, LoraParam)  # what the checkpoint holds as params
     placed = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
     shardings = jax.tree.map(lambda _: placed, abstract,
                              is_leaf=lambda x: isinstance(x, nnx.Variable))  # fmt: skip
     params = checkpointer.restore_params(step, abstract_like(abstract, shardings))
     checkpointer.close()
+    if model_config.lora.rank:
+        mesh = sharding.make_mesh((1, 1, 1), devices=[device or jax.devices()[0]])
+        params = nnx.merge_state(params, lora_lib.load_base(meta[BASE_MODEL], model_config, mesh))
     tokenizer_path = os.path.join(workdir, meta["tokenizer"])
     return nnx.merge(graphdef, params), meta | {"workdir": workdir, "step": step,
                                                 "tokenizer_path": tokenizer_path}  # fmt: skip

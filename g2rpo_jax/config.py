@@ -17,6 +17,7 @@ from g2rpo_jax.data import HUB_PREFIX, DataConfig, FieldMap, source_fields
 from g2rpo_jax.grpo import GRPOConfig
 from g2rpo_jax.guidance import GuidanceConfig
 from g2rpo_jax.models import PRESETS, ModelConfig, preset
+from g2rpo_jax.models.config import LORA_TARGETS, LoraConfig
 from g2rpo_jax.optimization import OptimizerConfig
 from g2rpo_jax.rewards import REWARD_FUNCTIONS, RewardConfig, SandboxConfig
 from g2rpo_jax.sampling import SamplingConfig
@@ -46,6 +47,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype
     c.model.param_dtype = "float32"  # weights and optimizer state
     c.model.remat = True  # recompute each layer in the backward pass
+    # Low-rank adapters W + (alpha/rank)·A·B trained on a frozen base (README "LoRA").
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0  # r; 0 = full fine-tuning
+    c.model.lora.alpha = 16.0
+    c.model.lora.dropout = 0.0  # only 0 is supported
+    c.model.lora.targets = LORA_TARGETS  # projections by name: q k v o gate up down
 
     c.tokenizer = ""  # folder or hub id; "" = model.path; "builtin:bytes" = byte-level (tests)
     c.mesh = ml_collections.ConfigDict()
@@ -230,6 +237,7 @@ class ModelSource:
     dtype: str
     param_dtype: str
     remat: bool
+    lora: LoraConfig = LoraConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,8 +382,12 @@ def build(
             preset(m.preset, **dict(overrides), dtype=m.dtype, param_dtype=m.param_dtype)
         except (ValueError, TypeError) as e:
             _fail("model", str(e))
+    if m.lora.dropout != 0:
+        _fail("model.lora.dropout", f"{m.lora.dropout}: only 0 is supported")
+    lora_kw = {k: v for k, v in m.lora.to_dict().items() if k != "dropout"}
+    lora = _make("model.lora", LoraConfig, **lora_kw)
     model = ModelSource(m.path, m.preset, overrides, m.fit_vocab_to_tokenizer, m.dtype,
-                        m.param_dtype, m.remat)  # fmt: skip
+                        m.param_dtype, m.remat, lora)  # fmt: skip
     if not (c.tokenizer or m.path):
         _fail("tokenizer", "set a tokenizer folder or hub id (or model.path, whose it is)")
 

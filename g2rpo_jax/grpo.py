@@ -17,7 +17,14 @@ from flax import nnx
 
 from g2rpo_jax import guidance, sharding
 from g2rpo_jax.choices import as_enum
-from g2rpo_jax.models.qwen import KVCache, Qwen, init_cache, positions_from_mask, token_log_probs
+from g2rpo_jax.models.qwen import (
+    KVCache,
+    LoraParam,
+    Qwen,
+    init_cache,
+    positions_from_mask,
+    token_log_probs,
+)
 from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make_optimizer
 
 # SPEC §2: added to the std so that a group of near-tied rewards does not blow up.
@@ -320,10 +327,13 @@ BATCH_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes, as one pytree (checkpointed whole).
+    """Everything a step reads and changes, as one pytree (checkpointed but `frozen`).
 
-    step: completed optimizer steps (int32). params: the policy's weights. ref_params: the
-    frozen reference policy, None when β = 0 (no memory, no forward). controller: ℓ state.
+    step: completed optimizer steps (int32). params: the trained weights (under LoRA the
+    adapters only). ref_params: the frozen reference policy, None when β = 0 (no memory, no
+    forward) or under LoRA (the reference is the base: the adapters' output zeroed).
+    controller: ℓ state. frozen: under LoRA the base weights, not differentiated, not in the
+    optimizer state and not checkpointed (`checkpointed`); None for full fine-tuning.
     """
 
     step: jax.Array
@@ -331,6 +341,26 @@ class TrainState:
     opt_state: optax.OptState
     ref_params: nnx.State | None
     controller: guidance.ControllerState
+    frozen: nnx.State | None = None
+
+    def policy(self) -> nnx.State:
+        """The whole model's weights, what the sampler and evaluation run."""
+        return _whole(self.params, self.frozen)
+
+    def reference(self) -> nnx.State | None:
+        """The reference policy's weights (β > 0): under LoRA the base, as adapters with
+        A = B = 0 add exactly nothing; no copy of the base is kept."""
+        if self.frozen is None:
+            return self.ref_params
+        return _whole(jax.tree.map(jnp.zeros_like, self.params), self.frozen)
+
+    def checkpointed(self) -> "TrainState":
+        """What a checkpoint holds: all but the frozen base (read again from its location)."""
+        return self.replace(frozen=None)
+
+
+def _whole(params: nnx.State, frozen: nnx.State | None) -> nnx.State:
+    return params if frozen is None else nnx.merge_state(params, frozen)
 
 
 def init_train_state(
@@ -339,14 +369,17 @@ def init_train_state(
     optimizer: OptimizerConfig,
     guidance_config: guidance.GuidanceConfig,
 ) -> TrainState:
-    params = nnx.state(model, nnx.Param)
+    """A LoRA model (config.lora.rank > 0) trains its adapters only, on its frozen base."""
+    lora = model.config.lora.rank > 0
+    params = nnx.state(model, LoraParam if lora else nnx.Param)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=make_optimizer(optimizer).init(params),
         # A copy, so donating the policy's buffers never frees the reference's.
-        ref_params=jax.tree.map(jnp.copy, params) if grpo.beta > 0 else None,
+        ref_params=jax.tree.map(jnp.copy, params) if grpo.beta > 0 and not lora else None,
         controller=guidance.init_controller(guidance_config),
+        frozen=nnx.state(model, nnx.All(nnx.Param, nnx.Not(LoraParam))) if lora else None,
     )
 
 
@@ -494,8 +527,9 @@ def make_train_step(
         )
         return _merge(per_mb, b)
 
-    def gradients(params, batch, advantages, old_lp, ref_lp):
-        """The full batch's loss gradient, summed over micro-batches with exact weights."""
+    def gradients(params, frozen, batch, advantages, old_lp, ref_lp):
+        """The full batch's loss gradient, summed over micro-batches with exact weights;
+        `frozen` (the LoRA base, or None) enters the forward but is not differentiated."""
         rows_in_loss = loss_rows(batch, grpo)
         loss_mask = _loss_mask(batch["completion_mask"], batch["is_guidance"], grpo.guidance_loss,
                                rows_in_loss)  # fmt: skip
@@ -510,16 +544,19 @@ def make_train_step(
         def micro_step(grad_sum, mb):
             mb_batch, mb_adv, mb_old, mb_ref, mb_rows, weight = mb
 
-            def loss_and_grad(log_probs, p):
-                def loss_fn(p):
-                    lp = log_probs(graphdef, p, mb_batch, rows)
+            def loss_and_grad(log_probs, p, frozen):
+                def loss_fn(p, frozen):
+                    # Fresh Variables of this trace: nnx.remat'd layers cannot update the
+                    # outer trace's (TraceContextError), and a constant's are those.
+                    frozen = jax.tree.map(lambda x: x, frozen)
+                    lp = log_probs(graphdef, _whole(p, frozen), mb_batch, rows)
                     old = jax.lax.stop_gradient(lp) if mb_old is None else mb_old
                     loss, metrics = policy_loss(lp, old, mb_adv, mb_batch["completion_mask"],
                                                 mb_batch["is_guidance"], grpo, mb_ref,
                                                 mb_rows)  # fmt: skip
                     return weight * loss, metrics
 
-                return jax.value_and_grad(loss_fn, has_aux=True)(p)
+                return jax.value_and_grad(loss_fn, has_aux=True)(p, frozen)
 
             if b > 1:  # the branch is taken outside the gradient, so only its residuals live
                 shared = functools.partial(_log_probs_shared_prompt, group_size=b)
@@ -528,9 +565,10 @@ def make_train_step(
                     functools.partial(loss_and_grad, shared),
                     functools.partial(loss_and_grad, _log_probs),
                     params,
+                    frozen,
                 )
             else:
-                (loss, metrics), grads = loss_and_grad(_log_probs, params)
+                (loss, metrics), grads = loss_and_grad(_log_probs, params, frozen)
             grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
             return grad_sum, (loss, jax.tree.map(lambda m: weight * m, metrics))
 
@@ -542,14 +580,16 @@ def make_train_step(
         advantages = group_advantages(batch["rewards"], group_size, grpo.advantage_std)
         ref_lp = None
         if grpo.beta > 0:
-            ref_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.ref_params, batch))
+            ref_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.reference(), batch))
         old_lp = None
         if grpo.num_updates > 1:  # SPEC §3: π_old is the policy before the first update
-            old_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.params, batch))
+            old_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.policy(), batch))
 
         def update(carry, _):
             params, opt_state = carry
-            grads, loss, metrics = gradients(params, batch, advantages, old_lp, ref_lp)
+            grads, loss, metrics = gradients(
+                params, state.frozen, batch, advantages, old_lp, ref_lp
+            )
             updates, opt_state = tx.update(grads, opt_state, params)
             metrics = metrics | {"loss": loss, "grad_norm": optax.tree.norm(grads)}
             return (optax.apply_updates(params, updates), opt_state), metrics

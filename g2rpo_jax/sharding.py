@@ -26,6 +26,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "mlp": "tensor",
     "head_dim": None,
     "norm": None,
+    "lora_rank": None,  # adapters: small, their other dim shards as the weight's
 }
 
 

@@ -44,6 +44,7 @@ from flax import nnx
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
 from g2rpo_jax import distributed, dynamic_sampling, grpo, guidance, hub, logging_utils, sharding
+from g2rpo_jax import lora as lora_lib
 from g2rpo_jax.data import DataConfig, DataError, Order, make_dataset
 from g2rpo_jax.data.schema import to_row
 from g2rpo_jax.data.sources import read_records, resolve_format
@@ -53,6 +54,7 @@ from g2rpo_jax.rewards import RewardPool, parse_gold
 from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, copied into the workdir at the start
+BASE_MODEL = checkpoint_lib.BASE_MODEL
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
@@ -127,16 +129,16 @@ def stop_ids(tokenizer: Tokenizer, model_config: ModelConfig, model_path: str = 
     return tuple(sorted(i for i in ids if i is not None and i < model_config.vocab_size))
 
 
-def random_model(config: ModelConfig, mesh: jax.sharding.Mesh, seed: int) -> Qwen:
-    """A randomly initialized model, created straight into its shardings."""
-    graphdef, abstract = nnx.split(abstract_model(config))
-    shardings = sharding.state_shardings(abstract, mesh)
-    init = jax.jit(lambda: nnx.state(Qwen(config, rngs=nnx.Rngs(seed))), out_shardings=shardings)
-    return nnx.merge(graphdef, init())
-
-
 def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
-    """The policy to start from: the Hugging Face checkpoint, or a random init of the preset."""
+    """The policy to start from: the Hugging Face checkpoint, or a random init of the preset;
+    with model.lora.rank > 0, that base with fresh adapters (B = 0: the same function)."""
+    model = _base_model(exp, tokenizer, mesh)
+    if exp.model.lora.rank:
+        return lora_lib.add_adapters(model, exp.model.lora, exp.seed, mesh)
+    return model
+
+
+def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     source = exp.model
     if source.path:
         model, model_config = from_pretrained(source.path, dtype=source.dtype,
@@ -157,15 +159,16 @@ def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwe
     model_config = config_lib.preset_model_config(source, vocab).replace(
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id
     )
-    return random_model(model_config, mesh, exp.seed)
+    return lora_lib.random_model(model_config, mesh, exp.seed)
 
 
 def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, mesh):
-    """(graphdef, abstract TrainState with shardings) for restoring a checkpoint."""
+    """(graphdef, abstract TrainState with shardings) for restoring a checkpoint: what
+    `TrainState.checkpointed` holds (under LoRA no base weights, `frozen` is None)."""
     graphdef, params = nnx.split(abstract_model(model_config))
     state = jax.eval_shape(
         lambda p: grpo.init_train_state(nnx.merge(graphdef, p), exp.grpo, exp.optimizer,
-                                        exp.guidance), params)  # fmt: skip
+                                        exp.guidance).checkpointed(), params)  # fmt: skip
     return graphdef, checkpoint_lib.abstract_like(state, grpo.state_shardings(state, mesh))
 
 
@@ -266,7 +269,8 @@ def train(
     checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
                                                async_save=exp.train.async_checkpointing)  # fmt: skip
     start = checkpointer.latest_step() or 0
-    hub.fetch(hub.run_sources(exp, needs_weights=not start))
+    # A LoRA run reads its base weights again on resume.
+    hub.fetch(hub.run_sources(exp, needs_weights=not start or exp.model.lora.rank > 0))
     tokenizer = load_tokenizer(exp.tokenizer, workdir)
     mesh = sharding.make_mesh(exp.mesh_shape)
     names = dict(exp.rewards.weights)
@@ -281,11 +285,15 @@ def train(
     exp = exp.with_total_steps(total_steps)
 
     iterator = iter(data.batches)
+    base = None  # a LoRA run's base location, kept in every checkpoint's meta
     if start:
-        meta = checkpointer.meta(start)
-        model_config = checkpoint_lib.model_config_from_json(meta["model_config"])
+        saved_meta = checkpointer.meta(start)
+        model_config = checkpoint_lib.model_config_from_json(saved_meta["model_config"])
         graphdef, abstract_state = abstract_train_state(model_config, exp, mesh)
-        state, data_state, saved_meta = checkpointer.restore(start, abstract_state)
+        state, data_state, _ = checkpointer.restore(start, abstract_state)
+        if model_config.lora.rank:
+            base = saved_meta[BASE_MODEL]
+            state = state.replace(frozen=lora_lib.load_base(base, model_config, mesh))
         iterator.set_state(data_state)
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
         _warn_config_changes(saved_meta["config"], json.loads(config.to_json_best_effort()))
@@ -296,8 +304,12 @@ def train(
         state = grpo.init_train_state(model, exp.grpo, exp.optimizer, exp.guidance)
         state = jax.device_put(state, grpo.state_shardings(state, mesh))
         del model
+        if model_config.lora.rank:
+            base = lora_lib.base_location(exp.model.path, exp.seed)
     meta = {"config": json.loads(config.to_json_best_effort()), "tokenizer": TOKENIZER_DIR,
             "model_config": checkpoint_lib.model_config_to_json(model_config)}  # fmt: skip
+    if base is not None:
+        meta[BASE_MODEL] = base
 
     eos = stop_ids(tokenizer, model_config, exp.model.path)
     pad = pad_id(tokenizer)
@@ -323,7 +335,7 @@ def train(
     step = saved = start
     preemption = _Preemption()
     if eval_rows and start == 0 and exp.train.eval_at_start:  # the step-0 baseline (issue 9)
-        logger.evaluation(0, evaluate(state.params, eval_sampler, tokenizer, eval_rows, pool,
+        logger.evaluation(0, evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
                                       exp.eval, exp.accuracy_reward, seed=exp.seed))  # fmt: skip
     with preemption:
         try:
@@ -346,10 +358,10 @@ def train(
                     pending[2]["end"] = time.perf_counter()
                 t_ell = time.perf_counter()
                 if exp.grpo.filter_zero_std_groups:
-                    rows, host, samples = filtered(state.params, batch, ell, k)
+                    rows, host, samples = filtered(state.policy(), batch, ell, k)
                     rows = distributed.global_batch(rows, rollout.sharding)
                 else:
-                    rows, host, samples = rollout(state.params, batch, ell, k)
+                    rows, host, samples = rollout(state.policy(), batch, ell, k)
                 if jax.process_count() > 1:  # which rows each host read, for audits and tests
                     logging_utils.append_jsonl(
                         os.path.join(workdir, f"rows.process{jax.process_index()}.jsonl"),
@@ -368,7 +380,7 @@ def train(
                     logger.samples(step, samples[: exp.train.num_logged_samples])
                 if eval_rows and step % exp.train.eval_every == 0:
                     t_eval = time.perf_counter()
-                    report = evaluate(state.params, eval_sampler, tokenizer, eval_rows, pool,
+                    report = evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
                                       exp.eval, exp.accuracy_reward, seed=exp.seed)  # fmt: skip
                     logger.evaluation(step, report)
                     host["time/eval_s"] = time.perf_counter() - t_eval
@@ -377,7 +389,8 @@ def train(
                 stop = _stop_requested(preemption)
                 if step % exp.train.save_every == 0 or step == total_steps or stop:
                     t_save = time.perf_counter()
-                    checkpointer.save(step, state, iterator.get_state(), meta | {"step": step})
+                    checkpointer.save(step, state.checkpointed(), iterator.get_state(),
+                                      meta | {"step": step})  # fmt: skip
                     host["time/checkpoint_s"] = time.perf_counter() - t_save
                     saved = step
                 if stop:

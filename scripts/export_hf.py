@@ -6,6 +6,7 @@ tokenizer files and generation_config.json (SPEC §7 evaluation decoding).
 
 --checkpoint is a workdir (its newest checkpoint) or one step's folder. The folder loads with
 `transformers.AutoModelForCausalLM.from_pretrained` and `g2rpo_jax.models.from_pretrained`.
+A LoRA run is exported merged: W + (alpha/r)·A·B, a plain model with no adapter tensors.
 """
 
 import json
@@ -15,7 +16,7 @@ import jax
 import transformers
 from absl import app, flags
 
-from g2rpo_jax import checkpoint, cli, trainer
+from g2rpo_jax import checkpoint, cli, lora, trainer
 from g2rpo_jax.models import save_pretrained
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir or checkpoint step folder.")
@@ -29,7 +30,7 @@ def export(path: str, out: str, dtype: str | None = None) -> dict:
     """Exports; returns the checkpoint's meta (step, workdir, config)."""
     trainer.quiet_orbax_logs()
     model, meta = checkpoint.load_policy(path, jax.devices("cpu")[0])
-    save_pretrained(model, out, dtype=dtype)
+    save_pretrained(lora.merged(model), out, dtype=dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(meta["tokenizer_path"])
     tokenizer.save_pretrained(out)
     base = meta["config"]["model"]["path"]

@@ -236,3 +236,43 @@ def test_pass_at_k_is_the_probability_that_k_of_n_samples_hold_a_correct_one(n, 
     outcomes = [True] * c + [False] * (n - c)
     subsets = list(itertools.combinations(outcomes, k))
     assert trainer.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets))
+
+
+def test_lora_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """Under LoRA a checkpoint holds the adapters, not the base (read again from its
+    location on resume: here the seeded random init)."""
+    data_file = write_rows(tmp_path / "train.jsonl")
+    lora_config = lambda: _with_lora(smoke_config(data_file, sample_every=0))  # noqa: E731
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    trainer.train(lora_config(), str(uninterrupted))
+
+    def sigterm_after_step_2(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = trainer.train(lora_config(), str(interrupted), step_callback=sigterm_after_step_2)
+    assert first == trainer.TrainResult(step=2, total_steps=4, preempted=True)
+    trainer.train(lora_config(), str(interrupted))
+
+    step, resumed, _ = final_state(interrupted)
+    _, expected, _ = final_state(uninterrupted)
+    assert step == 4 and resumed.frozen is None and resumed.ref_params is None
+    assert {k for k in _flat_keys(resumed.params)} == {k for k in _flat_keys(expected.params)}
+    assert all("lora_" in k for k in _flat_keys(resumed.params))  # no base weight saved
+    leaves = jax.tree_util.tree_leaves_with_path(expected)
+    for (path, want), got in zip(leaves, jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+    records = logging_utils.read_jsonl(interrupted / logging_utils.METRICS_FILE)
+    baseline = logging_utils.read_jsonl(uninterrupted / logging_utils.METRICS_FILE)
+    for name in ("loss", "reward", "kl", "grad_norm"):
+        assert [r[name] for r in records] == [r[name] for r in baseline], name
+    assert max(r["grad_norm"] for r in baseline) > 0
+
+
+def _with_lora(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c.model.lora.rank = 4
+    return c
+
+
+def _flat_keys(state) -> list[str]:
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]

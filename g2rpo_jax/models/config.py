@@ -48,6 +48,37 @@ class RopeScaling:
             )
 
 
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters W + (alpha/rank)·A·B on the named projections; rank 0 = none.
+
+    A [in, rank] starts random, B [rank, out] at zero, so an untrained adapter leaves the
+    model's output exactly as it was. Adapters are stored in float32 whatever param_dtype.
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.rank < 0:
+            raise ValueError(f"lora.rank must be >= 0, got {self.rank}")
+        unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+        if unknown:
+            raise ValueError(f"lora.targets {unknown}: use a subset of {LORA_TARGETS}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def applies_to(self, name: str) -> bool:
+        return self.rank > 0 and name in self.targets
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture and numerics of the decoder; frozen so it can be a jit static argument.
@@ -78,6 +109,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    lora: LoraConfig = LoraConfig()
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:

@@ -38,6 +38,42 @@ def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init="normal") -> nnx.Para
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
+class LoraParam(nnx.Param):
+    """A low-rank adapter factor: `nnx.state(model, LoraParam)` selects the adapters, and
+    `nnx.state(model, nnx.Not(LoraParam), ...)` the frozen base."""
+
+
+def _lora(module: nnx.Module, name: str, rngs, in_shape, out_shape, in_axes, out_axes) -> None:
+    """Adds adapters `{name}_lora_a` [*in, r] and `{name}_lora_b` [r, *out] (zeros) to
+    `module` when `config.lora` targets `name`; A is Kaiming-uniform like PEFT's."""
+    lora = module.config.lora
+    if not lora.applies_to(name):
+        return
+    fan_in = math.prod(in_shape)
+    bound = 1.0 / math.sqrt(fan_in)
+    a = jax.random.uniform(rngs.params(), (*in_shape, lora.rank), jnp.float32, -bound, bound)
+    setattr(module, f"{name}_lora_a", LoraParam(a, out_sharding=(*in_axes, "lora_rank"),
+                                                eager_sharding=False))  # fmt: skip
+    b = jnp.zeros((lora.rank, *out_shape), jnp.float32)
+    setattr(module, f"{name}_lora_b", LoraParam(b, out_sharding=("lora_rank", *out_axes),
+                                                eager_sharding=False))  # fmt: skip
+
+
+def _lora_delta(module: nnx.Module, name: str, x_BTI: jax.Array, y_BTO: jax.Array) -> jax.Array:
+    """y + (alpha/r)·(x·A)·B for `name`'s projection (y itself when it has no adapter);
+    x's trailing dims contract with A's leading ones, B's trailing dims are y's. The
+    factors run in the compute dtype; the merged weight is never formed."""
+    lora = module.config.lora
+    if not lora.applies_to(name):
+        return y_BTO
+    dt = module.config.compute_dtype
+    a = getattr(module, f"{name}_lora_a")[...].astype(dt)
+    b = getattr(module, f"{name}_lora_b")[...].astype(dt)
+    n_in = a.ndim - 1
+    h_BTr = jnp.tensordot(x_BTI, a, axes=n_in)
+    return y_BTO + (lora.scale * jnp.tensordot(h_BTr, b, axes=1)).astype(y_BTO.dtype)
+
+
 @flax.struct.dataclass
 class KVCache:
     """Keys and values of every layer in S fixed slots, shared by all rows.
@@ -195,10 +231,14 @@ class Attention(nnx.Module):
             norm = lambda: RMSNorm(H, config.rms_norm_eps, config.compute_dtype, pd, "head_dim")
             self.q_norm, self.k_norm = norm(), norm()
         self.config = config
+        for name, heads, axis in (("q", N, "q_heads"), ("k", K, "kv_heads"), ("v", K, "kv_heads")):
+            _lora(self, name, rngs, (D,), (heads, H), ("embed",), (axis, "head_dim"))
+        _lora(self, "o", rngs, (N, H), (D,), ("q_heads", "head_dim"), ("embed",))
 
     def _project(self, x_BTD, name: str) -> jax.Array:
         dt = self.config.compute_dtype
         y = jnp.einsum("BTD,DNH->BTNH", x_BTD, getattr(self, f"{name}_proj")[...].astype(dt))
+        y = _lora_delta(self, name, x_BTD, y)
         if self.config.qkv_bias:
             y = y + getattr(self, f"{name}_bias")[...].astype(dt)
         return y
@@ -255,6 +295,7 @@ class Attention(nnx.Module):
             "BTE,ED->BTD", out_BTKGH.reshape(B, T, N * H),
             self.o_proj[...].reshape(N * H, -1).astype(dt),
         )  # fmt: skip
+        y_BTD = _lora_delta(self, "o", out_BTKGH.reshape(B, T, N, H), y_BTD)
         if cfg.o_bias:
             y_BTD = y_BTD + self.o_bias[...].astype(dt)
         return y_BTD, kv_cache
@@ -266,15 +307,20 @@ class MLP(nnx.Module):
         self.gate_proj = _param(rngs, (D, F), ("embed", "mlp"), pd)
         self.up_proj = _param(rngs, (D, F), ("embed", "mlp"), pd)
         self.down_proj = _param(rngs, (F, D), ("mlp", "embed"), pd)
-        self.dtype = config.compute_dtype
+        self.dtype, self.config = config.compute_dtype, config
+        for name, i, o, axes in (("gate", D, F, ("embed", "mlp")), ("up", D, F, ("embed", "mlp")),
+                                 ("down", F, D, ("mlp", "embed"))):  # fmt: skip
+            _lora(self, name, rngs, (i,), (o,), axes[:1], axes[1:])
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         dt = self.dtype
         gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_proj[...].astype(dt))
+        gate_BTF = _lora_delta(self, "gate", x_BTD, gate_BTF)
         up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_proj[...].astype(dt))
-        return jnp.einsum(
-            "BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, self.down_proj[...].astype(dt)
-        )
+        up_BTF = _lora_delta(self, "up", x_BTD, up_BTF)
+        hidden_BTF = jax.nn.silu(gate_BTF) * up_BTF
+        down_BTD = jnp.einsum("BTF,FD->BTD", hidden_BTF, self.down_proj[...].astype(dt))
+        return _lora_delta(self, "down", hidden_BTF, down_BTD)
 
 
 class Block(nnx.Module):
