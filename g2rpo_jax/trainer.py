@@ -540,6 +540,50 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """n unguided completions per example, scored; rows are example-major (E examples · n).
+
+    texts: [E·n] decoded completions; scores: float [E·n] the accuracy reward;
+    completion_tokens: int [E·n]; finished: bool [E·n] (ended with EOS, not the budget).
+    """
+
+    texts: list[str]
+    scores: np.ndarray
+    completion_tokens: np.ndarray
+    finished: np.ndarray
+
+    def correct(self, n: int) -> np.ndarray:
+        """int [E]: completions per example whose accuracy reward is 1 (all tests passed)."""
+        return (self.scores.reshape(-1, n) >= 1.0).sum(1)
+
+
+def sample_and_score(params, sampler: Sampler, tokenizer: Tokenizer, examples, pool: RewardPool,
+                     n: int, accuracy_reward: str, rng, row_ids=None) -> Scored:  # fmt: skip
+    """n unguided samples of each example with `sampler`, scored by the accuracy reward.
+
+    Candidate i (example i // n) samples with the stream fold_in(rng, row_ids[i]) (default
+    i), as `Sampler` does: give row_ids to make a row's samples independent of its batch.
+    """
+    width = max(len(e.prompt_ids) for e in examples)
+    ids = np.full((len(examples), width), sampler.config.pad_id, np.int32)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.prompt_ids)] = e.prompt_ids
+    lengths = np.asarray([len(e.prompt_ids) for e in examples], np.int32)
+    rows = len(examples) * n
+    out = sampler(params, np.repeat(ids, n, 0), np.repeat(lengths, n, 0),
+                  np.zeros((rows, 0), np.int32), np.zeros(rows, np.int32), rng,
+                  row_ids=row_ids)  # fmt: skip
+    completion_ids, mask, finish = jax.device_get(
+        (out.completion_ids, out.completion_mask, out.finish_reason))  # fmt: skip
+    texts = decode(tokenizer, completion_ids, mask)
+    batch = {"answer": [e.row.answer for e in examples], "tests": [e.row.tests for e in examples]}
+    rewards = pool.compute(_repeat([e.prompt_text for e in examples], n), texts,
+                           **_row_fields(batch, n))  # fmt: skip
+    scores = rewards.per_function[:, rewards.names.index(accuracy_reward)]
+    return Scored(texts, np.asarray(scores, np.float64), mask.sum(1), finish == 1)
+
+
 def evaluate(params, sampler: Sampler, tokenizer: Tokenizer, examples, pool: RewardPool,
              config: config_lib.EvalConfig, accuracy_reward: str, *, seed: int = 0) -> dict:  # fmt: skip
     """pass@1 and pass@k over `examples`, n = config.num_samples completions each, with the
@@ -549,31 +593,17 @@ def evaluate(params, sampler: Sampler, tokenizer: Tokenizer, examples, pool: Rew
     results = []
     for start in range(0, len(examples), config.batch_size):
         chunk = examples[start : start + config.batch_size]
-        width = max(len(e.prompt_ids) for e in chunk)
-        ids = np.full((len(chunk), width), sampler.config.pad_id, np.int32)
-        for i, e in enumerate(chunk):
-            ids[i, : len(e.prompt_ids)] = e.prompt_ids
-        lengths = np.asarray([len(e.prompt_ids) for e in chunk], np.int32)
-        rows = len(chunk) * n
-        out = sampler(params, np.repeat(ids, n, 0), np.repeat(lengths, n, 0),
-                      np.zeros((rows, 0), np.int32), np.zeros(rows, np.int32),
-                      jax.random.fold_in(key, start))  # fmt: skip
-        completion_ids, mask, finish = jax.device_get(
-            (out.completion_ids, out.completion_mask, out.finish_reason))  # fmt: skip
-        texts = decode(tokenizer, completion_ids, mask)
-        batch = {"answer": [e.row.answer for e in chunk], "tests": [e.row.tests for e in chunk]}
-        rewards = pool.compute(_repeat([e.prompt_text for e in chunk], n), texts,
-                               **_row_fields(batch, n))  # fmt: skip
-        scores = rewards.per_function[:, rewards.names.index(accuracy_reward)]
+        scored = sample_and_score(params, sampler, tokenizer, chunk, pool, n, accuracy_reward,
+                                  jax.random.fold_in(key, start))  # fmt: skip
+        correct = scored.correct(n)
         for i, e in enumerate(chunk):
             own = slice(i * n, (i + 1) * n)
-            row_scores = [float(s) for s in scores[own]]
             results.append({
                 "index": e.row.index, "prompt": e.prompt_text, "answer": e.row.answer,
-                "completions": texts[own], "scores": row_scores,
-                "correct": sum(s >= 1.0 for s in row_scores),
-                "completion_tokens": mask[own].sum(1).tolist(),
-                "finished": (finish[own] == 1).tolist(),
+                "completions": scored.texts[own], "scores": scored.scores[own].tolist(),
+                "correct": int(correct[i]),
+                "completion_tokens": scored.completion_tokens[own].tolist(),
+                "finished": scored.finished[own].tolist(),
             })  # fmt: skip
     report = {"num_rows": len(results), "num_samples": n}
     for k in config.pass_k:

@@ -2,9 +2,8 @@
 
 Built in: the trace length in characters — a longer reference solution usually means a harder
 problem, and it costs nothing. The paper-style estimate, 1 − pass rate of the base model over
-n samples, needs the sampler: `from_pass_rate` turns any pass-rate function (e.g. one built on
-`g2rpo_jax.sampling` plus the accuracy reward) into an estimator, so scripts/prepare_data.py
-can plug it in without this package depending on the model code.
+n samples, needs the sampler and the rewards: g2rpo_jax/pass_rate.py counts the passes and
+`with_pass_rates` writes them in, so this package does not depend on the model code.
 """
 
 import dataclasses
@@ -21,16 +20,16 @@ def trace_length(rows: Sequence[Row]) -> list[float]:
     return [float(len(row.guidance)) for row in rows]
 
 
-def from_pass_rate(pass_rate: Callable[[Sequence[Row]], Sequence[float]]) -> Estimator:
-    """Difficulty = 1 − pass rate, the pass rate being a fraction in [0, 1] per row."""
-
-    def estimate(rows: Sequence[Row]) -> list[float]:
-        rates = pass_rate(rows)
-        if any(not 0.0 <= r <= 1.0 for r in rates):
-            raise ValueError("pass rates must lie in [0, 1]")
-        return [1.0 - float(r) for r in rates]
-
-    return estimate
+def with_pass_rates(rows: Sequence[Row], pass_rates: Sequence[float]) -> list[Row]:
+    """The rows with their pass rate (a fraction in [0, 1]) and difficulty = 1 − it."""
+    if len(pass_rates) != len(rows):
+        raise ValueError(f"{len(pass_rates)} pass rates for {len(rows)} rows")
+    if any(not 0.0 <= r <= 1.0 for r in pass_rates):
+        raise ValueError("pass rates must lie in [0, 1]")
+    return [
+        dataclasses.replace(row, difficulty=1.0 - float(r), pass_rate=float(r))
+        for row, r in zip(rows, pass_rates, strict=True)
+    ]
 
 
 def with_difficulty(rows: Sequence[Row], estimator: Estimator) -> list[Row]:

@@ -33,6 +33,7 @@ class Row:
     guidance: str  # the reference reasoning trace (SPEC §1)
     difficulty: float | None = None  # larger = harder
     tests: Tests | None = None  # code tasks only
+    pass_rate: float | None = None  # the base model's, when difficulty = 1 − it (pass_rate.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +77,13 @@ def to_row(
     guidance = _guidance(rec, fields)
     difficulty = _difficulty(rec, fields.difficulty)
     tests = _tests(rec, fields.tests)
+    pass_rate = _pass_rate(rec)
     if answer_check is not None and tests is None:
         try:
             answer_check(answer)
         except ValueError as e:
             raise rec.error("answer", fields.answer, f"unparseable gold answer: {e}") from e
-    return Row(index, prompt, answer, guidance, difficulty, tests)
+    return Row(index, prompt, answer, guidance, difficulty, tests, pass_rate)
 
 
 def _prompt(rec: _Record, column: str) -> Prompt:
@@ -134,6 +136,16 @@ def _difficulty(rec: _Record, column: str | None) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise rec.error("difficulty", column, f"expected a finite number, got {value!r:.80}")
+    return float(value)
+
+
+def _pass_rate(rec: _Record) -> float | None:
+    """Read under its own name: only scripts/prepare_data.py writes it, never a source."""
+    value = rec.get("pass_rate", "pass_rate", required=False)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise rec.error("pass_rate", None, f"expected a number in [0, 1], got {value!r:.80}")
     return float(value)
 
 

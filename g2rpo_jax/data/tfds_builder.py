@@ -6,7 +6,8 @@ live in an importable module (defined in `__main__`, TFDS fails looking for its 
 
 Stored fields are our schema after the field mapping, so reading needs no mapping. A prompt
 (string or messages) and tests (list or string) are stored as JSON text; a missing difficulty
-as NaN and missing tests as "". `index` keeps the row's index in the original file.
+(and pass rate) as NaN and missing tests as "". `index` keeps the row's index in the original
+file. Data written before `pass_rate` existed reads with none.
 """
 
 import json
@@ -43,6 +44,7 @@ class G2rpoRows(tfds.core.GeneratorBasedBuilder):
                     "guidance": text,
                     "difficulty": tfds.features.Scalar(np.float64),
                     "tests": text,
+                    "pass_rate": tfds.features.Scalar(np.float64),
                 }
             ),
             disable_shuffling=True,  # keep file order: `none` curriculum and `index` rely on it
@@ -61,11 +63,17 @@ def write_array_record(
 ) -> str:
     """Writes each split's rows under `data_dir`; returns the dataset's version folder."""
     builder = G2rpoRows(rows_by_split=rows_by_split, data_dir=data_dir, file_format="array_record")
-    if os.path.exists(builder.data_dir) and not overwrite:
-        raise FileExistsError(f"{builder.data_dir} exists; pass overwrite=True to replace it")
+    check_writable(data_dir, overwrite=overwrite)
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     return builder.data_dir
+
+
+def check_writable(data_dir: str, *, overwrite: bool) -> None:
+    """Raises FileExistsError when `data_dir` already holds a dataset and not `overwrite`."""
+    version_dir = G2rpoRows(data_dir=data_dir).data_dir
+    if os.path.exists(version_dir) and not overwrite:
+        raise FileExistsError(f"{version_dir} exists; pass overwrite=True to replace it")
 
 
 def read_records(data_dir: str, split: str) -> Iterator[Record]:
@@ -83,12 +91,15 @@ def _encode(row: Row) -> dict:
         "guidance": row.guidance,
         "difficulty": math.nan if row.difficulty is None else row.difficulty,
         "tests": "" if row.tests is None else json.dumps(row.tests, ensure_ascii=False),
+        "pass_rate": math.nan if row.pass_rate is None else row.pass_rate,
     }
 
 
 def _decode(example: Mapping) -> dict:
     """Back to the schema's field names and types (TFDS returns text as bytes)."""
     difficulty = float(example["difficulty"])
+    stored = example.get("pass_rate")  # None in data written before the field existed
+    pass_rate = math.nan if stored is None else float(stored)
     tests = example["tests"].decode()
     return {
         "prompt": json.loads(example["prompt"].decode()),
@@ -96,4 +107,5 @@ def _decode(example: Mapping) -> dict:
         "guidance": example["guidance"].decode(),
         "difficulty": None if math.isnan(difficulty) else difficulty,
         "tests": json.loads(tests) if tests else None,
+        "pass_rate": None if math.isnan(pass_rate) else pass_rate,
     }
