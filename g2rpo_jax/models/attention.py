@@ -297,44 +297,55 @@ def _cudnn(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int) -> jax.
     )  # fmt: skip
 
 
-# --- decode: one query over the cache, and XLA:CPU's guards ----------------------------------
+# --- decode: one query over the cache ----------------------------------------------------------
 
 
 def decode(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true: jax.Array, platform: str) -> jax.Array:
     """One query per row over the cache (k transposed [B, K, H, S], v [B, K, S, H]) and the
-    keys it sees: [B, K, G, H] in q's dtype. On CPU two multiply-reduces instead of B·K tiny
-    matmuls; `always_true`, a traced True, as in `computed_once`."""
-    dt, H = q_BKGH.dtype, q_BKGH.shape[-1]
+    keys it sees: [B, K, G, H] in q's dtype. `always_true`, a traced True, as in
+    `computed_once`."""
     if platform == "cpu":
-        # A multiply-reduce over H, vectorized along the contiguous S slots; q's norm and
-        # RoPE done once, not again for each slot inside the reduce.
-        q32 = computed_once(q_BKGH.astype(jnp.float32), always_true, platform)
-        scores = _sum_over_cores(q32[:, :, :, :, None] * k_BKHS.astype(jnp.float32)[:, :, None], 3)
-    else:
-        scores = jnp.einsum("BKGH,BKHS->BKGS", q_BKGH, k_BKHS.astype(dt))
-    scores = scores.astype(jnp.float32) / math.sqrt(H)
-    scores = jnp.where(mask_BS[:, None, None], scores, MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    if platform == "cpu":
-        # A multiply-reduce over S runs ~4x faster on XLA:CPU than B·K tiny [G, S] @ [S, H]
-        # matmuls (benchmarks/README.md, "What made the sampler faster").
-        out = jnp.sum(probs[:, :, :, :, None] * v_BKSH[:, :, None].astype(dt), axis=3,
-                      dtype=jnp.float32)  # fmt: skip
-        return out.astype(dt)
+        return _decode_cpu(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true)
+    dt = q_BKGH.dtype
+    scores = jnp.einsum("BKGH,BKHS->BKGS", q_BKGH, k_BKHS.astype(dt))
+    probs = _decode_softmax(scores, mask_BS, q_BKGH.shape[-1]).astype(dt)
     return jnp.einsum("BKGS,BKSH->BKGH", probs, v_BKSH.astype(dt))
 
 
 def computed_once(x, always_true: jax.Array, platform: str):
-    """x (an array or a tuple of them) in buffers of its own, on XLA:CPU.
+    """x (an array or a tuple of them) in buffers of its own, on XLA:CPU; other platforms
+    get x as is: a GPU cond waits on the host for its predicate, and their fusions do not
+    redo the work. `always_true` must hold (a traced True)."""
+    return _cpu_barrier(x, always_true) if platform == "cpu" else x
 
-    XLA:CPU fuses cheap elementwise producers into consumers that read each element many
+
+def _decode_softmax(scores_BKGS, mask_BS, head_dim: int) -> jax.Array:
+    scores = scores_BKGS.astype(jnp.float32) / math.sqrt(head_dim)
+    return jax.nn.softmax(jnp.where(mask_BS[:, None, None], scores, MASKED), axis=-1)
+
+
+# --- XLA:CPU only: each of these is a workaround for one XLA:CPU pass ------------------------
+
+
+def _decode_cpu(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true) -> jax.Array:
+    """`decode` as two multiply-reduces instead of B·K tiny matmuls."""
+    dt = q_BKGH.dtype
+    # A multiply-reduce over H, vectorized along the contiguous S slots; q's norm and RoPE
+    # done once, not again for each slot inside the reduce.
+    q32 = _cpu_barrier(q_BKGH.astype(jnp.float32), always_true)
+    scores = _sum_over_cores(q32[:, :, :, :, None] * k_BKHS.astype(jnp.float32)[:, :, None], 3)
+    probs = _decode_softmax(scores, mask_BS, q_BKGH.shape[-1]).astype(dt)
+    # A multiply-reduce over S runs ~4x faster on XLA:CPU than B·K tiny [G, S] @ [S, H]
+    # matmuls (benchmarks/README.md, "What made the sampler faster").
+    out = jnp.sum(probs[:, :, :, :, None] * v_BKSH[:, :, None].astype(dt), axis=3,
+                  dtype=jnp.float32)  # fmt: skip
+    return out.astype(dt)
+
+
+def _cpu_barrier(x, always_true: jax.Array):
+    """XLA:CPU fuses cheap elementwise producers into consumers that read each element many
     times and recomputes them there; an optimization_barrier does not survive its passes,
-    a cond on a value it cannot fold does. `always_true` must hold (its other branch is
-    never taken). Other platforms get x as is: a GPU cond waits on the host for its
-    predicate, and their fusions do not redo the work.
-    """
-    if platform != "cpu":
-        return x
+    a cond on a value it cannot fold does (its other branch is never taken)."""
     return jax.lax.cond(always_true, lambda: x, lambda: jax.tree.map(jnp.negative, x))
 
 
