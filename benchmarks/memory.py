@@ -27,6 +27,16 @@ Prints a markdown table on stderr and one JSON line on stdout.
 `--lora-rank=16` (with e.g. `--param-dtype=bfloat16`): LoRA rows, adapters on every
 projection (fp32, with their Adam moments), the base frozen in the param dtype and the
 reference the base itself (no copy).
+
+`--attention` (default chunked): the full-sequence attention (models/attention.py). "xla"
+holds B·N·T² scores per layer; "chunked" is linear in T, and stands in for splash and cuDNN,
+whose kernels keep the same residuals (q, k, v, the output and one log-sum-exp per row) but
+cannot be compiled for this host.
+
+`--hidden-states` compares the attention implementations on what they change alone: the
+compiled temporaries of forward + backward of the hidden states (2 layers of the first
+preset, `--layers` to change, one row of --prompt + --completion tokens, remat, fp32),
+beside the same program with attention removed (the rest of the layers' floor).
 """
 
 import argparse
@@ -55,6 +65,11 @@ def _early_flags(default_devices: int = 8) -> None:
 
 _early_flags()
 
+
+def _scheduler() -> str:
+    return SCHEDULER.split("=")[1] if SCHEDULER in os.environ["XLA_FLAGS"] else "as set"
+
+
 import gc  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
@@ -66,7 +81,7 @@ from _common import log, machine  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from g2rpo_jax import grpo, guidance, optimization, sharding  # noqa: E402
-from g2rpo_jax.models import ModelConfig, abstract_model, preset  # noqa: E402
+from g2rpo_jax.models import ModelConfig, abstract_model, attention, preset  # noqa: E402
 from g2rpo_jax.models.config import LoraConfig  # noqa: E402
 
 GUIDANCE = guidance.GuidanceConfig(ratio=0.75, initial_length=3072, max_length=3072)
@@ -150,14 +165,41 @@ def estimate(config: ModelConfig, full: bool, *args) -> dict:
                   "compiled_layers": [2, 4]}  # fmt: skip
 
 
+def hidden_states_temp(config: ModelConfig, tokens: int) -> dict:
+    """GiB of compiled temporaries of value-and-gradient of Σ hidden states, one row."""
+    graphdef, params = nnx.split(abstract_model(config, "cpu"))
+
+    def loss(params, ids, mask):
+        hidden, _ = nnx.merge(graphdef, params).hidden_states(ids, jnp.cumsum(mask, 1) - 1, mask)
+        return jnp.sum(hidden.astype(jnp.float32))
+
+    row = lambda dt: jax.ShapeDtypeStruct((1, tokens), dt)
+    compiled = jax.jit(jax.grad(loss)).lower(params, row(jnp.int32), row(jnp.bool_)).compile()
+    return {"temp_gib": round(compiled.memory_analysis().temp_size_in_bytes / GIB, 3)}
+
+
+def compare_attention(config: ModelConfig, tokens: int) -> list[dict]:
+    """`hidden_states_temp` per implementation that compiles here, and without attention."""
+    rows = [dict(attention=name, **hidden_states_temp(config.replace(attention=name), tokens))
+            for name in ("xla", "chunked")]  # fmt: skip
+    attend = attention.attend
+    # The floor: every other buffer of the layers; q·Σk·Σv keeps k and v in the graph.
+    attention.attend = lambda q, k, v, *_, **__: q * jnp.sum(k[:, :1]) * jnp.sum(v[:, :1])
+    try:
+        rows.append(dict(attention="none (floor)", **hidden_states_temp(config, tokens)))
+    finally:
+        attention.attend = attend
+    return rows
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| model | remat | β (reference) | state GiB | temp GiB | peak GiB / device |\n"
-            "| --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    head = ("| model | attention | remat | β (reference) | state GiB | temp GiB | "
+            "peak GiB / device |\n| --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
     label = lambda r: r["model"] + (f" LoRA r={r['lora_rank']}, {r['param_dtype']} base"
                                     if r.get("lora_rank") else "")  # fmt: skip
     held = lambda r: "no copy" if r.get("lora_rank") else "yes"  # LoRA: adapters zeroed
     lines = [
-        f"| {label(r)} | {'yes' if r['remat'] else 'no'} | {r['beta']} "
+        f"| {label(r)} | {r['attention']} | {'yes' if r['remat'] else 'no'} | {r['beta']} "
         f"({held(r) if r['beta'] > 0 else 'no'}) | {r['arguments'] / GIB:.2f} | "
         f"{r['temp'] / GIB:.2f} | {r['peak'] / GIB:.2f} |"
         for r in rows
@@ -253,6 +295,17 @@ def main():
     parser.add_argument("--betas", default="0.04,0")
     parser.add_argument("--layers", type=int, default=0, help="override num_layers (0: preset)")
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rows (0: full fine-tuning)")
+    parser.add_argument(
+        "--attention",
+        default="chunked",
+        choices=attention.IMPLEMENTATIONS[1:3],
+        help="full-sequence attention (chunked also models splash / cuDNN)",
+    )
+    parser.add_argument(
+        "--hidden-states",
+        action="store_true",
+        help="attention implementations compared on 2 layers' temporaries",
+    )
     parser.add_argument("--full", action="store_true",
                         help="compile every layer (slow: ~2 min per 28-layer model on 2 cores) "
                         "instead of extrapolating from 2 and 4 layers")  # fmt: skip
@@ -271,6 +324,18 @@ def main():
         print(json.dumps(dict(bench="memory_validate", results=results, machine=machine())))
         return
 
+    if args.hidden_states:
+        name = args.presets.split(",")[0]
+        config = preset(name, dtype="float32", param_dtype="float32", remat=True)
+        config = config.replace(num_layers=args.layers or 2)
+        tokens = args.prompt + args.completion
+        results = compare_attention(config, tokens)
+        log("\n".join(f"{r['attention']}: {r['temp_gib']} GiB" for r in results))
+        print(json.dumps(dict(bench="memory_attention", model=name, layers=config.num_layers,
+                              tokens=tokens, dtype=config.dtype, remat=True, results=results,
+                              scheduler=_scheduler(), machine=machine())))  # fmt: skip
+        return
+
     mesh = sharding.make_mesh(tuple(int(x) for x in args.mesh.split(",")))
     rows = args.prompts * args.group
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -280,12 +345,13 @@ def main():
             config = preset(name, dtype=args.dtype, param_dtype=args.param_dtype, remat=remat)
             if args.layers:
                 config = config.replace(num_layers=args.layers)
-            config = config.replace(lora=LoraConfig(rank=args.lora_rank))
+            config = config.replace(lora=LoraConfig(rank=args.lora_rank), attention=args.attention)
             for beta in (float(b) for b in args.betas.split(",")):
                 log(f"{name} remat={remat} beta={beta}")
                 r = estimate(config, args.full, beta, rows, args.group, args.prompt,
                              args.completion, args.micro_batches, mesh)  # fmt: skip
-                results.append(dict(model=name, remat=remat, beta=beta, lora_rank=args.lora_rank,
+                results.append(dict(model=name, attention=args.attention, remat=remat, beta=beta,
+                                    lora_rank=args.lora_rank,
                                     param_dtype=args.param_dtype, **r))  # fmt: skip
                 log(f"  peak {r['peak'] / GIB:.2f} GiB (compile {r['compile_s']} s)")
     log(table(results))
@@ -298,7 +364,7 @@ def main():
         micro_batches=args.micro_batches,
         dtype=args.dtype,
         param_dtype=args.param_dtype,
-        scheduler=SCHEDULER.split("=")[1] if SCHEDULER in os.environ["XLA_FLAGS"] else "as set",
+        scheduler=_scheduler(),
         results=results,
         table=table(results),
         machine=machine(),

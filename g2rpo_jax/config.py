@@ -17,7 +17,7 @@ from g2rpo_jax.data import HUB_PREFIX, DataConfig, FieldMap, source_fields
 from g2rpo_jax.grpo import GRPOConfig
 from g2rpo_jax.guidance import GuidanceConfig
 from g2rpo_jax.models import PRESETS, ModelConfig, preset
-from g2rpo_jax.models.config import LORA_TARGETS, LoraConfig
+from g2rpo_jax.models.config import ATTENTION, LORA_TARGETS, LoraConfig
 from g2rpo_jax.optimization import OptimizerConfig
 from g2rpo_jax.rewards import REWARD_FUNCTIONS, RewardConfig, SandboxConfig
 from g2rpo_jax.sampling import SamplingConfig
@@ -47,6 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype
     c.model.param_dtype = "float32"  # weights and optimizer state
     c.model.remat = True  # recompute each layer in the backward pass
+    # auto | xla | chunked | splash | cudnn (models/attention.py); auto picks by platform.
+    c.model.attention = "auto"
     # Low-rank adapters W + (alpha/rank)·A·B trained on a frozen base (README "LoRA").
     c.model.lora = ml_collections.ConfigDict()
     c.model.lora.rank = 0  # r; 0 = full fine-tuning
@@ -238,6 +240,7 @@ class ModelSource:
     param_dtype: str
     remat: bool
     lora: LoraConfig = LoraConfig()
+    attention: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,11 +375,18 @@ def build(
         _fail("model.path", "set model.path (a Hugging Face folder or hub id) or model.preset")
     if m.preset and m.preset not in PRESETS:
         _fail("model.preset", f"{m.preset!r} is not one of {sorted(PRESETS)}")
-    if m.overrides and m.path:
+    if m.attention not in ATTENTION:
+        _fail("model.attention", f"{m.attention!r}: use one of {ATTENTION}")
+    overrides = dict(m.overrides.to_dict())
+    # overrides.attention and model.attention name the same field, which any model takes.
+    attention = overrides.pop("attention", m.attention)
+    if attention not in ATTENTION:
+        _fail("model.overrides.attention", f"{attention!r}: use one of {ATTENTION}")
+    if overrides and m.path:
         _fail("model.overrides", "only apply to a random init (model.path is set)")
     if m.fit_vocab_to_tokenizer and m.path:
         _fail("model.fit_vocab_to_tokenizer", "only applies to a random init")
-    overrides = tuple(sorted(m.overrides.to_dict().items()))
+    overrides = tuple(sorted(overrides.items()))
     if m.preset:  # the architecture must build (dtype names, head counts)
         try:
             preset(m.preset, **dict(overrides), dtype=m.dtype, param_dtype=m.param_dtype)
@@ -387,7 +397,7 @@ def build(
     lora_kw = {k: v for k, v in m.lora.to_dict().items() if k != "dropout"}
     lora = _make("model.lora", LoraConfig, **lora_kw)
     model = ModelSource(m.path, m.preset, overrides, m.fit_vocab_to_tokenizer, m.dtype,
-                        m.param_dtype, m.remat, lora)  # fmt: skip
+                        m.param_dtype, m.remat, lora, attention)  # fmt: skip
     if not (c.tokenizer or m.path):
         _fail("tokenizer", "set a tokenizer folder or hub id (or model.path, whose it is)")
 
@@ -492,4 +502,5 @@ def preset_model_config(source: ModelSource, vocab_size: int | None = None) -> M
     if vocab_size is not None:
         overrides["vocab_size"] = vocab_size
     return preset(source.preset, **overrides, dtype=source.dtype,
-                  param_dtype=source.param_dtype, remat=source.remat)  # fmt: skip
+                  param_dtype=source.param_dtype, remat=source.remat,
+                  attention=source.attention)  # fmt: skip

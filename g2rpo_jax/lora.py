@@ -55,7 +55,8 @@ def load_base(location: dict, config: ModelConfig, mesh: jax.sharding.Mesh) -> n
     base_config = config.replace(lora=LoraConfig())
     if location["path"]:
         model, loaded = from_pretrained(location["path"], dtype=config.dtype, mesh=mesh,
-                                        param_dtype=config.param_dtype, remat=config.remat)  # fmt: skip
+                                        param_dtype=config.param_dtype, remat=config.remat,
+                                        attention=config.attention)  # fmt: skip
         for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size"):
             if getattr(loaded, field) != getattr(base_config, field):
                 raise ValueError(f"{location['path']}: {field}={getattr(loaded, field)}, but the "

@@ -143,7 +143,8 @@ def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     if source.path:
         model, model_config = from_pretrained(source.path, dtype=source.dtype,
                                               param_dtype=source.param_dtype, mesh=mesh,
-                                              remat=source.remat)  # fmt: skip
+                                              remat=source.remat,
+                                              attention=source.attention)  # fmt: skip
         if model_config.vocab_size < len(tokenizer):
             raise ValueError(f"{source.path}: vocab_size {model_config.vocab_size} < the "
                              f"tokenizer's {len(tokenizer)} tokens")  # fmt: skip

@@ -134,3 +134,15 @@ def test_batch_divisibility_follows_the_mesh():
 def test_the_run_length_reaches_the_optimizer_and_the_schedules():
     exp = config_lib.build(smoke(), num_devices=jax.device_count()).with_total_steps(40)
     assert exp.optimizer.total_steps == exp.guidance.total_steps == 40
+
+
+def test_model_attention_is_a_config_key_and_an_override():
+    c = load(CONFIGS[0].parent / "demo.py")
+    c.model.attention = "chunked"
+    assert config_lib.build(c, num_devices=1).model.attention == "chunked"
+    c.model.attention = "auto"
+    c.model.overrides.attention = "splash"  # the same field; also with a model.path
+    assert config_lib.build(c, num_devices=1).model.attention == "splash"
+    c.model.overrides.attention = "flash"
+    with pytest.raises(config_lib.ConfigError, match="model.overrides.attention"):
+        config_lib.build(c, num_devices=1)

@@ -5,6 +5,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from g2rpo_jax.models.attention import IMPLEMENTATIONS as ATTENTION
+
 MODEL_TYPES = ("qwen2", "qwen3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -85,7 +87,9 @@ class ModelConfig:
 
     qkv_bias: q/k/v projections carry a bias (Qwen2/2.5). o_bias: so does the output
     projection (Qwen3 with attention_bias). qk_norm: per-head RMSNorm on q and k (Qwen3).
-    dtype is the compute dtype, param_dtype the storage dtype of the weights.
+    dtype is the compute dtype, param_dtype the storage dtype of the weights. attention: how
+    the full and prefill attention runs (attention.py; "auto" picks by platform and length);
+    it changes no result beyond fp32 rounding, so it is not part of the HF config.
     """
 
     model_type: str
@@ -110,6 +114,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: bool = False
     lora: LoraConfig = LoraConfig()
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -120,6 +125,8 @@ class ModelConfig:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention={self.attention!r}: use one of {ATTENTION}")
         for field in ("dtype", "param_dtype"):
             # Frozen: normalising a jnp/np dtype to its name is the one write after init.
             object.__setattr__(self, field, dtype_name(getattr(self, field), field))

@@ -249,18 +249,20 @@ def from_pretrained(
     param_dtype=None,
     mesh: jax.sharding.Mesh | None = None,
     remat: bool = False,
+    attention: str = "auto",
 ) -> tuple[Qwen, ModelConfig]:
     """Loads a Hugging Face Qwen2/Qwen3 checkpoint (a local folder or a hub id).
 
     dtype is the compute dtype; param_dtype (default: dtype) the dtype weights are kept in;
-    each a name ("bfloat16"), a jnp dtype (jnp.bfloat16) or a numpy dtype. With a mesh, each weight is placed straight into its sharding (sharding.py rules).
+    each a name ("bfloat16"), a jnp dtype (jnp.bfloat16) or a numpy dtype. attention: the
+    attention implementation (ModelConfig.attention; a runtime choice, not in config.json). With a mesh, each weight is placed straight into its sharding (sharding.py rules).
     """
     directory = resolve_model_dir(path_or_hub_id)
     config_path = os.path.join(directory, "config.json")
     with open(config_path) as f:
         config = config_from_hf(json.load(f), source=config_path)
     param_dtype = dtype if param_dtype is None else param_dtype
-    config = config.replace(dtype=dtype, param_dtype=param_dtype, remat=remat)
+    config = config.replace(dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention)
     graphdef, abstract_state = nnx.split(abstract_model(config))
     flat = dict(nnx.to_flat_state(abstract_state))
     shardings = None

@@ -12,7 +12,6 @@ Two entry points share one layer stack:
   decode steps are the same call with different T.
 """
 
-import functools
 import math
 
 import flax.struct
@@ -21,10 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from g2rpo_jax.models import attention
 from g2rpo_jax.models.config import ModelConfig
-
-# Finite, so a query row with no visible key (a padding row) gives a uniform softmax, not NaN.
-_MASKED = -0.7 * float(np.finfo(np.float32).max)
 
 
 def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init="normal") -> nnx.Param:
@@ -170,38 +167,6 @@ def apply_rope(x_BTNH: jax.Array, cos_BTh: jax.Array, sin_BTh: jax.Array) -> jax
     return out.astype(x_BTNH.dtype)
 
 
-def _computed_once(x, always_true: jax.Array):
-    """x (an array or a tuple of them) in buffers of its own, on XLA:CPU.
-
-    XLA:CPU fuses cheap elementwise producers into consumers that read each element many
-    times and recomputes them there; an optimization_barrier does not survive its passes,
-    a cond on a value it cannot fold does. `always_true` must hold (its other branch is
-    never taken). Other backends get x as is: a GPU cond waits on the host for its
-    predicate, and their fusions do not redo the work.
-    """
-    if jax.default_backend() != "cpu":
-        return x
-    return jax.lax.cond(always_true, lambda: x, lambda: jax.tree.map(jnp.negative, x))
-
-
-def _sum_over_cores(x_X: jax.Array, axis: int) -> jax.Array:
-    """jnp.sum(x, axis), run by XLA's own loop emitter on every core.
-
-    XLA:CPU gives a plain sum to YNNPACK, which reads a decode step's key cache on one
-    thread at ~10 GB/s. Summing in chunks of 16 with a reducer YNNPACK does not take
-    (a − (−b): the same IEEE sum) makes the multiply-reduce a loop fusion split over the
-    cores, ~2× faster over a cache that does not fit in L3 (benchmarks/README.md); the
-    chunks also keep XLA from rewriting the reduce into a windowed one that writes out
-    the product first.
-    """
-    n = x_X.shape[axis]
-    w = math.gcd(n, 16)
-    x_X = x_X.reshape(x_X.shape[:axis] + (n // w, w) + x_X.shape[axis + 1 :])
-    partial = jax.lax.reduce(x_X, np.zeros((), x_X.dtype), lambda a, b: a - (-b), (axis + 1,))
-    # The chunks' sums added as slices: elementwise, so they fuse into the consumer.
-    return functools.reduce(jnp.add, [jnp.take(partial, i, axis) for i in range(n // w)])
-
-
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, dtype, param_dtype, axis: str):
         self.weight = _param(None, (dim,), (axis,), param_dtype, init="ones")
@@ -214,7 +179,7 @@ class RMSNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, platform: str):
         D, N, K, H = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         pd = config.weight_dtype
         self.q_proj = _param(rngs, (D, N, H), ("embed", "q_heads", "head_dim"), pd)
@@ -230,7 +195,7 @@ class Attention(nnx.Module):
         if config.qk_norm:
             norm = lambda: RMSNorm(H, config.rms_norm_eps, config.compute_dtype, pd, "head_dim")
             self.q_norm, self.k_norm = norm(), norm()
-        self.config = config
+        self.config, self.platform = config, platform
         for name, heads, axis in (("q", N, "q_heads"), ("k", K, "kv_heads"), ("v", K, "kv_heads")):
             _lora(self, name, rngs, (D,), (heads, H), ("embed",), (axis, "head_dim"))
         _lora(self, "o", rngs, (N, H), (D,), ("q_heads", "head_dim"), ("embed",))
@@ -243,8 +208,13 @@ class Attention(nnx.Module):
             y = y + getattr(self, f"{name}_bias")[...].astype(dt)
         return y
 
-    def __call__(self, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache=None, index=None, last=None):
-        """last: queries for the last `last` positions only (keys and values for all)."""
+    def __call__(self, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache=None, index=None,
+                 last=None, fresh=True):  # fmt: skip
+        """q_mask_BT: real tokens among x's; kv_mask_BS: real tokens among the key slots (the
+        cache's, this call's included). last: queries for the last `last` positions only
+        (keys and values for all). fresh: the keys are exactly this call's tokens (no cache,
+        or a call that fills its whole cache), so the first query's slot is known statically.
+        """
         cfg, dt = self.config, self.config.compute_dtype
         queries = slice(None) if last is None else slice(-last, None)
         q_BTNH = self._project(x_BTD[:, queries], "q")
@@ -252,7 +222,6 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
         q_BTNH = apply_rope(q_BTNH, cos_BTh[:, queries], sin_BTh[:, queries])
-        mask_BTS = mask_BTS[:, queries]
         k_BTKH = apply_rope(k_BTKH, cos_BTh, sin_BTh)
         if kv_cache is not None:
             k_cache, v_cache = kv_cache
@@ -263,39 +232,30 @@ class Attention(nnx.Module):
                 v_cache, v_BTKH.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0)
             )
             kv_cache = (k_BKHS, v_BKSH)
-        else:
-            k_BKHS, v_BKSH = k_BTKH.transpose(0, 2, 3, 1), v_BTKH.transpose(0, 2, 1, 3)
         B, T, N, H = q_BTNH.shape
         K = cfg.num_kv_heads
-        q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-        one_query = T == 1 and kv_cache is not None  # a decode step (or a prefill's last)
-        if one_query:
-            # Decode: a multiply-reduce over H, vectorized along the contiguous S slots; q's
-            # norm and RoPE done once, not again for each slot inside the reduce.
-            q_BKGH = _computed_once(q_BTKGH[:, 0].astype(jnp.float32), index >= 0)
-            k_BKHS32 = k_BKHS.astype(jnp.float32)
-            scores = _sum_over_cores(q_BKGH[:, :, :, None, :, None] * k_BKHS32[:, :, None, None], 4)
+        q_offset = (0 if fresh else index) + x_BTD.shape[1] - T  # the first query's slot
+        if T == 1 and kv_cache is not None:  # a decode step (or a prefill's last)
+            S = kv_mask_BS.shape[1]
+            mask_BS = kv_mask_BS & (jnp.arange(S) <= q_offset)[None]
+            out_BKGH = attention.decode(q_BTNH.reshape(B, K, N // K, H), k_BKHS, v_BKSH, mask_BS,
+                                        index >= 0, self.platform)  # fmt: skip
+            out_BTNH = out_BKGH.reshape(B, 1, N, H)
         else:
-            scores = jnp.einsum("BTKGH,BKHS->BKGTS", q_BTKGH, k_BKHS.astype(dt))
-        scores = scores.astype(jnp.float32) / math.sqrt(H)
-        scores = jnp.where(mask_BTS[:, None, None], scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        if one_query:
-            # Decode: a multiply-reduce over S runs ~4x faster on XLA:CPU than B·K tiny
-            # [G, S] @ [S, H] matmuls (benchmarks/README.md, "What made the sampler faster").
-            out_BKGH = jnp.sum(
-                probs[:, :, :, 0, :, None] * v_BKSH[:, :, None].astype(dt), axis=3,
-                dtype=jnp.float32,
+            if fresh:
+                k_BSKH, v_BSKH = k_BTKH, v_BTKH
+            else:
+                k_BSKH, v_BSKH = k_BKHS.transpose(0, 3, 1, 2), v_BKSH.transpose(0, 2, 1, 3)
+            out_BTNH = attention.attend(
+                q_BTNH, k_BSKH, v_BSKH, q_mask_BT[:, queries], kv_mask_BS, q_offset,
+                implementation=cfg.attention, platform=self.platform,
             )  # fmt: skip
-            out_BTKGH = out_BKGH[:, None].astype(dt)
-        else:
-            out_BTKGH = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v_BKSH.astype(dt))
         # One contracting axis: with two (N, H), XLA:CPU transposed both operands per call.
         y_BTD = jnp.einsum(
-            "BTE,ED->BTD", out_BTKGH.reshape(B, T, N * H),
+            "BTE,ED->BTD", out_BTNH.reshape(B, T, N * H),
             self.o_proj[...].reshape(N * H, -1).astype(dt),
         )  # fmt: skip
-        y_BTD = _lora_delta(self, "o", out_BTKGH.reshape(B, T, N, H), y_BTD)
+        y_BTD = _lora_delta(self, "o", out_BTNH, y_BTD)
         if cfg.o_bias:
             y_BTD = y_BTD + self.o_bias[...].astype(dt)
         return y_BTD, kv_cache
@@ -324,41 +284,49 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, platform: str):
         norm = lambda: RMSNorm(
             config.hidden_size, config.rms_norm_eps, config.compute_dtype, config.weight_dtype,
             "norm",
         )  # fmt: skip
         self.input_norm, self.post_attention_norm = norm(), norm()
-        self.attn = Attention(config, rngs)
+        self.attn = Attention(config, rngs, platform)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache=None, index=None, last=None):
-        """last: the output for the last `last` positions only; all of them fill kv_cache."""
-        h_BTD, kv_cache = self.attn(
-            self.input_norm(x_BTD), cos_BTh, sin_BTh, mask_BTS, kv_cache, index, last
-        )
+    def __call__(self, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache=None, index=None,
+                 last=None, fresh=True):  # fmt: skip
+        """last: the output for the last `last` positions only; all of them fill kv_cache.
+        The masks and `fresh` as in Attention."""
+        h_BTD, kv_cache = self.attn(self.input_norm(x_BTD), cos_BTh, sin_BTh, q_mask_BT,
+                                    kv_mask_BS, kv_cache, index, last, fresh)  # fmt: skip
         x_BTD = (x_BTD if last is None else x_BTD[:, -last:]) + h_BTD
         x_BTD = x_BTD + self.mlp(self.post_attention_norm(x_BTD))
         return x_BTD, kv_cache
 
 
-def _block_forward(block: Block, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache, index, last):
-    return block(x_BTD, cos_BTh, sin_BTh, mask_BTS, kv_cache, index, last)
+def _block_forward(block: Block, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache, index,
+                   last, fresh):  # fmt: skip
+    return block(x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache, index, last, fresh)
 
 
 # Recompute each layer's activations in the backward pass instead of storing them.
-_remat_block_forward = nnx.remat(_block_forward, static_argnums=(7,))
+_remat_block_forward = nnx.remat(_block_forward, static_argnums=(8, 9))
 
 
 class Qwen(nnx.Module):
     """The decoder. See the module docstring for the two ways to call it."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, platform: str | None = None):
+        """platform: where the programs will run ("cpu", "gpu"/"cuda", "tpu"; default this
+        process's backend): `config.attention` = "auto" and the CPU-only guards resolve by it,
+        so a program exported for another platform is that platform's program."""
         V, D, pd = config.vocab_size, config.hidden_size, config.weight_dtype
         self.config = config
+        self.platform = platform or jax.default_backend()
         self.embed = _param(rngs, (V, D), ("vocab", "embed"), pd)
-        self.layers = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
+        self.layers = nnx.List(
+            [Block(config, rngs, self.platform) for _ in range(config.num_layers)]
+        )
         self.final_norm = RMSNorm(D, config.rms_norm_eps, config.compute_dtype, pd, "norm")
         if not config.tie_word_embeddings:
             self.lm_head = _param(rngs, (D, V), ("embed", "vocab"), pd)
@@ -387,7 +355,8 @@ class Qwen(nnx.Module):
         angles_BTh = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
         cos_BTh = jnp.cos(angles_BTh) * attention_factor
         sin_BTh = jnp.sin(angles_BTh) * attention_factor
-        return _computed_once((cos_BTh, sin_BTh), positions.reshape(-1)[0] >= 0)
+        return attention.computed_once((cos_BTh, sin_BTh), positions.reshape(-1)[0] >= 0,
+                                       self.platform)  # fmt: skip
 
     def hidden_states(self, input_ids, positions, attention_mask, cache: KVCache | None = None,
                       rotary=None, last: int | None = None):  # fmt: skip
@@ -401,28 +370,27 @@ class Qwen(nnx.Module):
         x_BTD = self.embed[...][input_ids].astype(cfg.compute_dtype)
         cos_BTh, sin_BTh = self.rotary(positions) if rotary is None else rotary
         T = input_ids.shape[1]
+        q_mask_BT = attention_mask.astype(bool)
         if cache is None:
-            key_mask_BS = attention_mask.astype(bool)
-            query_slots, index = jnp.arange(T), None
+            kv_mask_BS, index = q_mask_BT, None
         else:
-            key_mask_BS = jax.lax.dynamic_update_slice(
-                cache.mask, attention_mask.astype(bool), (0, cache.index)
-            )
-            query_slots, index = cache.index + jnp.arange(T), cache.index
-        causal_TS = jnp.arange(key_mask_BS.shape[1])[None, :] <= query_slots[:, None]
-        mask_BTS = key_mask_BS[:, None, :] & causal_TS[None]
+            kv_mask_BS = jax.lax.dynamic_update_slice(cache.mask, q_mask_BT, (0, cache.index))
+            index = cache.index
+        # A call that fills its whole cache writes at slot 0 (dynamic_update_slice clamps).
+        fresh = cache is None or kv_mask_BS.shape[1] == T
 
         forward = _remat_block_forward if cfg.remat else _block_forward
         new_k, new_v = [], []
         for i, block in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             trim = last if i == len(self.layers) - 1 else None
-            x_BTD, kv = forward(block, x_BTD, cos_BTh, sin_BTh, mask_BTS, kv, index, trim)
+            x_BTD, kv = forward(block, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv, index,
+                                trim, fresh)  # fmt: skip
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         if cache is not None:
-            cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=key_mask_BS, index=cache.index + T)
+            cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=kv_mask_BS, index=cache.index + T)
         return self.final_norm(x_BTD), cache
 
     def logits(self, hidden_BTD: jax.Array) -> jax.Array:
@@ -439,9 +407,9 @@ class Qwen(nnx.Module):
         )  # fmt: skip
 
 
-def abstract_model(config: ModelConfig) -> Qwen:
-    """The model with ShapeDtypeStruct leaves: no allocation, any size."""
-    return nnx.eval_shape(lambda: Qwen(config, rngs=nnx.Rngs(0)))
+def abstract_model(config: ModelConfig, platform: str | None = None) -> Qwen:
+    """The model with ShapeDtypeStruct leaves: no allocation, any size (`platform` as in Qwen)."""
+    return nnx.eval_shape(lambda: Qwen(config, rngs=nnx.Rngs(0), platform=platform))
 
 
 def param_count(model: Qwen) -> int:

@@ -1,0 +1,367 @@
+"""Attention, and every backend-specific choice of the decoder, behind one boundary.
+
+Shape legend as in qwen.py: B batch, T queries, S keys, N query heads, K kv heads,
+G = N / K, H head dim.
+
+- `attend`: T queries at key slots [q_offset, q_offset + T) over S keys: the training forward
+  (q_offset 0), a prefill, the completions after a cached prompt. `implementation` picks
+  how (`IMPLEMENTATIONS`); "auto" resolves by the target `platform`, which callers pass in
+  rather than read from `jax.default_backend()`, so that a program exported for "tpu" or
+  "cuda" from this CPU machine gets that platform's attention.
+- `decode`: one query per row over a KV cache.
+- `computed_once`: the XLA:CPU guard against fusions that recompute their producers.
+
+Which keys a query sees: key s is visible to query i when s ≤ q_offset + i and the key is a
+real token (`kv_mask`). A padding query (left padding, never read) sees: under "xla", every
+key, uniformly (today's reference); under the blockwise kernels, the padding keys up to its
+own slot. Both are finite and neither reaches a real token's output or gradient.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "splash", "cudnn")
+
+# Finite, so a query row with no visible key (a padding row) gives a uniform softmax, not NaN.
+MASKED = -0.7 * float(np.finfo(np.float32).max)
+
+# On CPU "auto" keeps the einsum path below this many queries, where the [T, S] scores fit in
+# cache and the blockwise loop's bookkeeping costs more than it saves (benchmarks/README.md).
+CPU_CHUNKED_FROM = 2048
+# Query × key block of "chunked": scores of one block pair are B·N·512·512 floats.
+BLOCK = 512
+# Splash's tiles: 128 is the TPU lane width; 512 where the sequence allows.
+_SPLASH_BLOCK = 512
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def resolve(implementation: str, platform: str, dtype, head_dim: int, q_len: int) -> str:
+    """The implementation "auto" means here: splash on TPU; cuDNN on NVIDIA GPUs for the
+    dtypes and head sizes its flash kernel takes (bf16/fp16, H ≤ 128, H % 8 == 0), else
+    chunked; on CPU xla below `CPU_CHUNKED_FROM` queries, chunked from there."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention={implementation!r}: use one of {IMPLEMENTATIONS}")
+    if implementation != "auto":
+        return implementation
+    if platform == "tpu":
+        return "splash"
+    if platform in ("cuda", "gpu"):
+        cudnn_takes = jnp.dtype(dtype) in _CUDNN_DTYPES and head_dim <= 128 and head_dim % 8 == 0
+        return "cudnn" if cudnn_takes else "chunked"
+    return "xla" if q_len < CPU_CHUNKED_FROM else "chunked"
+
+
+def attend(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset, *, implementation: str,
+           platform: str) -> jax.Array:  # fmt: skip
+    """softmax(q·kᵀ / √H) · v over the visible keys: [B, T, N, H] in q's dtype.
+
+    q_offset: the key slot of the first query; a Python int when it is known at trace time
+    (the training forward, a prefill that fills its whole cache), else an int32 scalar.
+    Splash and cuDNN take only the former; with a traced offset they run chunked.
+    """
+    B, T, N, H = q_BTNH.shape
+    K = k_BSKH.shape[2]
+    name = resolve(implementation, platform, q_BTNH.dtype, H, T)
+    if name in ("splash", "cudnn") and not isinstance(q_offset, int):
+        name = "chunked"
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    if name == "xla":
+        out = _xla(q_BTKGH, k_BSKH, v_BSKH, kv_mask_BS, q_offset)
+    elif name == "chunked":
+        q_seg, kv_seg = q_mask_BT.astype(jnp.int32), kv_mask_BS.astype(jnp.int32)
+        offset = jnp.asarray(q_offset, jnp.int32)
+        out = chunked(q_BTKGH, k_BSKH, v_BSKH, q_seg, kv_seg, offset, BLOCK, BLOCK)
+    elif name == "splash":
+        out = _splash(q_BTKGH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset,
+                      interpret=platform == "cpu")  # fmt: skip
+    else:
+        out = _cudnn(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset)
+    return out.reshape(B, T, N, H)
+
+
+def _visible(q_slot_T, kv_mask_BS, q_offset) -> jax.Array:
+    """bool [B, T, S]: real keys at or before each query's slot."""
+    S = kv_mask_BS.shape[1]
+    causal_TS = jnp.arange(S)[None, :] <= (q_offset + q_slot_T)[:, None]
+    return kv_mask_BS[:, None, :] & causal_TS[None]
+
+
+def _xla(q_BTKGH, k_BSKH, v_BSKH, kv_mask_BS, q_offset) -> jax.Array:
+    """The reference: the full [T, S] scores, einsums XLA lays out itself."""
+    dt, H = q_BTKGH.dtype, q_BTKGH.shape[-1]
+    mask_BTS = _visible(jnp.arange(q_BTKGH.shape[1]), kv_mask_BS, q_offset)
+    k_BKHS, v_BKSH = k_BSKH.transpose(0, 2, 3, 1), v_BSKH.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("BTKGH,BKHS->BKGTS", q_BTKGH, k_BKHS.astype(dt))
+    scores = scores.astype(jnp.float32) / math.sqrt(H)
+    scores = jnp.where(mask_BTS[:, None, None], scores, MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    return jnp.einsum("BKGTS,BKSH->BTKGH", probs, v_BKSH.astype(dt))
+
+
+# --- chunked: blockwise attention in pure JAX ----------------------------------------------
+#
+# Layout: q as [B, K, nq, R, H] with R = bq·G rows per query block (each query's G heads
+# adjacent, so one block is one [R, H] @ [H, bk] matmul per kv head, K/V never repeated);
+# k, v as [B, K, nk, bk, H]. Query block i reads key blocks 0 … last(i) only: the blocks past
+# its causal edge are never computed, forward or backward. Memory is linear in T: the
+# residuals are q, k, v, the output and one log-sum-exp per row.
+
+
+def _pad_to(x, axis: int, multiple: int, value=0):
+    pad = -x.shape[axis] % multiple
+    if not pad:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def chunked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, block_q: int,
+            block_k: int) -> jax.Array:  # fmt: skip
+    """Blockwise attention with an online softmax: [B, T, K, G, H] in q's dtype.
+
+    q_seg, kv_seg: int32 segment ids (1 real, 0 padding); a key is visible to a query of the
+    same segment at or before its slot. q_offset: int32 scalar, the first query's slot.
+    """
+    return _chunked_forward(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset,
+                            block_q, block_k)[0]  # fmt: skip
+
+
+def _blocked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, block_q, block_k):
+    """Inputs padded to whole blocks and laid out per block; pads get segments of their own
+    (3 for queries, 4 for keys) so they see only each other."""
+    B, T, K, G, H = q_BTKGH.shape
+    S = k_BSKH.shape[1]
+    nq, nk = -(-T // block_q), -(-S // block_k)
+    q = _pad_to(q_BTKGH.transpose(0, 2, 1, 3, 4), 2, block_q)  # [B, K, T', G, H]
+    q_BKnRH = q.reshape(B, K, nq, block_q * G, H)
+    kv = lambda x: _pad_to(x.transpose(0, 2, 1, 3), 2, block_k).reshape(B, K, nk, block_k, H)
+    q_seg_BnR = jnp.repeat(_pad_to(q_seg_BT, 1, block_q, 3).reshape(B, nq, block_q), G, axis=2)
+    kv_seg_Bnk = _pad_to(kv_seg_BS, 1, block_k, 4).reshape(B, nk, block_k)
+    return q_BKnRH, kv(k_BSKH), kv(v_BSKH), q_seg_BnR, kv_seg_Bnk
+
+
+def _block_scores(q_BKRH, k_BKkH, q_seg_BR, kv_seg_Bk, q_slot_R, k_slot_k):
+    """Scaled scores [B, K, R, bk] (float32) and which of them are visible."""
+    H = q_BKRH.shape[-1]
+    s = jnp.einsum("BKRH,BKkH->BKRk", q_BKRH, k_BKkH, preferred_element_type=jnp.float32)
+    s = s / math.sqrt(H)
+    visible = (k_slot_k[None, None, :] <= q_slot_R[None, :, None]) & (
+        kv_seg_Bk[:, None, :] == q_seg_BR[:, :, None]
+    )
+    return jnp.where(visible[:, None], s, MASKED), visible[:, None]
+
+
+def _last_key_block(i, q_offset, block_q, block_k, nk):
+    """1 + the last key block query block i can see."""
+    return jnp.minimum(nk, (q_offset + (i + 1) * block_q - 1) // block_k + 1)
+
+
+def _chunked_forward(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, block_q, block_k):
+    B, T, K, G, H = q_BTKGH.shape
+    dt = q_BTKGH.dtype
+    q, k, v, q_seg, kv_seg = _blocked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS,
+                                      block_q, block_k)  # fmt: skip
+    nq, R, nk = q.shape[2], q.shape[3], k.shape[2]
+    row_q = jnp.arange(R) // G  # each row's query within its block
+
+    def query_block(i):
+        q_i, seg_i = q[:, :, i], q_seg[:, i]
+        q_slot = q_offset + i * block_q + row_q
+
+        def key_block(j, carry):
+            o, m, denom = carry
+            s, _ = _block_scores(q_i, k[:, :, j], seg_i, kv_seg[:, j], q_slot,
+                                 j * block_k + jnp.arange(block_k))  # fmt: skip
+            m_new = jnp.maximum(m, s.max(-1))
+            p = jnp.exp(s - m_new[..., None])
+            corr = jnp.exp(m - m_new)
+            pv = jnp.einsum("BKRk,BKkH->BKRH", p.astype(dt), v[:, :, j],
+                            preferred_element_type=jnp.float32)  # fmt: skip
+            return o * corr[..., None] + pv, m_new, denom * corr + p.sum(-1)
+
+        init = (jnp.zeros((B, K, R, H), jnp.float32), jnp.full((B, K, R), MASKED, jnp.float32),
+                jnp.zeros((B, K, R), jnp.float32))  # fmt: skip
+        last = _last_key_block(i, q_offset, block_q, block_k, nk)
+        o, m, denom = jax.lax.fori_loop(0, last, key_block, init)
+        return (o / denom[..., None]).astype(dt), m + jnp.log(denom)
+
+    o_nBKRH, lse_nBKR = jax.lax.map(query_block, jnp.arange(nq))
+    o_BKnRH = o_nBKRH.transpose(1, 2, 0, 3, 4)
+    out = o_BKnRH.reshape(B, K, nq * block_q, G, H)[:, :, :T].transpose(0, 2, 1, 3, 4)
+    residuals = (q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, o_BKnRH,
+                 lse_nBKR.transpose(1, 2, 0, 3))  # fmt: skip
+    return out, residuals
+
+
+def _chunked_bwd(block_q, block_k, residuals, d_out_BTKGH):
+    q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, o, lse = residuals
+    B, T, K, G, H = q_BTKGH.shape
+    S = k_BSKH.shape[1]
+    dt = q_BTKGH.dtype
+    q, k, v, q_seg, kv_seg = _blocked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS,
+                                      block_q, block_k)  # fmt: skip
+    nq, R, nk = q.shape[2], q.shape[3], k.shape[2]
+    do = _pad_to(d_out_BTKGH.transpose(0, 2, 1, 3, 4), 2, block_q).reshape(q.shape)
+    # D_r = Σ_h dO·O: the softmax's Jacobian applied to dP, one number per row.
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B, K, nq, R]
+    row_q = jnp.arange(R) // G
+    scale = 1.0 / math.sqrt(H)
+
+    def key_block(dq, j):
+        k_j, v_j, seg_j = k[:, :, j], v[:, :, j], kv_seg[:, j]
+        k_slot = j * block_k + jnp.arange(block_k)
+
+        def query_block(i, carry):
+            dq, dk_j, dv_j = carry
+            q_i, do_i = q[:, :, i], do[:, :, i]
+            s, visible = _block_scores(q_i, k_j, q_seg[:, i], seg_j,
+                                       q_offset + i * block_q + row_q, k_slot)  # fmt: skip
+            p = jnp.exp(s - lse[:, :, i][..., None])
+            dv_j = dv_j + jnp.einsum("BKRk,BKRH->BKkH", p.astype(dt), do_i,
+                                     preferred_element_type=jnp.float32)  # fmt: skip
+            dp = jnp.einsum("BKRH,BKkH->BKRk", do_i, v_j, preferred_element_type=jnp.float32)
+            ds = jnp.where(visible, p * (dp - delta[:, :, i][..., None]), 0.0) * scale
+            dk_j = dk_j + jnp.einsum("BKRk,BKRH->BKkH", ds.astype(dt), q_i,
+                                     preferred_element_type=jnp.float32)  # fmt: skip
+            dq_i = jnp.einsum("BKRk,BKkH->BKRH", ds.astype(dt), k_j,
+                              preferred_element_type=jnp.float32)  # fmt: skip
+            return dq.at[:, :, i].add(dq_i), dk_j, dv_j
+
+        # The first query block whose last row reaches key block j.
+        first = jnp.clip((j * block_k - q_offset) // block_q, 0, nq)
+        zeros = jnp.zeros((B, K, block_k, H), jnp.float32)
+        dq, dk_j, dv_j = jax.lax.fori_loop(first, nq, query_block, (dq, zeros, zeros))
+        return dq, (dk_j, dv_j)
+
+    dq, (dk, dv) = jax.lax.scan(key_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(nk))
+    dq = dq.reshape(B, K, nq * block_q, G, H)[:, :, :T].transpose(0, 2, 1, 3, 4)
+    unblock = lambda x: x.transpose(1, 2, 0, 3, 4).reshape(B, K, nk * block_k, H)[:, :, :S]
+    dk, dv = unblock(dk).transpose(0, 2, 1, 3), unblock(dv).transpose(0, 2, 1, 3)
+    return (dq.astype(dt), dk.astype(k_BSKH.dtype), dv.astype(v_BSKH.dtype), None, None, None)
+
+
+chunked.defvjp(
+    lambda q, k, v, qs, ks, off, bq, bk: _chunked_forward(q, k, v, qs, ks, off, bq, bk),
+    _chunked_bwd,
+)
+
+
+# --- splash (TPU) and cuDNN (NVIDIA) ---------------------------------------------------------
+
+
+def _splash(q_BTKGH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int,
+            interpret: bool) -> jax.Array:  # fmt: skip
+    """The Pallas TPU splash kernel (in interpret mode on CPU, for tests): GQA native,
+    causal by a static mask, left padding by segment ids; sequences padded to whole tiles."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    B, T, K, G, H = q_BTKGH.shape
+    S = k_BSKH.shape[1]
+    bq = _SPLASH_BLOCK if T >= _SPLASH_BLOCK else 128
+    bk = _SPLASH_BLOCK if S >= _SPLASH_BLOCK else 128
+    # Splash does not scale the scores.
+    q_BNTH = _pad_to((q_BTKGH * (1.0 / math.sqrt(H))).reshape(B, T, K * G, H)
+                     .transpose(0, 2, 1, 3), 2, bq)  # fmt: skip
+    k_BKSH = _pad_to(k_BSKH.transpose(0, 2, 1, 3), 2, bk)
+    v_BKSH = _pad_to(v_BSKH.transpose(0, 2, 1, 3), 2, bk)
+    Tp, Sp = q_BNTH.shape[2], k_BKSH.shape[2]
+    # The causal edge stays where the unpadded queries put it: query i at slot q_offset + i.
+    causal = splash.CausalMask((Tp, Sp), offset=q_offset)
+    blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
+                               block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq,
+                               block_kv_dq=bk)  # fmt: skip
+    kernel = splash.make_splash_mha_single_device(
+        splash.MultiHeadMask([causal] * (K * G)), block_sizes=blocks, interpret=interpret
+    )
+    segments = splash.SegmentIds(q=_pad_to(q_mask_BT.astype(jnp.int32), 1, bq, 3),
+                                 kv=_pad_to(kv_mask_BS.astype(jnp.int32), 1, bk, 4))  # fmt: skip
+    out_BNTH = jax.vmap(kernel)(q_BNTH, k_BKSH, v_BKSH, segment_ids=segments)
+    return out_BNTH[:, :, :T].transpose(0, 2, 1, 3).reshape(B, T, K, G, H)
+
+
+def _cudnn(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int) -> jax.Array:
+    """cuDNN's fused flash attention: causal in the kernel, padding as a [B, 1, T, S] mask
+    (queries see keys of their own kind, so no row is empty)."""
+    T, S = q_BTNH.shape[1], k_BSKH.shape[1]
+    same_BTS = q_mask_BT[:, :, None] == kv_mask_BS[:, None, :]
+    causal_TS = jnp.arange(S)[None, :] <= q_offset + jnp.arange(T)[:, None]
+    return jax.nn.dot_product_attention(
+        q_BTNH, k_BSKH, v_BSKH, mask=(same_BTS & causal_TS)[:, None],
+        is_causal=q_offset == 0 and T == S, implementation="cudnn",
+    )  # fmt: skip
+
+
+# --- decode: one query over the cache ----------------------------------------------------------
+
+
+def decode(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true: jax.Array, platform: str) -> jax.Array:
+    """One query per row over the cache (k transposed [B, K, H, S], v [B, K, S, H]) and the
+    keys it sees: [B, K, G, H] in q's dtype. `always_true`, a traced True, as in
+    `computed_once`."""
+    if platform == "cpu":
+        return _decode_cpu(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true)
+    dt = q_BKGH.dtype
+    scores = jnp.einsum("BKGH,BKHS->BKGS", q_BKGH, k_BKHS.astype(dt))
+    probs = _decode_softmax(scores, mask_BS, q_BKGH.shape[-1]).astype(dt)
+    return jnp.einsum("BKGS,BKSH->BKGH", probs, v_BKSH.astype(dt))
+
+
+def computed_once(x, always_true: jax.Array, platform: str):
+    """x (an array or a tuple of them) in buffers of its own, on XLA:CPU; other platforms
+    get x as is: a GPU cond waits on the host for its predicate, and their fusions do not
+    redo the work. `always_true` must hold (a traced True)."""
+    return _cpu_barrier(x, always_true) if platform == "cpu" else x
+
+
+def _decode_softmax(scores_BKGS, mask_BS, head_dim: int) -> jax.Array:
+    scores = scores_BKGS.astype(jnp.float32) / math.sqrt(head_dim)
+    return jax.nn.softmax(jnp.where(mask_BS[:, None, None], scores, MASKED), axis=-1)
+
+
+# --- XLA:CPU only: each of these is a workaround for one XLA:CPU pass ------------------------
+
+
+def _decode_cpu(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true) -> jax.Array:
+    """`decode` as two multiply-reduces instead of B·K tiny matmuls."""
+    dt = q_BKGH.dtype
+    # A multiply-reduce over H, vectorized along the contiguous S slots; q's norm and RoPE
+    # done once, not again for each slot inside the reduce.
+    q32 = _cpu_barrier(q_BKGH.astype(jnp.float32), always_true)
+    scores = _sum_over_cores(q32[:, :, :, :, None] * k_BKHS.astype(jnp.float32)[:, :, None], 3)
+    probs = _decode_softmax(scores, mask_BS, q_BKGH.shape[-1]).astype(dt)
+    # A multiply-reduce over S runs ~4x faster on XLA:CPU than B·K tiny [G, S] @ [S, H]
+    # matmuls (benchmarks/README.md, "What made the sampler faster").
+    out = jnp.sum(probs[:, :, :, :, None] * v_BKSH[:, :, None].astype(dt), axis=3,
+                  dtype=jnp.float32)  # fmt: skip
+    return out.astype(dt)
+
+
+def _cpu_barrier(x, always_true: jax.Array):
+    """XLA:CPU fuses cheap elementwise producers into consumers that read each element many
+    times and recomputes them there; an optimization_barrier does not survive its passes,
+    a cond on a value it cannot fold does (its other branch is never taken)."""
+    return jax.lax.cond(always_true, lambda: x, lambda: jax.tree.map(jnp.negative, x))
+
+
+def _sum_over_cores(x_X: jax.Array, axis: int) -> jax.Array:
+    """jnp.sum(x, axis), run by XLA's own loop emitter on every core.
+
+    XLA:CPU gives a plain sum to YNNPACK, which reads a decode step's key cache on one
+    thread at ~10 GB/s. Summing in chunks of 16 with a reducer YNNPACK does not take
+    (a − (−b): the same IEEE sum) makes the multiply-reduce a loop fusion split over the
+    cores, ~2× faster over a cache that does not fit in L3 (benchmarks/README.md); the
+    chunks also keep XLA from rewriting the reduce into a windowed one that writes out
+    the product first.
+    """
+    n = x_X.shape[axis]
+    w = math.gcd(n, 16)
+    x_X = x_X.reshape(x_X.shape[:axis] + (n // w, w) + x_X.shape[axis + 1 :])
+    partial = jax.lax.reduce(x_X, np.zeros((), x_X.dtype), lambda a, b: a - (-b), (axis + 1,))
+    # The chunks' sums added as slices: elementwise, so they fuse into the consumer.
+    return functools.reduce(jnp.add, [jnp.take(partial, i, axis) for i in range(n // w)])

@@ -1,0 +1,115 @@
+"""The real programs lower for TPU and NVIDIA GPUs, from this CPU machine (jax.export).
+
+Nothing is allocated: weights, state and batches are ShapeDtypeStructs. The model is built
+for the target platform (`abstract_model(config, platform)`), so "auto" attention resolves to
+that platform's kernel; the XLA:CPU workarounds in attention.py are made to raise, so a
+program that reached one of them would fail to trace.
+
+cuDNN's attention checks the installed cuDNN before it lowers; this machine has no CUDA
+plugin, so the check is told a cuDNN 9.10 is there. Its custom calls are not in jax.export's
+list of calls with a stability guarantee, so the export names them as accepted.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+from jax._src.cudnn import fused_attention_stablehlo
+
+from g2rpo_jax import grpo, guidance, optimization, sharding
+from g2rpo_jax.models import abstract_model, attention, preset
+from g2rpo_jax.models.config import ModelConfig
+from g2rpo_jax.sampling import Sampler, SamplingConfig
+
+PAPER_TOKENS = 512 + 4096
+CUDNN_CALLS = ("__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward",
+               "__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward")  # fmt: skip
+# The custom call each platform's attention kernel lowers to.
+KERNEL_CALL = {"tpu": "tpu_custom_call", "cuda": "__cudnn$fmha"}
+
+
+@pytest.fixture(autouse=True)
+def no_cpu_workarounds(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an XLA:CPU workaround in a program for another platform")
+
+    for name in ("_decode_cpu", "_cpu_barrier", "_sum_over_cores"):
+        monkeypatch.setattr(attention, name, forbidden)
+    monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 91000)
+
+
+def _export(fn, platform: str, *args) -> str:
+    """The exported program's StableHLO text."""
+    disabled = [jax.export.DisabledSafetyCheck.custom_call(c) for c in CUDNN_CALLS]
+    exported = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=disabled)
+    return exported(*args).mlir_module()
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+@pytest.mark.parametrize("platform,implementation", [("tpu", "splash"), ("cuda", "cudnn")])
+def test_qwen3_0p6b_forward_and_backward_at_paper_length(platform, implementation):
+    """28 layers at 4,608 tokens, remat on, bf16 compute: value and gradient of the hidden
+    states, the shape of one row of the paper's training step."""
+    config = preset("qwen3-0.6b", dtype="bfloat16", remat=True, attention=implementation)
+    graphdef, params = nnx.split(abstract_model(config, platform))
+    ids = jax.ShapeDtypeStruct((1, PAPER_TOKENS), jnp.int32)
+    mask = jax.ShapeDtypeStruct((1, PAPER_TOKENS), jnp.bool_)
+
+    def loss(params, ids, mask):
+        positions = jnp.cumsum(mask, axis=1) - 1
+        hidden, _ = nnx.merge(graphdef, params).hidden_states(ids, positions, mask)
+        return jnp.sum(hidden.astype(jnp.float32))
+
+    text = _export(jax.value_and_grad(loss), platform, _abstract(params), ids, mask)
+    assert KERNEL_CALL[platform] in text
+
+
+TINY = ModelConfig(model_type="qwen3", vocab_size=512, hidden_size=128, intermediate_size=256,
+                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64, qk_norm=True,
+                   tie_word_embeddings=True, dtype="bfloat16", remat=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_train_step_lowers_with_auto_attention(platform):
+    """The whole jitted step, as the trainer builds it, over a one-device mesh."""
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    grpo_config = grpo.GRPOConfig(beta=0.04)
+    optimizer = optimization.OptimizerConfig(total_steps=10, micro_batches=2)
+    guidance_config = guidance.GuidanceConfig(ratio=0.5, initial_length=16, max_length=32)
+    graphdef, params = nnx.split(abstract_model(TINY, platform))
+    state = jax.eval_shape(
+        lambda p: grpo.init_train_state(
+            nnx.merge(graphdef, p), grpo_config, optimizer, guidance_config
+        ),
+        params,
+    )
+    step = grpo.make_train_step(graphdef, grpo_config, optimizer, guidance_config, 4, mesh,
+                                state)  # fmt: skip
+    rows, prompt, completion = 8, 32, 96
+    spec = {"prompt_ids": (prompt, jnp.int32), "prompt_mask": (prompt, jnp.bool_),
+            "completion_ids": (completion, jnp.int32), "completion_mask": (completion, jnp.bool_),
+            "is_guidance": (completion, jnp.bool_), "rewards": (None, jnp.float32),
+            "accuracy": (None, jnp.float32), "is_guided": (None, jnp.bool_),
+            "truncated": (None, jnp.bool_), "is_filler": (None, jnp.bool_)}  # fmt: skip
+    batch = {k: jax.ShapeDtypeStruct((rows,) if w is None else (rows, w), dt)
+             for k, (w, dt) in spec.items()}  # fmt: skip
+    text = _export(step, platform, _abstract(state), batch)
+    assert KERNEL_CALL[platform] in text
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_sampler_lowers_with_auto_attention(platform):
+    """Guided prefill (the platform's kernel) and the decode loop (the generic einsums)."""
+    graphdef, params = nnx.split(abstract_model(TINY, platform))
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=32, eos_ids=(1,),
+                                               temperature=1.0, top_p=0.95))  # fmt: skip
+    B, P, L = 8, 32, 16
+    int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    row_ids = jax.ShapeDtypeStruct((B,), jnp.uint32)
+    text = _export(sampler._sample, platform, _abstract(params), int32(B, P), int32(B),
+                   int32(B, L), int32(B), row_ids, key)  # fmt: skip
+    assert KERNEL_CALL[platform] in text
