@@ -72,6 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.fields.guidance_correctness = config_dict.placeholder(str)
     c.data.fields.difficulty = config_dict.FieldReference("difficulty", field_type=str)
     c.data.fields.tests = config_dict.FieldReference("tests", field_type=str)
+    c.data.fields.guidance_optional = False  # True: rows without a trace train unguided
     c.data.max_prompt_length = 512  # longer prompts are dropped
     c.data.max_completion_length = 4096  # guidance tokens included (SPEC §1)
     c.data.batch_size = 8  # B, prompts per step per host

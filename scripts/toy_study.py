@@ -1,7 +1,8 @@
-r"""The toy study of issue 9: every variant × seeds at one compute budget; writes
-OUT/results.jsonl (one record per run, resumable), OUT/table.md and OUT/*.png.
+r"""The toy study: every variant × seeds at one compute budget; writes OUT/results.jsonl
+(one record per run, resumable), OUT/table.md and OUT/*.png.
 
-    python scripts/toy_study.py --out=runs/toy_study                  # 9 variants × 3 seeds
+    python scripts/toy_study.py --out=runs/toy_study                  # part 1: 11 variants × 3 seeds
+    python scripts/toy_study.py --part=2 --out=runs/toy_study_part2   # part 2: 15 variants × 3 seeds
     python scripts/toy_study.py --out=/tmp/s --variants=grpo,g2rpo_a --seeds=0 --steps=10
 
 g2rpo_jax/toy/study.py defines the variants and the protocol; docs/toy_study.md reports a
@@ -19,7 +20,14 @@ from g2rpo_jax import cli
 from g2rpo_jax.toy import study
 
 _OUT = flags.DEFINE_string("out", "runs/toy_study", "Output folder.")
-_VARIANTS = flags.DEFINE_list("variants", [v.name for v in study.VARIANTS], "Variants to run.")
+_PART = flags.DEFINE_enum(
+    "part",
+    "1",
+    ["1", "2"],
+    "Which part's variants (docs/toy_study.md): "
+    "1, the components; 2, imperfect traces, SFT then RL, the harder set.",
+)
+_VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: all of --part).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 _STEPS = flags.DEFINE_integer("steps", study.Budget.steps, "Optimizer steps per run.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", study.Budget.eval_every, "Steps between evals.")
@@ -40,19 +48,22 @@ def demo_config():
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = set(_VARIANTS.value) - set(study.BY_NAME)
+    part = study.PARTS[int(_PART.value)]
+    names = _VARIANTS.value or [v.name for v in part]
+    unknown = set(names) - set(study.BY_NAME)
     if unknown:
         raise app.UsageError(f"unknown variants {sorted(unknown)}; known: {list(study.BY_NAME)}")
+    variants = [study.BY_NAME[n] for n in names]
     budget = dataclasses.replace(study.Budget(), steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
                                  one_epoch=_ONE_EPOCH.value)  # fmt: skip
     t0 = time.perf_counter()
-    records = study.run_study(_OUT.value, demo_config(),
-                              [study.BY_NAME[n] for n in _VARIANTS.value],
+    records = study.run_study(_OUT.value, demo_config(), variants,
                               [int(s) for s in _SEEDS.value], budget)  # fmt: skip
+    shown = [*variants, *(v for v in part if v not in variants)]
     with open(os.path.join(_OUT.value, "table.md"), "w") as f:
-        f.write(study.table(records))
-    plots = study.write_plots(records, _OUT.value)
-    print(study.table(records))
+        f.write(study.table(records, shown))
+    plots = study.write_plots(records, _OUT.value, shown)
+    print(study.table(records, shown))
     print(f"plots: {', '.join(plots)}; this invocation took {time.perf_counter() - t0:.0f} s")
 
 

@@ -28,6 +28,9 @@ class FieldMap:
     `guidance_correctness` set: the guidance column holds a list of candidate traces and this
     column a parallel list of bools; the first trace marked True is the guidance (a row with
     none is a bad row). Unset: the guidance column is one string.
+    `guidance_optional`: a row whose guidance is missing or null is not a bad row but one
+    without a trace; its guided candidates get min(ℓ, 0) = 0 trace tokens, i.e. sample
+    unguided (traces that exist for only part of the data).
     """
 
     prompt: str = "prompt"
@@ -36,6 +39,7 @@ class FieldMap:
     guidance_correctness: str | None = None
     difficulty: str | None = "difficulty"
     tests: str | None = "tests"
+    guidance_optional: bool = False
 
     @classmethod
     def openr1_math(cls) -> "FieldMap":

@@ -30,7 +30,7 @@ class Row:
     index: int
     prompt: Prompt
     answer: str
-    guidance: str  # the reference reasoning trace (SPEC §1)
+    guidance: str  # the reference reasoning trace (SPEC §1); "" where the row has none
     difficulty: float | None = None  # larger = harder
     tests: Tests | None = None  # code tasks only
     pass_rate: float | None = None  # the base model's, when difficulty = 1 − it (pass_rate.py)
@@ -109,9 +109,12 @@ def _prompt(rec: _Record, column: str) -> Prompt:
 
 
 def _guidance(rec: _Record, fields: FieldMap) -> str:
-    """The trace: the column itself, or the first candidate trace marked correct."""
+    """The trace: the column itself, or the first candidate trace marked correct; "" for a
+    row without one where `fields.guidance_optional`."""
     column = fields.guidance
-    trace = rec.get("guidance", column, required=True)
+    trace = rec.get("guidance", column, required=not fields.guidance_optional)
+    if trace is None:
+        return ""
     if fields.guidance_correctness is not None:
         correct = rec.get("guidance", fields.guidance_correctness, required=True)
         if not (isinstance(trace, list) and isinstance(correct, list)):

@@ -13,6 +13,7 @@ and sampled at the demo temperature on all of them, scored by the exact verifier
 
 import copy
 import dataclasses
+import enum
 import json
 import os
 import shutil
@@ -24,28 +25,47 @@ import numpy as np
 
 from g2rpo_jax import checkpoint, trainer
 from g2rpo_jax.logging_utils import METRICS_FILE, append_jsonl, read_jsonl
-from g2rpo_jax.models import from_pretrained
+from g2rpo_jax.models import from_pretrained, save_pretrained
 from g2rpo_jax.report import eval_history
-from g2rpo_jax.toy import demo, evaluation, sft
-from g2rpo_jax.toy.data import Encoder, read_problems
+from g2rpo_jax.toy import demo, evaluation, sft, task, traces
+from g2rpo_jax.toy.data import Encoder, read_problems, write_jsonl
 from g2rpo_jax.toy.tokenizer import load_tokenizer
 
 HALF, FULL = 23, 46  # ℓ in tokens: half and all of a 4-digit trace (45–46 tokens)
 
 
+NOISY_FRACTION = 0.3  # of the training rows whose trace is wrong in the `noisy` setting
+COVERAGE = 0.25  # of the training rows that keep a trace in the `coverage` setting
+HARDER_DIGITS = demo.RL_DIGITS + 1  # the `harder` held-out set: one digit past the training data
+HARDER_MAX_COMPLETION_LENGTH = 58  # a 5-digit trace is 55–56 tokens, EOS one more
+
+
+class Traces(enum.StrEnum):
+    """Which reference traces a run's training rows carry (g2rpo_jax/toy/traces.py)."""
+
+    CLEAN = "clean"  # every row, every trace right
+    NOISY = "noisy"  # NOISY_FRACTION of them wrong: a wrong carry and the answer that follows
+    COVERAGE = "coverage"  # only COVERAGE of the rows have one
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
+    """sft_share: the share of the budget's steps spent on SFT on the rows' traces (1: the SFT
+    control; between 0 and 1: SFT, then RL from that model for the remaining steps)."""
+
     name: str
     label: str
     overrides: dict  # RL: "group.key" → value over configs/demo.py; SFT: rows_per_step, order
+    traces: Traces = Traces.CLEAN
+    sft_share: float = 0.0
 
 
 VARIANTS = (
     Variant("grpo", "plain GRPO (α = 0)", {"guidance.ratio": 0.0}),
-    Variant("sft", "SFT, B·G = 64 traces a step (control)", {}),
+    Variant("sft", "SFT, B·G = 64 traces a step (control)", {}, sft_share=1.0),
     # Diagnostic, not in the issue's list: SFT on exactly the rows an RL run reads.
     Variant("sft_rl_rows", "SFT, the B = 8 rows a step G²RPO-A reads (control)",
-            {"rows_per_step": 8, "order": "sorted"}),
+            {"rows_per_step": 8, "order": "sorted"}, sft_share=1.0),
     Variant("alpha1_half", f"α = 1, fixed ℓ = {HALF} (half)",
             {"guidance.ratio": 1.0, "guidance.rule": "constant", "guidance.initial_length": HALF}),
     Variant("fixed_half", f"α = 0.5, fixed ℓ = {HALF} (half)",
@@ -59,7 +79,34 @@ VARIANTS = (
     Variant("grpo_acc_only", "plain GRPO, accuracy reward only",
             {"guidance.ratio": 0.0, "rewards.weights": ml_collections.ConfigDict({"accuracy": 1.0})}),
 )  # fmt: skip
-BY_NAME = {v.name: v for v in VARIANTS}
+_MAIN = {v.name: v for v in VARIANTS}
+_NOISY = f"{NOISY_FRACTION:.0%} traces wrong"
+_COVERED = f"traces on {COVERAGE:.0%} of rows"
+# Part 2 (issue 19): the main variants again, now also scored on the harder set, then each
+# in settings where traces are imperfect, and SFT followed by RL.
+PART2 = (
+    *(_MAIN[n] for n in ("sft", "grpo", "fixed_full", "g2rpo_a")),
+    Variant("sft_noisy", f"SFT, {_NOISY}", {}, Traces.NOISY, 1.0),
+    Variant("fixed_full_noisy", f"α = 0.5, fixed ℓ = {FULL}, {_NOISY}",
+            {"guidance.rule": "constant"}, Traces.NOISY),
+    Variant("g2rpo_a_noisy", f"G²RPO-A (T = 2), {_NOISY}", {}, Traces.NOISY),
+    Variant("g2rpo_a_noisy_T1", f"G²RPO-A, T = 1, {_NOISY}", {"guidance.history": 1},
+            Traces.NOISY),
+    Variant("g2rpo_a_noisy_T4", f"G²RPO-A, T = 4, {_NOISY}", {"guidance.history": 4},
+            Traces.NOISY),
+    Variant("g2rpo_a_noisy_official", f"G²RPO-A, official cadence, {_NOISY}",
+            {"guidance.rule": "official"}, Traces.NOISY),
+    Variant("sft_coverage", f"SFT, {_COVERED} (on those rows)", {}, Traces.COVERAGE, 1.0),
+    Variant("grpo_coverage", f"plain GRPO, {_COVERED}", {"guidance.ratio": 0.0},
+            Traces.COVERAGE),
+    Variant("g2rpo_a_coverage", f"G²RPO-A, {_COVERED} (the rest unguided)", {},
+            Traces.COVERAGE),
+    Variant("sft_then_grpo", "SFT for half the steps, then plain GRPO",
+            {"guidance.ratio": 0.0}, sft_share=0.5),
+    Variant("sft_then_g2rpo_a", "SFT for half the steps, then G²RPO-A", {}, sft_share=0.5),
+)  # fmt: skip
+PARTS = {1: VARIANTS, 2: PART2}
+BY_NAME = _MAIN | {v.name: v for v in PART2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,23 +132,51 @@ def rl_config(base: ml_collections.ConfigDict, variant: Variant, seed: int,
     c.train.progress_bar = False
     c.eval.max_rows = budget.eval_rows_during
     c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, budget.steps - 1)
+    c.data.fields.guidance_optional = variant.traces is Traces.COVERAGE
     for key, value in variant.overrides.items():
         group, name = key.split(".")
         c[group][name] = value
     return c
 
 
-def _final(model, encoder, problems, seed: int) -> dict:
-    """Held-out greedy and sampled accuracy, and three greedy completions to read."""
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """The unguided test sets: `problems` at the training difficulty, `harder` one digit
+    longer (no traces of that length anywhere in training)."""
+
+    encoder: Encoder
+    problems: list[task.Problem]
+    harder: list[task.Problem]
+
+
+def harder_problems(count: int = 500, seed: int = 0) -> list[task.Problem]:
+    """`count` HARDER_DIGITS-digit problems; disjoint from every training and held-out set of
+    the demo, which are all RL_DIGITS digits."""
+    return task.make_problems((seed, HARDER_DIGITS), count, HARDER_DIGITS)
+
+
+def _final(model, held_out: HeldOut, seed: int) -> dict:
+    """Held-out greedy and sampled accuracy on both sets, and three greedy completions."""
+    encoder, problems = held_out.encoder, held_out.problems
     acc = demo.held_out_accuracy(model, encoder, problems, seed=seed)
+    harder = evaluation.accuracy(
+        model,
+        encoder,
+        held_out.harder,
+        temperature=demo.TEMPERATURE,
+        max_completion_length=HARDER_MAX_COMPLETION_LENGTH,
+        seed=seed,
+    )
     greedy = evaluation.sampling_config(encoder, demo.MAX_COMPLETION_LENGTH, 0.0)
     examples = evaluation.completions(model, encoder, problems[:3], greedy)
     return {"greedy": acc.greedy, "sampled": acc.sampled,
+            "harder_greedy": harder.greedy, "harder_sampled": harder.sampled,
             "examples": [p.prompt + t for p, t in zip(problems, examples, strict=False)]}  # fmt: skip
 
 
-def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str, encoder,
-           problems) -> dict:  # fmt: skip
+def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str) -> tuple[dict, object]:
+    """One RL run from base.model.path; the record (without the final evaluation) and the
+    trained policy."""
     config = rl_config(base, variant, seed, budget)
     config.lock()
     t0 = time.perf_counter()
@@ -113,16 +188,25 @@ def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str, enco
     during = [(e["step"], e["pass@1"]) for e in eval_history(workdir)]
     metrics = read_jsonl(os.path.join(workdir, METRICS_FILE))
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
-    return {"wall_s": wall, "during": during, **_final(model, encoder, problems, seed),
+    return {"wall_s": wall, "during": during,
             "ell": [r["guidance_length"] for r in metrics],
-            "skipped_steps": int(sum(r.get("skipped", 0) for r in metrics))}  # fmt: skip
+            "skipped_steps": int(sum(r.get("skipped", 0) for r in metrics))}, model  # fmt: skip
 
 
-def run_sft(base, variant: Variant, seed: int, budget: Budget, encoder, problems) -> dict:
-    """The control: reference traces of the training file, `rows_per_step` a step (default
-    B·G, shuffled by seed; `order: sorted` reads them in the curriculum's order, as RL does)."""
+def traced_rows(path: str) -> list[tuple[task.Problem, str]]:
+    """The (problem, reference trace) pairs of a toy data file, rows without a trace left out."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [(task.parse_prompt(r["prompt"]), r["guidance"]) for r in rows if "guidance" in r]
+
+
+def run_sft(base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
+            ) -> tuple[dict, object]:  # fmt: skip
+    """The control: the reference traces of the training file (those it has), `rows_per_step`
+    a step (default B·G, shuffled by seed; `order: sorted` reads them in the curriculum's
+    order, as RL does). Returns the record (without the final evaluation) and the model."""
     model, _ = from_pretrained(base.model.path)
-    rows = read_problems(base.data.path)
+    rows = traced_rows(base.data.path)
     per_step = variant.overrides.get("rows_per_step", base.data.batch_size * base.grpo.group_size)
     epochs = -(-budget.steps * per_step // len(rows))
     if variant.overrides.get("order") == "sorted":
@@ -136,29 +220,62 @@ def run_sft(base, variant: Variant, seed: int, budget: Budget, encoder, problems
     config = sft.SFTConfig(
         steps=budget.steps, batch_size=per_step,
         seq_len=base.data.max_prompt_length + base.data.max_completion_length,
-        learning_rate=opt.learning_rate, warmup_steps=opt.warmup_steps,
+        learning_rate=opt.learning_rate, warmup_steps=min(opt.warmup_steps, budget.steps - 1),
         final_lr_fraction=opt.final_lr_fraction, weight_decay=opt.weight_decay,
         max_grad_norm=opt.max_grad_norm,
     )  # fmt: skip
-    during_rows = problems[: budget.eval_rows_during]
+    during_rows = held_out.problems[: budget.eval_rows_during]
     during = []
 
     def check(step: int, model) -> bool:
-        acc = demo.held_out_accuracy(model, encoder, during_rows, seed=seed, sampled=False)
+        acc = demo.held_out_accuracy(model, held_out.encoder, during_rows, seed=seed,
+                                     sampled=False)  # fmt: skip
         during.append((step, acc.greedy))
         return False
 
+    def batch(k: int):
+        chosen = [rows[i] for i in order[k * per_step : (k + 1) * per_step]]
+        return held_out.encoder.sft_arrays([p for p, _ in chosen], config.seq_len,
+                                           traces=[t for _, t in chosen])  # fmt: skip
+
     check(0, model)
     t0 = time.perf_counter()
-    sft.train(
-        model, config,
-        lambda k: encoder.sft_arrays([rows[i] for i in order[k * per_step:(k + 1) * per_step]],
-                                     config.seq_len),
-        check_every=budget.eval_every, stop=check,
-    )  # fmt: skip
+    sft.train(model, config, batch, check_every=budget.eval_every, stop=check)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "during": during, **_final(model, encoder, problems, seed),
-            "ell": [], "skipped_steps": 0}  # fmt: skip
+    return {"wall_s": wall, "during": during, "ell": [], "skipped_steps": 0}, model
+
+
+def run_sft_then_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str,
+                    held_out: HeldOut) -> tuple[dict, object]:  # fmt: skip
+    """SFT for round(sft_share · steps) steps, then RL from that model for the rest."""
+    sft_steps = round(variant.sft_share * budget.steps)
+    first, model = run_sft(base, variant, seed, dataclasses.replace(budget, steps=sft_steps),
+                           held_out)  # fmt: skip
+    model_dir = os.path.join(workdir, "sft_model")
+    shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
+    save_pretrained(model, model_dir)
+    held_out.encoder.tokenizer.save_pretrained(model_dir)
+    rl_base = copy.deepcopy(base)
+    rl_base.model.path = model_dir
+    rest, model = run_rl(rl_base, variant, seed,
+                         dataclasses.replace(budget, steps=budget.steps - sft_steps), workdir)  # fmt: skip
+    return {"wall_s": first["wall_s"] + rest["wall_s"], "sft_steps": sft_steps,
+            "during": first["during"] + [(sft_steps + s, a) for s, a in rest["during"]],
+            "ell": rest["ell"], "skipped_steps": rest["skipped_steps"]}, model  # fmt: skip
+
+
+def training_files(train_file: str, out_dir: str) -> dict[Traces, str]:
+    """The training file of each trace setting, written under out_dir from `train_file`; the
+    corrupted and the kept rows are drawn once (seed 0), the same for every run."""
+    with open(train_file) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    made = {Traces.NOISY: traces.noisy_rows(rows, NOISY_FRACTION, seed=0),
+            Traces.COVERAGE: traces.covered_rows(rows, COVERAGE, seed=0)}  # fmt: skip
+    stem = os.path.splitext(os.path.basename(train_file))[0]
+    return {Traces.CLEAN: train_file} | {
+        kind: write_jsonl(os.path.join(out_dir, f"{stem}_{kind}.jsonl"), kind_rows)
+        for kind, kind_rows in made.items()
+    }
 
 
 def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, budget: Budget,
@@ -168,32 +285,39 @@ def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, bu
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.jsonl")
     done = read_jsonl(path)
+    train_file = base.data.path
     if budget.one_epoch:
-        base = copy.deepcopy(base)
-        base.data.path = train_subset(base.data.path, budget.steps * base.data.batch_size,
-                                      os.path.join(out_dir, "train_subset.jsonl"))  # fmt: skip
-    encoder = Encoder(load_tokenizer(base.model.path))
-    problems = read_problems(base.eval.path)
+        train_file = train_subset(train_file, budget.steps * base.data.batch_size,
+                                  os.path.join(out_dir, "train_subset.jsonl"))  # fmt: skip
+    files = training_files(train_file, out_dir)
+    held_out = HeldOut(Encoder(load_tokenizer(base.model.path)), read_problems(base.eval.path),
+                       harder_problems())  # fmt: skip
     if not any(r["variant"] == "base" for r in done):
         model, _ = from_pretrained(base.model.path)
         done.append(_append(path, {"variant": "base", "seed": 0, "wall_s": 0.0, "during": [],
-                                   **_final(model, encoder, problems, 0), "ell": [],
+                                   **_final(model, held_out, 0), "ell": [],
                                    "skipped_steps": 0}))  # fmt: skip
     for seed in seeds:
         for variant in variants:
             if any(r["variant"] == variant.name and r["seed"] == seed for r in done):
                 continue
             log(f"[{time.strftime('%H:%M:%S')}] {variant.name} seed {seed} ...")
-            if variant.name.startswith("sft"):
-                record = run_sft(base, variant, seed, budget, encoder, problems)
+            run_base = copy.deepcopy(base)
+            run_base.data.path = files[variant.traces]
+            workdir = os.path.join(out_dir, "runs", variant.name, f"seed{seed}")
+            if variant.sft_share >= 1.0:
+                record, model = run_sft(run_base, variant, seed, budget, held_out)
+            elif variant.sft_share > 0.0:
+                record, model = run_sft_then_rl(run_base, variant, seed, budget, workdir,
+                                                held_out)  # fmt: skip
             else:
-                workdir = os.path.join(out_dir, "runs", variant.name, f"seed{seed}")
                 shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
-                record = run_rl(base, variant, seed, budget, workdir, encoder, problems)
-            record = {"variant": variant.name, "seed": seed, "steps": budget.steps, **record}
+                record, model = run_rl(run_base, variant, seed, budget, workdir)
+            record = {"variant": variant.name, "seed": seed, "steps": budget.steps,
+                      "traces": str(variant.traces), **record, **_final(model, held_out, seed)}  # fmt: skip
             done.append(_append(path, record))
-            log(f"  greedy {record['greedy']:.3f} sampled {record['sampled']:.3f} "
-                f"({record['wall_s']:.0f} s)")  # fmt: skip
+            log(f"  greedy {record['greedy']:.3f} sampled {record['sampled']:.3f} harder greedy "
+                f"{record['harder_greedy']:.3f} ({record['wall_s']:.0f} s)")  # fmt: skip
     return done
 
 
@@ -224,41 +348,48 @@ def _stats(values) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
-def table(records: list[dict]) -> str:
-    """Markdown: one row per variant, mean ± sample std over seeds, and the per-seed values."""
-    lines = ["| variant | greedy | sampled (T = 1) | greedy per seed | wall s / run | seeds |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    names = ["base"] + [v.name for v in VARIANTS]
-    labels = {"base": "base model (before RL)"} | {v.name: v.label for v in VARIANTS}
+def table(records: list[dict], variants=VARIANTS) -> str:
+    """Markdown: one row per variant, mean ± sample std over seeds, and the per-seed values;
+    the harder set's columns where the records have them (part 2)."""
+    harder = all("harder_greedy" in r for r in records)
+    extra = " harder greedy | harder sampled |" if harder else ""
+    lines = [f"| variant | greedy | sampled (T = 1) |{extra} greedy per seed | wall s / run | "
+             "seeds |", "| --- " * (6 + 2 * harder) + "|"]  # fmt: skip
+    names = ["base"] + [v.name for v in variants]
+    labels = {"base": "base model (before RL)"} | {v.name: v.label for v in variants}
     for name in names:
         rows = sorted((r for r in records if r["variant"] == name), key=lambda r: r["seed"])
         if not rows:
             continue
+        keys = ("greedy", "sampled") + (("harder_greedy", "harder_sampled") if harder else ())
+        stats = " | ".join(_stats([r[k] for r in rows]) for k in keys)
         per_seed = ", ".join(f"{r['greedy']:.3f}" for r in rows)
         wall = "–" if name == "base" else f"{np.mean([r['wall_s'] for r in rows]):.0f}"
-        lines.append(f"| {labels[name]} (`{name}`) | {_stats([r['greedy'] for r in rows])} | "
-                     f"{_stats([r['sampled'] for r in rows])} | {per_seed} | {wall} | "
+        lines.append(f"| {labels[name]} (`{name}`) | {stats} | {per_seed} | {wall} | "
                      f"{len(rows)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def write_plots(records: list[dict], out_dir: str) -> list[str]:
+def write_plots(records: list[dict], out_dir: str, variants=VARIANTS) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [v.name for v in VARIANTS if any(r["variant"] == v.name for r in records)]
+    names = [v.name for v in variants if any(r["variant"] == v.name for r in records)]
     base = [r for r in records if r["variant"] == "base"]
     written = []
 
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    keys = ["greedy", "sampled"] + ["harder_greedy"] * all("harder_greedy" in r for r in records)
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(names)), 4), dpi=110)
     x = np.arange(len(names))
-    for offset, key in ((-0.2, "greedy"), (0.2, "sampled")):
+    for k, key in enumerate(keys):
+        offset = (k - (len(keys) - 1) / 2) * width
         values = [[r[key] for r in records if r["variant"] == n] for n in names]
         means = [np.mean(v) for v in values]
         stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
-        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=key)
+        ax.bar(x + offset, means, width, yerr=stds, capsize=3, label=key)
         for i, v in enumerate(values):
             ax.scatter([x[i] + offset] * len(v), v, color="k", s=6, zorder=3)
     if base:
@@ -273,7 +404,7 @@ def write_plots(records: list[dict], out_dir: str) -> list[str]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    colors = {v.name: plt.get_cmap("tab20")(i) for i, v in enumerate(VARIANTS)}
+    colors = {v.name: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}
     for name in names:
         runs = [r for r in records if r["variant"] == name]
         steps = [s for s, _ in runs[0]["during"]]
