@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from g2rpo_jax.data import DataConfig, DifficultySource, make_dataset
+from g2rpo_jax.data import DataConfig, DataError, DifficultySource, FieldMap, make_dataset
 from tests.fake_tokenizer import make_tokenizer
 
 B = 4
@@ -247,3 +247,27 @@ def test_too_few_rows_for_one_global_batch(tmp_path, tokenizer):
     path = write_rows(tmp_path / "rows.jsonl", 7)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         make_dataset(config_for(path), tokenizer, process_index=0, process_count=2)
+
+
+def test_rows_without_a_trace_are_bad_unless_guidance_is_optional(tmp_path, tokenizer):
+    path = write_rows(tmp_path / "rows.jsonl", 8)
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    with open(path, "w") as f:  # odd rows: no trace (one key absent, one null)
+        for i, row in enumerate(rows):
+            if i % 2:
+                row = {k: v for k, v in row.items() if k != "guidance"} | (
+                    {"guidance": None} if i == 3 else {}
+                )
+            f.write(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:1.*field 'guidance': missing"):
+        all_batches(config_for(path), tokenizer)
+    config = config_for(path, fields=FieldMap(guidance_optional=True), order="none")
+    data = make_dataset(config, tokenizer, process_index=0, process_count=1)
+    for (
+        batch
+    ) in data.batches:  # a row without a trace: 0 trace tokens, so its candidates are unguided
+        unguided = batch["index"] % 2 == 1
+        assert (batch["guidance_length"][unguided] == 0).all()
+        assert (batch["guidance_ids"][unguided] == data.pad_id).all()
+        assert (batch["guidance_length"][~unguided] > 0).all()
