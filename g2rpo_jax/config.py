@@ -17,7 +17,8 @@ from g2rpo_jax.data import HUB_PREFIX, DataConfig, FieldMap, source_fields
 from g2rpo_jax.grpo import GRPOConfig
 from g2rpo_jax.guidance import GuidanceConfig
 from g2rpo_jax.models import PRESETS, ModelConfig, preset
-from g2rpo_jax.models.config import ATTENTION, LORA_TARGETS, LoraConfig
+from g2rpo_jax.models.attention import check as check_attention
+from g2rpo_jax.models.config import LORA_TARGETS, LoraConfig
 from g2rpo_jax.optimization import OptimizerConfig
 from g2rpo_jax.rewards import REWARD_FUNCTIONS, RewardConfig, SandboxConfig
 from g2rpo_jax.sampling import SamplingConfig
@@ -376,13 +377,11 @@ def build(
         _fail("model.path", "set model.path (a Hugging Face folder or hub id) or model.preset")
     if m.preset and m.preset not in PRESETS:
         _fail("model.preset", f"{m.preset!r} is not one of {sorted(PRESETS)}")
-    if m.attention not in ATTENTION:
-        _fail("model.attention", f"{m.attention!r}: use one of {ATTENTION}")
     overrides = dict(m.overrides.to_dict())
     # overrides.attention and model.attention name the same field, which any model takes.
-    attention = overrides.pop("attention", m.attention)
-    if attention not in ATTENTION:
-        _fail("model.overrides.attention", f"{attention!r}: use one of {ATTENTION}")
+    _make("model", check_attention, implementation=m.attention)
+    attention = _make("model.overrides", check_attention,
+                      implementation=overrides.pop("attention", m.attention))  # fmt: skip
     if overrides and m.path:
         _fail("model.overrides", "only apply to a random init (model.path is set)")
     if m.fit_vocab_to_tokenizer and m.path:

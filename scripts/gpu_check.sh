@@ -1,37 +1,42 @@
 #!/usr/bin/env bash
-# One prepared check for a machine with an NVIDIA GPU (H100 / H200): numeric tests on the
-# GPU, the sampler and the train step against transformers + torch on the same GPU.
-# Prints ONE JSON line on stdout (progress goes to stderr); under 8 minutes.
+# One prepared check for the lent NVIDIA GPU machine (H100 / H200): numeric tests on the
+# GPU, the sampler and the train step against transformers + torch on the same GPU, and the
+# attention implementations compared. Prints ONE JSON line on stdout (progress goes to
+# stderr); under 8 minutes. One device call, from the repository root:
 #
-#   bash scripts/gpu_check.sh                 # from the repository root
+#   bash scripts/gpu_check.sh
 #
-# Expected set-up, done beforehand (the GPU machine has no network: nothing is installed
-# here). From wheels carried with the repository, e.g. in wheels/:
-#   python3 -m venv .venv
-#   .venv/bin/pip install --no-index --find-links wheels/ -e '.[cuda12,test]'
-#   .venv/bin/pip install --no-index --find-links wheels/ torch   # a CUDA build, for the
-#                                                                 # transformers side
-# Without a CUDA torch the transformers comparisons are skipped (and say so); without a
-# CUDA jaxlib the whole check reports "no GPU for JAX" and stops.
+# The lent image's own python3 runs it as it is: it already has jax 0.11 with CUDA, flax,
+# optax, orbax-checkpoint, transformers and torch, and everything these parts import. The
+# package is used from the checkout (PYTHONPATH), not pip-installed: setup.cfg's jax range
+# (what make test ran here) would make pip replace the image's CUDA jax, with no network to
+# do it. A missing pure-Python package can travel as a wheel in wheels/ (carry it); it is
+# unpacked into .gpu_deps/ first.
 #
 # Parts (each under its own timeout; a failure is recorded in the JSON, never fatal):
 #   tests       pytest tests/test_models.py tests/test_sampling.py tests/test_train_step.py
-#               with JAX on the GPU at full fp32 matmul precision (JAX's GPU default is
-#               TF32, too loose for the 1e-5 parity checks). The multi-device sharding tests
-#               need 8 devices and are deselected on a single GPU.
+#               tests/test_attention.py with JAX on the GPU at full fp32 matmul precision
+#               (JAX's GPU default is TF32, too loose for the 1e-5 parity checks). The
+#               multi-device sharding tests need 8 devices and are deselected on one GPU.
+#   attention   benchmarks/attention.py: Qwen3-0.6B attention, 2 × 4,608 tokens, bf16, forward
+#               + backward of xla, chunked and cudnn, times and gaps to xla.
 #   sampler     benchmarks/gpu_sampler.py: Qwen3-0.6B-sized random model, bf16, batch 256,
 #               64 prompt tokens + 512 new tokens, ours vs transformers `generate`.
 #   train_step  benchmarks/train_step.py --model=qwen3-0.6b --dtype=bfloat16: the GRPO update
 #               (16 × 256 tokens, fp32 weights, bf16 compute) vs transformers + torch autocast.
-# Environment: PY (default .venv/bin/python), OUT (where logs go; default a temp dir),
-# TIMEOUT_TESTS / TIMEOUT_SAMPLER / TIMEOUT_TRAIN (seconds; defaults 200 / 170 / 110),
+# Environment: PY (default python3), OUT (where logs go; default a temp dir), TIMEOUT_TESTS /
+# TIMEOUT_ATTENTION / TIMEOUT_SAMPLER / TIMEOUT_TRAIN (seconds; defaults 150 / 60 / 140 / 90),
 # ALLOW_CPU=1 (dry run of the script's plumbing without a GPU).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+PY=${PY:-python3}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
+if compgen -G "wheels/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --target .gpu_deps wheels/*.whl >&2
+fi
+export PYTHONPATH="$PWD:$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false # JAX and torch share the GPU
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 START=$(date +%s)
@@ -69,15 +74,18 @@ fi
 
 run nvidia_smi 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-JAX_DEFAULT_MATMUL_PRECISION=highest run tests "${TIMEOUT_TESTS:-200}" \
+JAX_DEFAULT_MATMUL_PRECISION=highest run tests "${TIMEOUT_TESTS:-150}" \
     "$PY" -m pytest -q -p no:cacheprovider -n 4 \
-    tests/test_models.py tests/test_sampling.py tests/test_train_step.py \
+    tests/test_models.py tests/test_sampling.py tests/test_train_step.py tests/test_attention.py \
     -k "not sharded_step_equals and not makes_no_host_transfers"
 
-run sampler "${TIMEOUT_SAMPLER:-170}" \
+run attention "${TIMEOUT_ATTENTION:-60}" \
+    "$PY" benchmarks/attention.py --batch=2 --tokens=4608 --dtype=bfloat16 --runs=5
+
+run sampler "${TIMEOUT_SAMPLER:-140}" \
     "$PY" benchmarks/gpu_sampler.py --batch=256 --prompt=64 --new-tokens=512 --runs=3
 
-run train_step "${TIMEOUT_TRAIN:-110}" \
+run train_step "${TIMEOUT_TRAIN:-90}" \
     "$PY" benchmarks/train_step.py --model=qwen3-0.6b --dtype=bfloat16 --runs=5
 
 "$PY" - "$OUT" "$START" <<'EOF'
@@ -112,7 +120,7 @@ def part(name):
 probe = part("probe").get("result", {})
 smi_ok = (out / "nvidia_smi.rc").exists() and (out / "nvidia_smi.rc").read_text().strip() == "0"
 gpu = (out / "nvidia_smi.log").read_text().strip() if smi_ok else ""
-parts = {name: part(name) for name in ("tests", "sampler", "train_step")}
+parts = {name: part(name) for name in ("tests", "attention", "sampler", "train_step")}
 print(json.dumps({
     "bench": "gpu_check",
     "ok": all(p["rc"] == 0 for p in parts.values()),

@@ -144,5 +144,9 @@ def test_model_attention_is_a_config_key_and_an_override():
     c.model.overrides.attention = "splash"  # the same field; also with a model.path
     assert config_lib.build(c, num_devices=1).model.attention == "splash"
     c.model.overrides.attention = "flash"
-    with pytest.raises(config_lib.ConfigError, match="model.overrides.attention"):
+    with pytest.raises(config_lib.ConfigError, match=r"model\.overrides: attention='flash': use"):
+        config_lib.build(c, num_devices=1)
+    del c.model.overrides["attention"]
+    c.model.attention = "flash"
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model: attention='flash': use"):
         config_lib.build(c, num_devices=1)

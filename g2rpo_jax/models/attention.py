@@ -39,13 +39,18 @@ _SPLASH_BLOCK = 512
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
+def check(implementation: str) -> str:
+    """`implementation`, or a ValueError naming the ones there are."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention={implementation!r}: use one of {IMPLEMENTATIONS}")
+    return implementation
+
+
 def resolve(implementation: str, platform: str, dtype, head_dim: int, q_len: int) -> str:
     """The implementation "auto" means here: splash on TPU; cuDNN on NVIDIA GPUs for the
     dtypes and head sizes its flash kernel takes (bf16/fp16, H ≤ 128, H % 8 == 0), else
     chunked; on CPU xla below `CPU_CHUNKED_FROM` queries, chunked from there."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"attention={implementation!r}: use one of {IMPLEMENTATIONS}")
-    if implementation != "auto":
+    if check(implementation) != "auto":
         return implementation
     if platform == "tpu":
         return "splash"
@@ -83,11 +88,14 @@ def attend(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset, *, implement
     return out.reshape(B, T, N, H)
 
 
+def _causal(q_slot_T, S: int, q_offset) -> jax.Array:
+    """bool [T, S]: the keys at or before each query's slot."""
+    return jnp.arange(S)[None, :] <= (q_offset + q_slot_T)[:, None]
+
+
 def _visible(q_slot_T, kv_mask_BS, q_offset) -> jax.Array:
     """bool [B, T, S]: real keys at or before each query's slot."""
-    S = kv_mask_BS.shape[1]
-    causal_TS = jnp.arange(S)[None, :] <= (q_offset + q_slot_T)[:, None]
-    return kv_mask_BS[:, None, :] & causal_TS[None]
+    return kv_mask_BS[:, None, :] & _causal(q_slot_T, kv_mask_BS.shape[1], q_offset)[None]
 
 
 def _xla(q_BTKGH, k_BSKH, v_BSKH, kv_mask_BS, q_offset) -> jax.Array:
@@ -290,7 +298,7 @@ def _cudnn(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int) -> jax.
     (queries see keys of their own kind, so no row is empty)."""
     T, S = q_BTNH.shape[1], k_BSKH.shape[1]
     same_BTS = q_mask_BT[:, :, None] == kv_mask_BS[:, None, :]
-    causal_TS = jnp.arange(S)[None, :] <= q_offset + jnp.arange(T)[:, None]
+    causal_TS = _causal(jnp.arange(T), S, q_offset)
     return jax.nn.dot_product_attention(
         q_BTNH, k_BSKH, v_BSKH, mask=(same_BTS & causal_TS)[:, None],
         is_causal=q_offset == 0 and T == S, implementation="cudnn",

@@ -5,7 +5,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from g2rpo_jax.models.attention import IMPLEMENTATIONS as ATTENTION
+from g2rpo_jax.models import attention as attention_impl
 
 MODEL_TYPES = ("qwen2", "qwen3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -125,8 +125,7 @@ class ModelConfig:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
-        if self.attention not in ATTENTION:
-            raise ValueError(f"attention={self.attention!r}: use one of {ATTENTION}")
+        attention_impl.check(self.attention)
         for field in ("dtype", "param_dtype"):
             # Frozen: normalising a jnp/np dtype to its name is the one write after init.
             object.__setattr__(self, field, dtype_name(getattr(self, field), field))
