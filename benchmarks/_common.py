@@ -70,7 +70,7 @@ def grpo_forward_flops(config, rows: int, group: int, prompt: int, completion: i
     """Model FLOPs of one forward of a GRPO batch (log-probs of the completion tokens).
 
     Per row: `prompt + completion` tokens, attention over that square, the LM head on the
-    completion. With shared_prompt (what grpo.py runs when each group of `group` rows shares
+    completion. With shared_prompt (what train_step.py runs when each group of `group` rows shares
     its prompt): the prompt once per group, its queries and the completion's attending to
     all prompt + completion cache slots (as the model's cache path computes them).
     """

@@ -29,7 +29,7 @@ import numpy as np
 from _common import CpuMonitor, log, machine, wait_for_quiet
 from flax import nnx
 
-from g2rpo_jax import grpo, guidance, optimization, sharding
+from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
 from g2rpo_jax.models import ModelConfig, Qwen
 from g2rpo_jax.rewards import RewardConfig, RewardPool
 from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig
@@ -61,10 +61,10 @@ def main():
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     model = Qwen(TINY, rngs=nnx.Rngs(0))
     graphdef = nnx.graphdef(model)
-    state = grpo.init_train_state(model, GRPO, OPTIMIZER, GUIDANCE)
-    state = jax.device_put(state, grpo.state_shardings(state, mesh))
+    state = train_step.init_train_state(model, GRPO, OPTIMIZER, GUIDANCE)
+    state = jax.device_put(state, train_step.state_shardings(state, mesh))
     del model
-    train_step = grpo.make_train_step(graphdef, GRPO, OPTIMIZER, GUIDANCE, G, mesh, state)
+    update = train_step.make_train_step(graphdef, GRPO, OPTIMIZER, GUIDANCE, G, mesh, state)
     sampler = Sampler(graphdef, SamplingConfig(max_completion_length=COMPLETION_LEN))
     pool = RewardPool(REWARDS)
     n_guided = guidance.num_guided(GUIDANCE.ratio, G)
@@ -91,11 +91,11 @@ def main():
         rewards = pool.compute(prompt_texts, texts, answer=["42"] * (PROMPTS * G))
         accuracy = rewards.per_function[:, rewards.names.index("accuracy")]
         t2 = time.perf_counter()
-        batch = {f: getattr(out, f) for f in grpo.BATCH_FIELDS[:5]}
+        batch = {f: getattr(out, f) for f in train_step.BATCH_FIELDS[:5]}
         batch |= {"rewards": rewards.total, "accuracy": accuracy, "is_guided": is_guided,
                   "truncated": out.finish_reason == FINISH_LENGTH,
                   "is_filler": np.zeros(PROMPTS * G, bool)}  # fmt: skip
-        state, metrics = train_step(state, batch)
+        state, metrics = update(state, batch)
         jax.block_until_ready(state)
         t3 = time.perf_counter()
         return dict(rollout=t1 - t0, rewards=t2 - t1, update=t3 - t2, step=t3 - t0, ell=ell,

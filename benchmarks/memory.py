@@ -80,7 +80,7 @@ import numpy as np  # noqa: E402
 from _common import log, machine  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from g2rpo_jax import grpo, guidance, optimization, sharding  # noqa: E402
+from g2rpo_jax import grpo, guidance, optimization, sharding, train_step  # noqa: E402
 from g2rpo_jax.models import ModelConfig, abstract_model, attention, preset  # noqa: E402
 from g2rpo_jax.models.config import LoraConfig  # noqa: E402
 
@@ -92,10 +92,12 @@ def abstract_state(config: ModelConfig, grpo_config, optimizer, mesh):
     """(graphdef, TrainState of ShapeDtypeStructs carrying their shardings)."""
     graphdef, params = nnx.split(abstract_model(config))
     state = jax.eval_shape(
-        lambda p: grpo.init_train_state(nnx.merge(graphdef, p), grpo_config, optimizer, GUIDANCE),
+        lambda p: train_step.init_train_state(
+            nnx.merge(graphdef, p), grpo_config, optimizer, GUIDANCE
+        ),
         params,
     )
-    shardings = grpo.state_shardings(state, mesh)
+    shardings = train_step.state_shardings(state, mesh)
     return graphdef, jax.tree.map(
         lambda s, sub: jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sub
@@ -106,7 +108,7 @@ def abstract_state(config: ModelConfig, grpo_config, optimizer, mesh):
 
 
 def abstract_batch(rows: int, prompt: int, completion: int, mesh) -> dict:
-    s = grpo.batch_sharding(mesh)
+    s = train_step.batch_sharding(mesh)
     spec = {
         "prompt_ids": ((rows, prompt), jnp.int32),
         "prompt_mask": ((rows, prompt), jnp.bool_),
@@ -128,7 +130,9 @@ def analyse(config: ModelConfig, beta: float, rows: int, group: int, prompt: int
     grpo_config = grpo.GRPOConfig(beta=beta)
     optimizer = optimization.OptimizerConfig(total_steps=1000, micro_batches=micro)
     graphdef, state = abstract_state(config, grpo_config, optimizer, mesh)
-    step = grpo.make_train_step(graphdef, grpo_config, optimizer, GUIDANCE, group, mesh, state)
+    step = train_step.make_train_step(
+        graphdef, grpo_config, optimizer, GUIDANCE, group, mesh, state
+    )
     start = time.perf_counter()
     compiled = step.lower(state, abstract_batch(rows, prompt, completion, mesh)).compile()
     seconds = time.perf_counter() - start
@@ -229,9 +233,11 @@ def validate(name: str, config: ModelConfig, rows: int, group: int, prompt: int,
     predicted = analyse(config, beta, rows, group, prompt, completion, 1, mesh)
     model = Qwen(config, rngs=nnx.Rngs(0))
     graphdef = nnx.graphdef(model)
-    state = grpo.init_train_state(model, grpo_config, optimizer, GUIDANCE)
+    state = train_step.init_train_state(model, grpo_config, optimizer, GUIDANCE)
     del model
-    step = grpo.make_train_step(graphdef, grpo_config, optimizer, GUIDANCE, group, mesh, state)
+    step = train_step.make_train_step(
+        graphdef, grpo_config, optimizer, GUIDANCE, group, mesh, state
+    )
     rng = np.random.default_rng(0)
     batch = {
         "prompt_ids": rng.integers(1, config.vocab_size, (rows, prompt), dtype=np.int32),

@@ -16,7 +16,7 @@ for `--runs` passes; every time is a median. Prints one JSON line; benchmarks/RE
 explains the fields.
 
 A GRPO batch is G candidates of each prompt, so the rows of a group share their prompt
-(4 prompts × G = 4 by default); ours then runs each prompt once per group (grpo.py, same
+(4 prompts × G = 4 by default); ours then runs each prompt once per group (train_step.py, same
 log-probs), the torch update, like TRL's, once per row. `--no-shared-prompts` gives every
 row its own prompt: the same computation on both sides, a pure kernel comparison.
 """
@@ -48,7 +48,7 @@ from _common import (
 )
 from flax import nnx
 
-from g2rpo_jax import grpo, guidance, optimization, sharding
+from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
 from g2rpo_jax.models import PRESETS, from_pretrained
 
 ANCHORS = {  # ../shared/anchors' sizes
@@ -189,12 +189,14 @@ def main():
     opt_config = optimization.OptimizerConfig(total_steps=1000, learning_rate=LR, warmup_steps=0,
                                       final_lr_fraction=1.0, max_grad_norm=CLIP)  # fmt: skip
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    state = grpo.init_train_state(model, grpo_config, opt_config, GUIDANCE)
-    state = jax.device_put(state, grpo.state_shardings(state, mesh))
+    state = train_step.init_train_state(model, grpo_config, opt_config, GUIDANCE)
+    state = jax.device_put(state, train_step.state_shardings(state, mesh))
     graphdef = nnx.graphdef(model)
     del model  # its buffers are the state's, which the step donates
-    step = grpo.make_train_step(graphdef, grpo_config, opt_config, GUIDANCE, group, mesh, state)
-    device_batch = jax.device_put(batch, grpo.batch_sharding(mesh))
+    step = train_step.make_train_step(
+        graphdef, grpo_config, opt_config, GUIDANCE, group, mesh, state
+    )
+    device_batch = jax.device_put(batch, train_step.batch_sharding(mesh))
     holder = {"state": state}
 
     def ours():

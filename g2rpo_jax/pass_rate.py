@@ -9,7 +9,7 @@ completions (int [E], out of n) of the rows the journal lacks.
 Each row's n samples use the streams fold_in(fold_in(key(seed), split), index·n + j): a
 row draws the same completions in any batch, so a run killed half-way and started again
 (the journal skips the rows it already holds) writes the same numbers as one that never
-stopped. `score(examples, rng, row_ids)` is `trainer.sample_and_score` with its model,
+stopped. `score(examples, rng, row_ids)` is `evaluation.sample_and_score` with its model,
 sampler and rewards bound.
 """
 
@@ -27,7 +27,7 @@ import tqdm
 from flax import nnx
 
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import grpo, sharding, trainer
+from g2rpo_jax import evaluation, sharding, train_step, trainer
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data import difficulty
 from g2rpo_jax.data.schema import Row
@@ -156,7 +156,7 @@ class Estimator:
                                      if os.path.isdir(exp.model.path) else ""),
             pad_id=pad_id(self.tokenizer),
         )  # fmt: skip
-        self.sampler = trainer.sampler_for(graphdef, decoding, grpo.batch_sharding(mesh))
+        self.sampler = trainer.sampler_for(graphdef, decoding, train_step.batch_sharding(mesh))
         # Only the accuracy reward decides a pass; the others would cost time for nothing.
         self.pool = RewardPool(dataclasses.replace(exp.rewards,
                                                    weights={exp.accuracy_reward: 1.0}))  # fmt: skip
@@ -179,7 +179,7 @@ class Estimator:
 
     def score(self, examples: Sequence[Example], rng: jax.Array, row_ids: np.ndarray):
         n = self.journal.settings.samples
-        return trainer.sample_and_score(self.params, self.sampler, self.tokenizer, examples,
+        return evaluation.sample_and_score(self.params, self.sampler, self.tokenizer, examples,
                                         self.pool, n, self.exp.accuracy_reward, rng,
                                         row_ids=row_ids).correct(n)  # fmt: skip
 

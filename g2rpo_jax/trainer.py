@@ -1,4 +1,5 @@
-"""The G²RPO-A training loop (DESIGN.md "One training step"), evaluation, and run set-up.
+"""The G²RPO-A training loop (DESIGN.md "One training step") and run set-up; evaluation and
+scoring are g2rpo_jax/evaluation.py.
 
 Per step k (0-based; the checkpoint after it is step k+1):
   batch (Grain, B prompts) → ℓ from the controller → guidance plan (first ceil(α·G)
@@ -26,13 +27,12 @@ import dataclasses
 import functools
 import json
 import logging as py_logging
-import math
 import os
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -43,12 +43,19 @@ from flax import nnx
 
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import distributed, dynamic_sampling, grpo, guidance, hub, logging_utils, sharding
+from g2rpo_jax import (
+    distributed,
+    dynamic_sampling,
+    evaluation,
+    guidance,
+    hub,
+    logging_utils,
+    sharding,
+    train_step,
+)
 from g2rpo_jax import lora as lora_lib
-from g2rpo_jax.data import DataConfig, DataError, Order, make_dataset
-from g2rpo_jax.data.schema import to_row
-from g2rpo_jax.data.sources import read_records, resolve_format
-from g2rpo_jax.data.tokenization import Tokenizer, encode_prompts, pad_id
+from g2rpo_jax.data import make_dataset
+from g2rpo_jax.data.tokenization import Tokenizer, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
 from g2rpo_jax.rewards import RewardPool, parse_gold
 from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig
@@ -168,9 +175,9 @@ def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, 
     `TrainState.checkpointed` holds (under LoRA no base weights, `frozen` is None)."""
     graphdef, params = nnx.split(abstract_model(model_config))
     state = jax.eval_shape(
-        lambda p: grpo.init_train_state(nnx.merge(graphdef, p), exp.grpo, exp.optimizer,
+        lambda p: train_step.init_train_state(nnx.merge(graphdef, p), exp.grpo, exp.optimizer,
                                         exp.guidance).checkpointed(), params)  # fmt: skip
-    return graphdef, checkpoint_lib.abstract_like(state, grpo.state_shardings(state, mesh))
+    return graphdef, checkpoint_lib.abstract_like(state, train_step.state_shardings(state, mesh))
 
 
 # Compiled functions shared by every run in a process (tests, repeated evaluations).
@@ -181,7 +188,7 @@ _SAMPLERS: dict = {}
 def _train_step(graphdef, exp: config_lib.Experiment, mesh, state):
     key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh)
     if key not in _STEPS:
-        _STEPS[key] = grpo.make_train_step(graphdef, exp.grpo, exp.optimizer, exp.guidance,
+        _STEPS[key] = train_step.make_train_step(graphdef, exp.grpo, exp.optimizer, exp.guidance,
                                            exp.group_size, mesh, state)  # fmt: skip
     return _STEPS[key]
 
@@ -193,25 +200,6 @@ def sampler_for(graphdef, config: SamplingConfig, sharding=None) -> Sampler:
 
 
 # --- Rollouts and rewards ------------------------------------------------------------------
-
-
-def decode(tokenizer: Tokenizer, ids: np.ndarray, mask: np.ndarray) -> list[str]:
-    """Completion texts (guidance ⊕ generated, SPEC §6) without special tokens."""
-    return tokenizer.batch_decode([row[m] for row, m in zip(ids, mask.astype(bool), strict=True)],
-                                  skip_special_tokens=True)  # fmt: skip
-
-
-def _row_fields(batch: dict, repeats: int) -> dict[str, list]:
-    """answer/tests per completion. A code row's empty answer becomes None, which the
-    accuracy reward scores 0 (an empty gold would be a parse error there)."""
-    tests = list(batch.get("tests", [None] * len(batch["answer"])))
-    answers = [None if t is not None and not a.strip() else a
-               for a, t in zip(batch["answer"], tests, strict=True)]  # fmt: skip
-    return {"answer": _repeat(answers, repeats), "tests": _repeat(tests, repeats)}
-
-
-def _repeat(values: Sequence, repeats: int) -> list:
-    return [v for v in values for _ in range(repeats)]
 
 
 @dataclasses.dataclass
@@ -302,8 +290,8 @@ def train(
         model = initial_model(exp, tokenizer, mesh)
         model_config = model.config
         graphdef = nnx.graphdef(model)
-        state = grpo.init_train_state(model, exp.grpo, exp.optimizer, exp.guidance)
-        state = jax.device_put(state, grpo.state_shardings(state, mesh))
+        state = train_step.init_train_state(model, exp.grpo, exp.optimizer, exp.guidance)
+        state = jax.device_put(state, train_step.state_shardings(state, mesh))
         del model
         if model_config.lora.rank:
             base = lora_lib.base_location(exp.model.path, exp.seed)
@@ -315,9 +303,9 @@ def train(
     eos = stop_ids(tokenizer, model_config, exp.model.path)
     pad = pad_id(tokenizer)
     sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
-                          grpo.batch_sharding(mesh))  # fmt: skip
-    train_step = _train_step(graphdef, exp, mesh, state)
-    eval_rows = load_eval_examples(exp, tokenizer) if exp.train.eval_every else None
+                          train_step.batch_sharding(mesh))  # fmt: skip
+    step_fn = _train_step(graphdef, exp, mesh, state)
+    eval_rows = evaluation.load_eval_examples(exp, tokenizer) if exp.train.eval_every else None
     eval_sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
                                                              pad_id=pad))  # fmt: skip
     logger = logging_utils.RunLogger(
@@ -336,7 +324,7 @@ def train(
     step = saved = start
     preemption = _Preemption()
     if eval_rows and start == 0 and exp.train.eval_at_start:  # the step-0 baseline (issue 9)
-        logger.evaluation(0, evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
+        logger.evaluation(0, evaluation.evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
                                       exp.eval, exp.accuracy_reward, seed=exp.seed))  # fmt: skip
     with preemption:
         try:
@@ -370,7 +358,7 @@ def train(
                     )
                 host["time/data_s"], host["time/wait_train_s"] = t_data - t0, t_ell - t_data
                 t_train = time.perf_counter()
-                state, metrics = train_step(state, rows)
+                state, metrics = step_fn(state, rows)
                 host["time/train_dispatch_s"] = time.perf_counter() - t_train
                 if pending is not None:
                     _log(logger, *pending)
@@ -381,7 +369,7 @@ def train(
                     logger.samples(step, samples[: exp.train.num_logged_samples])
                 if eval_rows and step % exp.train.eval_every == 0:
                     t_eval = time.perf_counter()
-                    report = evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
+                    report = evaluation.evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
                                       exp.eval, exp.accuracy_reward, seed=exp.seed)  # fmt: skip
                     logger.evaluation(step, report)
                     host["time/eval_s"] = time.perf_counter() - t_eval
@@ -422,7 +410,7 @@ class _Rollout:
         self.names = tuple(name for name, _ in exp.rewards.weights)
         self.accuracy_column = self.names.index(exp.accuracy_reward)
         self.key = jax.random.key(exp.seed)
-        self.sharding = grpo.batch_sharding(mesh)
+        self.sharding = train_step.batch_sharding(mesh)
 
     def __call__(self, params, batch: dict, ell: int, k: int, draw: int = 0):
         """`draw` > 0: the step's extra sampler calls of dynamic sampling, keyed apart."""
@@ -443,10 +431,10 @@ class _Rollout:
         ids, mask, generated, finish = (distributed.local_rows(x) for x in (
             out.completion_ids, out.completion_mask, out.num_generated, out.finish_reason))  # fmt: skip
         t_sample = time.perf_counter()
-        texts = decode(self.tokenizer, ids, mask)
-        prompts = _repeat(batch["prompt_text"], G)
+        texts = evaluation.decode(self.tokenizer, ids, mask)
+        prompts = evaluation.repeat(batch["prompt_text"], G)
         t_decode = time.perf_counter()
-        rewards = self.pool.compute(prompts, texts, **_row_fields(batch, G))
+        rewards = self.pool.compute(prompts, texts, **evaluation.row_fields(batch, G))
         accuracy = rewards.per_function[:, self.accuracy_column].astype(np.float32)
         t_reward = time.perf_counter()
 
@@ -499,118 +487,3 @@ def _log(logger: logging_utils.RunLogger, step: int, metrics, host: dict) -> Non
     values |= {k: v for k, v in host.items() if k not in ("rows", "start", "end")}
     values |= {"time/step_s": wall, "tokens_per_s": host["generated_tokens"] / max(wall, 1e-9)}
     logger.scalars(step, values, extra={"rows": host["rows"]})
-
-
-# --- Evaluation (also scripts/evaluate.py) -------------------------------------------------
-
-
-def load_eval_examples(exp: config_lib.Experiment, tokenizer: Tokenizer):
-    """Tokenized eval rows in file order (no curriculum), at most eval.max_rows."""
-    config = dataclasses.replace(exp.data, path=exp.eval.path, split=exp.eval.split,
-                                 fields=exp.eval.fields, order=Order.NONE, format="auto",
-                                 num_epochs=1, skip_bad_rows=False)  # fmt: skip
-    check = parse_gold if exp.accuracy_reward == "accuracy" else None
-    return eval_examples(config, tokenizer, check, exp.eval.max_rows)
-
-
-def eval_examples(config: DataConfig, tokenizer: Tokenizer, answer_check=None, max_rows=0):
-    """The problems of `config.path`, validated and tokenized, in file order. Evaluation
-    rows need no reference trace: a placeholder fills a missing `guidance`."""
-    fields = dataclasses.replace(config.fields, guidance_correctness=None)
-    rows = []
-    for record in read_records(config.path, resolve_format(config.path, config.format),
-                               config.split):  # fmt: skip
-        value = record.value
-        if isinstance(value, DataError):
-            raise value
-        if isinstance(value, dict) and not isinstance(value.get(fields.guidance), str):
-            value = value | {fields.guidance: "(none)"}
-        rows.append(to_row(value, index=record.index, where=record.where, fields=fields,
-                           answer_check=answer_check))  # fmt: skip
-    examples, too_long = encode_prompts(rows, tokenizer, config)
-    if too_long:
-        logging.warning("%s: %d eval rows with prompts over max_prompt_length=%d skipped",
-                        config.path, too_long, config.max_prompt_length)  # fmt: skip
-    return examples[:max_rows] if max_rows else examples
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct: 1 − C(n−c, k) / C(n, k)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-@dataclasses.dataclass(frozen=True)
-class Scored:
-    """n unguided completions per example, scored; rows are example-major (E examples · n).
-
-    texts: [E·n] decoded completions; scores: float [E·n] the accuracy reward;
-    completion_tokens: int [E·n]; finished: bool [E·n] (ended with EOS, not the budget).
-    """
-
-    texts: list[str]
-    scores: np.ndarray
-    completion_tokens: np.ndarray
-    finished: np.ndarray
-
-    def correct(self, n: int) -> np.ndarray:
-        """int [E]: completions per example whose accuracy reward is 1 (all tests passed)."""
-        return (self.scores.reshape(-1, n) >= 1.0).sum(1)
-
-
-def sample_and_score(params, sampler: Sampler, tokenizer: Tokenizer, examples, pool: RewardPool,
-                     n: int, accuracy_reward: str, rng, row_ids=None) -> Scored:  # fmt: skip
-    """n unguided samples of each example with `sampler`, scored by the accuracy reward.
-
-    Candidate i (example i // n) samples with the stream fold_in(rng, row_ids[i]) (default
-    i), as `Sampler` does: give row_ids to make a row's samples independent of its batch.
-    """
-    width = max(len(e.prompt_ids) for e in examples)
-    ids = np.full((len(examples), width), sampler.config.pad_id, np.int32)
-    for i, e in enumerate(examples):
-        ids[i, : len(e.prompt_ids)] = e.prompt_ids
-    lengths = np.asarray([len(e.prompt_ids) for e in examples], np.int32)
-    rows = len(examples) * n
-    out = sampler(params, np.repeat(ids, n, 0), np.repeat(lengths, n, 0),
-                  np.zeros((rows, 0), np.int32), np.zeros(rows, np.int32), rng,
-                  row_ids=row_ids)  # fmt: skip
-    completion_ids, mask, finish = jax.device_get(
-        (out.completion_ids, out.completion_mask, out.finish_reason))  # fmt: skip
-    texts = decode(tokenizer, completion_ids, mask)
-    batch = {"answer": [e.row.answer for e in examples], "tests": [e.row.tests for e in examples]}
-    rewards = pool.compute(_repeat([e.prompt_text for e in examples], n), texts,
-                           **_row_fields(batch, n))  # fmt: skip
-    scores = rewards.per_function[:, rewards.names.index(accuracy_reward)]
-    return Scored(texts, np.asarray(scores, np.float64), mask.sum(1), finish == 1)
-
-
-def evaluate(params, sampler: Sampler, tokenizer: Tokenizer, examples, pool: RewardPool,
-             config: config_lib.EvalConfig, accuracy_reward: str, *, seed: int = 0) -> dict:  # fmt: skip
-    """pass@1 and pass@k over `examples`, n = config.num_samples completions each, with the
-    evaluation decoding of `sampler`; a completion counts as correct when its accuracy
-    reward is 1 (all tests passed for code). Returns the report with per-row results."""
-    n, key = config.num_samples, jax.random.key(seed)
-    results = []
-    for start in range(0, len(examples), config.batch_size):
-        chunk = examples[start : start + config.batch_size]
-        scored = sample_and_score(params, sampler, tokenizer, chunk, pool, n, accuracy_reward,
-                                  jax.random.fold_in(key, start))  # fmt: skip
-        correct = scored.correct(n)
-        for i, e in enumerate(chunk):
-            own = slice(i * n, (i + 1) * n)
-            results.append({
-                "index": e.row.index, "prompt": e.prompt_text, "answer": e.row.answer,
-                "completions": scored.texts[own], "scores": scored.scores[own].tolist(),
-                "correct": int(correct[i]),
-                "completion_tokens": scored.completion_tokens[own].tolist(),
-                "finished": scored.finished[own].tolist(),
-            })  # fmt: skip
-    report = {"num_rows": len(results), "num_samples": n}
-    for k in config.pass_k:
-        report[f"pass@{k}"] = float(np.mean([pass_at_k(n, r["correct"], k) for r in results]))
-    report["mean_score"] = float(np.mean([np.mean(r["scores"]) for r in results]))
-    report["mean_completion_tokens"] = float(
-        np.mean([np.mean(r["completion_tokens"]) for r in results]))  # fmt: skip
-    report["rows"] = results
-    return report

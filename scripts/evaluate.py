@@ -20,7 +20,7 @@ import transformers
 from absl import app, flags
 from flax import nnx
 
-from g2rpo_jax import checkpoint, cli, config, trainer
+from g2rpo_jax import checkpoint, cli, config, evaluation, trainer
 from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
     data = dataclasses.replace(data, path=_DATA.value, split=_SPLIT.value,
                                fields=source_fields(_DATA.value, data.fields),
                                max_prompt_length=_MAX_PROMPT_LENGTH.value or data.max_prompt_length)  # fmt: skip
-    examples = trainer.eval_examples(data, tokenizer, parse_gold if reward == "accuracy" else None,
+    examples = evaluation.eval_examples(data, tokenizer, parse_gold if reward == "accuracy" else None,
                                      _MAX_ROWS.value)  # fmt: skip
     eos = trainer.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
     sampling = SamplingConfig(
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> None:
     graphdef, params = nnx.split(model)
     sampler = trainer.sampler_for(graphdef, sampling)
     with RewardPool(RewardConfig(weights={reward: 1.0}, workers=_WORKERS.value)) as pool:
-        report = trainer.evaluate(params, sampler, tokenizer, examples, pool, settings, reward,
+        report = evaluation.evaluate(params, sampler, tokenizer, examples, pool, settings, reward,
                                   seed=_SEED.value)  # fmt: skip
     header = {"model": _MODEL.value, "data": _DATA.value, "reward": reward,
               "decoding": dataclasses.asdict(sampling)}  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from jax._src.cudnn import fused_attention_stablehlo
 
-from g2rpo_jax import grpo, guidance, optimization, sharding
+from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
 from g2rpo_jax.models import abstract_model, attention, preset
 from g2rpo_jax.models.config import ModelConfig
 from g2rpo_jax.sampling import Sampler, SamplingConfig
@@ -81,12 +81,12 @@ def test_train_step_lowers_with_auto_attention(platform):
     guidance_config = guidance.GuidanceConfig(ratio=0.5, initial_length=16, max_length=32)
     graphdef, params = nnx.split(abstract_model(TINY, platform))
     state = jax.eval_shape(
-        lambda p: grpo.init_train_state(
+        lambda p: train_step.init_train_state(
             nnx.merge(graphdef, p), grpo_config, optimizer, guidance_config
         ),
         params,
     )
-    step = grpo.make_train_step(graphdef, grpo_config, optimizer, guidance_config, 4, mesh,
+    step = train_step.make_train_step(graphdef, grpo_config, optimizer, guidance_config, 4, mesh,
                                 state)  # fmt: skip
     rows, prompt, completion = 8, 32, 96
     spec = {"prompt_ids": (prompt, jnp.int32), "prompt_mask": (prompt, jnp.bool_),

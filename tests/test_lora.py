@@ -83,7 +83,7 @@ def test_lora_forward_and_gradients_equal_the_dense_merged_model():
 def test_a_train_step_moves_the_adapters_only_on_the_frozen_base():
     """With β > 0 (the reference is the base: adapters zeroed) and remat on; the optimizer
     state holds adapter moments only."""
-    from g2rpo_jax import grpo, lora, optimization, sharding
+    from g2rpo_jax import grpo, lora, optimization, sharding, train_step
     from tests.test_train_step import GUIDANCE, G, make_batch
 
     config = LORA.replace(vocab_size=128, remat=True)
@@ -91,10 +91,10 @@ def test_a_train_step_moves_the_adapters_only_on_the_frozen_base():
     model = lora.random_model(config, mesh, seed=0)
     optimizer = optimization.OptimizerConfig(total_steps=4, learning_rate=1e-2, warmup_steps=0)
     grpo_config = grpo.GRPOConfig(beta=0.04)
-    state = grpo.init_train_state(model, grpo_config, optimizer, GUIDANCE)
+    state = train_step.init_train_state(model, grpo_config, optimizer, GUIDANCE)
     assert state.ref_params is None  # no second copy of the weights
     before = jax.device_get(state)  # host copies: the step donates `state`
-    step = grpo.make_train_step(nnx.graphdef(model), grpo_config, optimizer, GUIDANCE, G,
+    step = train_step.make_train_step(nnx.graphdef(model), grpo_config, optimizer, GUIDANCE, G,
                                 mesh, state)  # fmt: skip
     after, metrics = jax.device_get(step(state, jax.device_put(make_batch())))
 
@@ -121,7 +121,16 @@ def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3
 
     import safetensors
 
-    from g2rpo_jax import checkpoint, grpo, guidance, lora, optimization, sharding, trainer
+    from g2rpo_jax import (
+        checkpoint,
+        grpo,
+        guidance,
+        lora,
+        optimization,
+        sharding,
+        train_step,
+        trainer,
+    )
     from g2rpo_jax import config as config_lib
     from g2rpo_jax.models import from_pretrained
     from tests import tiny_models
@@ -131,7 +140,7 @@ def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3
     rng = np.random.RandomState(0)
     nnx.update(model, jax.tree.map(lambda x: jnp.asarray(0.1 * rng.randn(*x.shape), x.dtype),
                                    nnx.state(model, LoraParam)))  # fmt: skip
-    state = grpo.init_train_state(model, grpo.GRPOConfig(beta=0.0),
+    state = train_step.init_train_state(model, grpo.GRPOConfig(beta=0.0),
                                   optimization.OptimizerConfig(total_steps=2),
                                   guidance.GuidanceConfig(0.5, initial_length=8, max_length=8))  # fmt: skip
     workdir = tmp_path / "run"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from g2rpo_jax import grpo, guidance, optimization, sharding
+from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig
 
@@ -46,10 +46,12 @@ def make_batch(seed=0):
 def run_step(directory, mesh, grpo_config, optimizer_config, batch):
     model, _ = from_pretrained(directory)
     graphdef = nnx.graphdef(model)
-    state = grpo.init_train_state(model, grpo_config, optimizer_config, GUIDANCE)
-    state = jax.device_put(state, grpo.state_shardings(state, mesh))
-    step = grpo.make_train_step(graphdef, grpo_config, optimizer_config, GUIDANCE, G, mesh, state)
-    batch = jax.device_put(batch, grpo.batch_sharding(mesh))
+    state = train_step.init_train_state(model, grpo_config, optimizer_config, GUIDANCE)
+    state = jax.device_put(state, train_step.state_shardings(state, mesh))
+    step = train_step.make_train_step(
+        graphdef, grpo_config, optimizer_config, GUIDANCE, G, mesh, state
+    )
+    batch = jax.device_put(batch, train_step.batch_sharding(mesh))
     return step(state, batch)
 
 
@@ -102,7 +104,7 @@ def test_groups_sharing_a_prompt_run_it_once_with_the_same_log_probs_and_gradien
     graphdef, params = nnx.split(model)
 
     def total(params, group_size):
-        lp = grpo.completion_log_probs(graphdef, params, batch, group_size=group_size)
+        lp = train_step.completion_log_probs(graphdef, params, batch, group_size=group_size)
         return (lp * batch["completion_mask"]).sum(), lp
 
     run = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)
@@ -139,9 +141,9 @@ def test_beta_zero_holds_no_reference_and_runs_no_reference_forward(hf_qwen3_dir
     counts = {}
     for beta in (0.0, 0.04):
         config = grpo.GRPOConfig(beta=beta)
-        state = grpo.init_train_state(model, config, OPTIMIZER, GUIDANCE)
+        state = train_step.init_train_state(model, config, OPTIMIZER, GUIDANCE)
         assert (state.ref_params is None) == (beta == 0)
-        step = grpo.make_train_step(
+        step = train_step.make_train_step(
             nnx.graphdef(model), config, OPTIMIZER, GUIDANCE, G, mesh, state
         )
         text = step.lower(state, make_batch()).as_text()
@@ -177,10 +179,12 @@ def test_all_tied_rewards_skip_the_update(hf_qwen3_dir):
 def test_train_step_makes_no_host_transfers(hf_qwen3_dir):
     model, _ = from_pretrained(hf_qwen3_dir)
     mesh = sharding.make_mesh((1, 2, 4))
-    state = grpo.init_train_state(model, GRPO, OPTIMIZER, GUIDANCE)
-    state = jax.device_put(state, grpo.state_shardings(state, mesh))
-    step = grpo.make_train_step(nnx.graphdef(model), GRPO, OPTIMIZER, GUIDANCE, G, mesh, state)
-    batches = [jax.device_put(make_batch(s), grpo.batch_sharding(mesh)) for s in range(3)]
+    state = train_step.init_train_state(model, GRPO, OPTIMIZER, GUIDANCE)
+    state = jax.device_put(state, train_step.state_shardings(state, mesh))
+    step = train_step.make_train_step(
+        nnx.graphdef(model), GRPO, OPTIMIZER, GUIDANCE, G, mesh, state
+    )
+    batches = [jax.device_put(make_batch(s), train_step.batch_sharding(mesh)) for s in range(3)]
     with jax.transfer_guard("disallow"):
         for batch in batches:
             state, metrics = step(state, batch)
@@ -196,8 +200,8 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
     optimizer = optimization.OptimizerConfig(total_steps=steps, learning_rate=3e-3, warmup_steps=2)
     no_guidance = dataclasses.replace(GUIDANCE, ratio=0.0)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    state = grpo.init_train_state(model, config, optimizer, no_guidance)
-    step = grpo.make_train_step(graphdef, config, optimizer, no_guidance, 8, mesh, state)
+    state = train_step.init_train_state(model, config, optimizer, no_guidance)
+    step = train_step.make_train_step(graphdef, config, optimizer, no_guidance, 8, mesh, state)
     sampler = Sampler(graphdef, SamplingConfig(max_completion_length=8))
     rng = np.random.RandomState(0)
     rewards = []
@@ -209,7 +213,7 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
         reward = ((out.completion_ids == target) & out.completion_mask).sum(
             1
         ) / out.completion_mask.sum(1)
-        batch = {f: getattr(out, f) for f in grpo.BATCH_FIELDS[:5]}
+        batch = {f: getattr(out, f) for f in train_step.BATCH_FIELDS[:5]}
         batch |= {"rewards": reward.astype(np.float32), "accuracy": reward.astype(np.float32),
                   "is_guided": np.zeros(prompts * 8, bool), "truncated": np.zeros(prompts * 8, bool),
                   "is_filler": np.zeros(prompts * 8, bool)}  # fmt: skip

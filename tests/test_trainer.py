@@ -17,7 +17,7 @@ import pytest
 
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import logging_utils, sharding, trainer
+from g2rpo_jax import evaluation, logging_utils, sharding, trainer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -235,7 +235,7 @@ def test_pass_at_k_is_the_probability_that_k_of_n_samples_hold_a_correct_one(n, 
 
     outcomes = [True] * c + [False] * (n - c)
     subsets = list(itertools.combinations(outcomes, k))
-    assert trainer.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets))
+    assert evaluation.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets))
 
 
 def test_lora_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from g2rpo_jax import trainer
+from g2rpo_jax import evaluation, trainer
 from g2rpo_jax.models import Qwen
 from g2rpo_jax.sampling import SamplingConfig
 from g2rpo_jax.toy import sft, task
@@ -35,7 +35,7 @@ def completions(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem],
         out = sampler(params, ids, lengths, np.zeros((len(part), 0), np.int32),
                       np.zeros(len(part), np.int32), jax.random.key(seed + start))  # fmt: skip
         completion_ids, mask = jax.device_get((out.completion_ids, out.completion_mask))
-        texts += trainer.decode(encoder.tokenizer, completion_ids, mask)
+        texts += evaluation.decode(encoder.tokenizer, completion_ids, mask)
     return texts
 
 
