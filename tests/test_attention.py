@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from g2rpo_jax import checkpoint
-from g2rpo_jax.models import attention, from_pretrained
+from g2rpo_jax.models import attention, from_pretrained, qwen
 from g2rpo_jax.models.hf import config_to_hf
 from tests.tiny_models import left_padded_batch
 
@@ -89,31 +89,44 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(attention, "BLOCK", 8)
 
 
+def _logits_and_grads(model_dir: str, implementation: str):
+    """Logits and the gradient of every parameter of the mean NLL over the real tokens of a
+    left-padded batch (21 tokens, pads 0, 7, 16), as training's losses are means."""
+    ids, mask, positions = left_padded_batch(length=21, pads=(0, 7, 16))
+    real = mask.astype(bool)
+    targets = np.roll(ids, -1, axis=1)
+    model, _ = from_pretrained(model_dir, attention=implementation)
+    graphdef, params = nnx.split(model)
+
+    def loss(params):
+        logits = nnx.merge(graphdef, params)(ids, positions, mask)
+        lp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+        return -jnp.sum(lp * real) / real.sum(), logits
+
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return jnp.where(real[..., None], logits, 0.0), grads
+
+
+def _assert_close(a, b):
+    (logits_a, grads_a), (logits_b, grads_b) = a, b
+    assert float(jnp.max(jnp.abs(logits_a - logits_b))) <= BOUND
+    diffs = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), grads_a, grads_b)
+    assert max(jax.tree.leaves(diffs)) <= BOUND, diffs
+
+
 @pytest.mark.parametrize("implementation", ["chunked", "splash"])
 @pytest.mark.parametrize("fixture", ["hf_qwen2_dir", "hf_qwen3_dir"])  # q/k/v bias; q/k norm
 def test_model_logits_and_gradients_equal_the_reference(implementation, fixture, small_blocks,
                                                         request):  # fmt: skip
-    ids, mask, positions = left_padded_batch(length=21, pads=(0, 7, 16))
-    real = mask.astype(bool)
-    targets = np.roll(ids, -1, axis=1)
+    model_dir = request.getfixturevalue(fixture)
+    _assert_close(_logits_and_grads(model_dir, implementation), _logits_and_grads(model_dir, "xla"))
 
-    def logits_and_grads(impl):
-        model, _ = from_pretrained(request.getfixturevalue(fixture), attention=impl)
-        graphdef, params = nnx.split(model)
 
-        def loss(params):  # the mean NLL over real tokens, as training's losses are means
-            logits = nnx.merge(graphdef, params)(ids, positions, mask)
-            lp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
-            return -jnp.sum(lp * real) / real.sum(), logits
-
-        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-        return logits, grads
-
-    logits_ref, grads_ref = logits_and_grads("xla")
-    logits, grads = logits_and_grads(implementation)
-    assert float(jnp.max(jnp.abs(logits - logits_ref)[real])) <= BOUND
-    diffs = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grads, grads_ref)
-    assert max(jax.tree.leaves(diffs)) <= BOUND, diffs
+@pytest.mark.parametrize("tile", [7, 5])  # 21 tokens: 3 whole tiles; 5 tiles, the last padded
+def test_mlp_tiles_along_the_sequence_change_nothing_but_memory(hf_qwen3_dir, monkeypatch, tile):
+    whole = _logits_and_grads(hf_qwen3_dir, "xla")
+    monkeypatch.setattr(qwen, "MLP_TILE", tile)
+    _assert_close(_logits_and_grads(hf_qwen3_dir, "xla"), whole)
 
 
 def test_attention_round_trips_through_configs_and_checkpoints(hf_qwen3_dir):

@@ -116,7 +116,8 @@ def _xla(q_BTKGH, k_BSKH, v_BSKH, kv_mask_BS, q_offset) -> jax.Array:
 # adjacent, so one block is one [R, H] @ [H, bk] matmul per kv head, K/V never repeated);
 # k, v as [B, K, nk, bk, H]. Query block i reads key blocks 0 … last(i) only: the blocks past
 # its causal edge are never computed, forward or backward. Memory is linear in T: the
-# residuals are q, k, v, the output and one log-sum-exp per row.
+# residuals are q, k, v (kept in the block layout, so the backward does not lay them out
+# again), the output and one log-sum-exp per row.
 
 
 def _pad_to(x, axis: int, multiple: int, value=0):
@@ -140,18 +141,22 @@ def chunked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, block_q: int
                             block_q, block_k)[0]  # fmt: skip
 
 
-def _blocked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, block_q, block_k):
-    """Inputs padded to whole blocks and laid out per block; pads get segments of their own
-    (3 for queries, 4 for keys) so they see only each other."""
+def _blocked(q_BTKGH, k_BSKH, v_BSKH, block_q, block_k):
+    """q, k, v padded to whole blocks and laid out per block."""
     B, T, K, G, H = q_BTKGH.shape
     S = k_BSKH.shape[1]
     nq, nk = -(-T // block_q), -(-S // block_k)
     q = _pad_to(q_BTKGH.transpose(0, 2, 1, 3, 4), 2, block_q)  # [B, K, T', G, H]
-    q_BKnRH = q.reshape(B, K, nq, block_q * G, H)
     kv = lambda x: _pad_to(x.transpose(0, 2, 1, 3), 2, block_k).reshape(B, K, nk, block_k, H)
-    q_seg_BnR = jnp.repeat(_pad_to(q_seg_BT, 1, block_q, 3).reshape(B, nq, block_q), G, axis=2)
-    kv_seg_Bnk = _pad_to(kv_seg_BS, 1, block_k, 4).reshape(B, nk, block_k)
-    return q_BKnRH, kv(k_BSKH), kv(v_BSKH), q_seg_BnR, kv_seg_Bnk
+    return q.reshape(B, K, nq, block_q * G, H), kv(k_BSKH), kv(v_BSKH)
+
+
+def _blocked_segments(q_seg_BT, kv_seg_BS, G: int, block_q, block_k):
+    """Segment ids per block row; pads get segments of their own (3 for queries, 4 for keys)
+    so they see only each other."""
+    B = q_seg_BT.shape[0]
+    q_seg_BnR = jnp.repeat(_pad_to(q_seg_BT, 1, block_q, 3).reshape(B, -1, block_q), G, axis=2)
+    return q_seg_BnR, _pad_to(kv_seg_BS, 1, block_k, 4).reshape(B, -1, block_k)
 
 
 def _block_scores(q_BKRH, k_BKkH, q_seg_BR, kv_seg_Bk, q_slot_R, k_slot_k):
@@ -173,8 +178,8 @@ def _last_key_block(i, q_offset, block_q, block_k, nk):
 def _chunked_forward(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, block_q, block_k):
     B, T, K, G, H = q_BTKGH.shape
     dt = q_BTKGH.dtype
-    q, k, v, q_seg, kv_seg = _blocked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS,
-                                      block_q, block_k)  # fmt: skip
+    q, k, v = _blocked(q_BTKGH, k_BSKH, v_BSKH, block_q, block_k)
+    q_seg, kv_seg = _blocked_segments(q_seg_BT, kv_seg_BS, G, block_q, block_k)
     nq, R, nk = q.shape[2], q.shape[3], k.shape[2]
     row_q = jnp.arange(R) // G  # each row's query within its block
 
@@ -202,18 +207,16 @@ def _chunked_forward(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, blo
     o_nBKRH, lse_nBKR = jax.lax.map(query_block, jnp.arange(nq))
     o_BKnRH = o_nBKRH.transpose(1, 2, 0, 3, 4)
     out = o_BKnRH.reshape(B, K, nq * block_q, G, H)[:, :, :T].transpose(0, 2, 1, 3, 4)
-    residuals = (q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, o_BKnRH,
-                 lse_nBKR.transpose(1, 2, 0, 3))  # fmt: skip
+    residuals = (q, k, v, q_seg_BT, kv_seg_BS, q_offset, o_BKnRH, lse_nBKR.transpose(1, 2, 0, 3))
     return out, residuals
 
 
 def _chunked_bwd(block_q, block_k, residuals, d_out_BTKGH):
-    q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, o, lse = residuals
-    B, T, K, G, H = q_BTKGH.shape
-    S = k_BSKH.shape[1]
-    dt = q_BTKGH.dtype
-    q, k, v, q_seg, kv_seg = _blocked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS,
-                                      block_q, block_k)  # fmt: skip
+    q, k, v, q_seg_BT, kv_seg_BS, q_offset, o, lse = residuals
+    B, T, K, G, H = d_out_BTKGH.shape
+    S = kv_seg_BS.shape[1]
+    dt = q.dtype
+    q_seg, kv_seg = _blocked_segments(q_seg_BT, kv_seg_BS, G, block_q, block_k)
     nq, R, nk = q.shape[2], q.shape[3], k.shape[2]
     do = _pad_to(d_out_BTKGH.transpose(0, 2, 1, 3, 4), 2, block_q).reshape(q.shape)
     # D_r = Σ_h dO·O: the softmax's Jacobian applied to dP, one number per row.
@@ -251,7 +254,7 @@ def _chunked_bwd(block_q, block_k, residuals, d_out_BTKGH):
     dq = dq.reshape(B, K, nq * block_q, G, H)[:, :, :T].transpose(0, 2, 1, 3, 4)
     unblock = lambda x: x.transpose(1, 2, 0, 3, 4).reshape(B, K, nk * block_k, H)[:, :, :S]
     dk, dv = unblock(dk).transpose(0, 2, 1, 3), unblock(dv).transpose(0, 2, 1, 3)
-    return (dq.astype(dt), dk.astype(k_BSKH.dtype), dv.astype(v_BSKH.dtype), None, None, None)
+    return (dq.astype(dt), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None)
 
 
 chunked.defvjp(

@@ -261,6 +261,11 @@ class Attention(nnx.Module):
         return y_BTD, kv_cache
 
 
+# The MLP's tile along T (MLP.__call__): its [B, T, F] activations are the largest a layer
+# holds once attention is blockwise (benchmarks/memory.py --hidden-states).
+MLP_TILE = 512
+
+
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         D, F, pd = config.hidden_size, config.intermediate_size, config.weight_dtype
@@ -273,6 +278,19 @@ class MLP(nnx.Module):
             _lora(self, name, rngs, (i,), (o,), axes[:1], axes[1:])
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        """Tiled over T past MLP_TILE tokens: each tile's [B, tile, F] activations are
+        recomputed in the backward pass, so a long sequence holds one tile's, not T's."""
+        B, T, D = x_BTD.shape
+        if T <= MLP_TILE:
+            return self._mlp(x_BTD)
+        n = -(-T // MLP_TILE)
+        tile = -(-T // n)
+        x_nBtD = jnp.pad(x_BTD, ((0, 0), (0, n * tile - T), (0, 0)))
+        x_nBtD = x_nBtD.reshape(B, n, tile, D).swapaxes(0, 1)
+        y_nBtD = jax.lax.map(jax.checkpoint(self._mlp), x_nBtD)
+        return y_nBtD.swapaxes(0, 1).reshape(B, n * tile, D)[:, :T]
+
+    def _mlp(self, x_BTD: jax.Array) -> jax.Array:
         dt = self.dtype
         gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_proj[...].astype(dt))
         gate_BTF = _lora_delta(self, "gate", x_BTD, gate_BTF)
