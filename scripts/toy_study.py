@@ -60,10 +60,13 @@ def main(argv: list[str]) -> None:
     records = study.run_study(_OUT.value, demo_config(), variants,
                               [int(s) for s in _SEEDS.value], budget)  # fmt: skip
     shown = [*variants, *(v for v in part if v not in variants)]
+    tables = study.table(records, shown)
+    if part is study.PART2:
+        tables += "".join("\n" + study.gaps(records, key) for key in ("greedy", "harder_greedy"))
     with open(os.path.join(_OUT.value, "table.md"), "w") as f:
-        f.write(study.table(records, shown))
+        f.write(tables)
     plots = study.write_plots(records, _OUT.value, shown)
-    print(study.table(records, shown))
+    print(tables)
     print(f"plots: {', '.join(plots)}; this invocation took {time.perf_counter() - t0:.0f} s")
 
 

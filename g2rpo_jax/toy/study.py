@@ -370,6 +370,40 @@ def table(records: list[dict], variants=VARIANTS) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Part 2's settings: the SFT control of each and the RL variants that compete with it.
+SETTINGS = {
+    "clean traces": ("sft", ("grpo", "fixed_full", "g2rpo_a")),
+    f"noisy ({NOISY_FRACTION:.0%} wrong)": ("sft_noisy", ("fixed_full_noisy", "g2rpo_a_noisy",
+                                            "g2rpo_a_noisy_T1", "g2rpo_a_noisy_T4",
+                                            "g2rpo_a_noisy_official")),
+    f"coverage ({COVERAGE:.0%})": ("sft_coverage", ("grpo_coverage", "g2rpo_a_coverage")),
+    "SFT, then RL": ("sft", ("sft_then_grpo", "sft_then_g2rpo_a")),
+}  # fmt: skip
+
+
+def gaps(records: list[dict], key: str = "greedy") -> str:
+    """Markdown: per setting, the best RL variant (by mean `key`) minus its SFT control, with
+    the standard error of that difference over seeds, √(s²_RL/n + s²_SFT/n), and the range of
+    the per-seed differences (seed k of one against seed k of the other)."""
+    lines = [f"| setting | SFT | best RL | RL − SFT ({key}) | ± s.e. | per-seed range |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for setting, (control, contenders) in SETTINGS.items():
+        by_seed = {n: {r["seed"]: r[key] for r in records if r["variant"] == n}
+                   for n in (control, *contenders)}  # fmt: skip
+        ran = [n for n in contenders if by_seed[n]]
+        if not by_seed[control] or not ran:
+            continue
+        best = max(ran, key=lambda n: np.mean(list(by_seed[n].values())))
+        rl, sft_values = (np.asarray(list(by_seed[n].values())) for n in (best, control))
+        se = np.sqrt(np.var(rl, ddof=1) / len(rl) + np.var(sft_values, ddof=1) / len(sft_values))
+        paired = [by_seed[best][k] - by_seed[control][k] for k in by_seed[best]
+                  if k in by_seed[control]]  # fmt: skip
+        lines.append(f"| {setting} | `{control}` {sft_values.mean():.3f} | `{best}` "
+                     f"{rl.mean():.3f} | {rl.mean() - sft_values.mean():+.3f} | {se:.3f} | "
+                     f"{min(paired):+.3f} … {max(paired):+.3f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def write_plots(records: list[dict], out_dir: str, variants=VARIANTS) -> list[str]:
     import matplotlib
 
