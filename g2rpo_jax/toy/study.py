@@ -193,11 +193,11 @@ def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str) -> t
             "skipped_steps": int(sum(r.get("skipped", 0) for r in metrics))}, model  # fmt: skip
 
 
-def traced_rows(path: str) -> list[tuple[task.Problem, str]]:
-    """The (problem, reference trace) pairs of a toy data file, rows without a trace left out."""
+def traced_rows(path: str) -> list[dict]:
+    """The rows of a toy data file that have a reference trace, in file order."""
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return [(task.parse_prompt(r["prompt"]), r["guidance"]) for r in rows if "guidance" in r]
+    return [r for r in rows if "guidance" in r]
 
 
 def run_sft(base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
@@ -206,13 +206,12 @@ def run_sft(base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
     a step (default B·G, shuffled by seed; `order: sorted` reads them in the curriculum's
     order, as RL does). Returns the record (without the final evaluation) and the model."""
     model, _ = from_pretrained(base.model.path)
-    rows = traced_rows(base.data.path)
+    rows = [(task.parse_prompt(r["prompt"]), r["guidance"], r["difficulty"])
+            for r in traced_rows(base.data.path)]  # fmt: skip
     per_step = variant.overrides.get("rows_per_step", base.data.batch_size * base.grpo.group_size)
     epochs = -(-budget.steps * per_step // len(rows))
     if variant.overrides.get("order") == "sorted":
-        with open(base.data.path) as f:
-            difficulty = [json.loads(line)["difficulty"] for line in f if line.strip()]
-        order = np.tile(np.argsort(difficulty, kind="stable"), epochs)
+        order = np.tile(np.argsort([d for *_, d in rows], kind="stable"), epochs)
     else:
         rng = np.random.default_rng(seed)
         order = np.concatenate([rng.permutation(len(rows)) for _ in range(epochs)])
@@ -235,8 +234,8 @@ def run_sft(base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
 
     def batch(k: int):
         chosen = [rows[i] for i in order[k * per_step : (k + 1) * per_step]]
-        return held_out.encoder.sft_arrays([p for p, _ in chosen], config.seq_len,
-                                           traces=[t for _, t in chosen])  # fmt: skip
+        return held_out.encoder.sft_arrays([p for p, *_ in chosen], config.seq_len,
+                                           traces=[t for _, t, _ in chosen])  # fmt: skip
 
     check(0, model)
     t0 = time.perf_counter()
