@@ -14,6 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from g2rpo_jax.data import HUB_PREFIX, DataConfig, FieldMap, source_fields
+from g2rpo_jax.data.tokenization import BYTES_TOKENIZER
 from g2rpo_jax.grpo import GRPOConfig
 from g2rpo_jax.guidance import GuidanceConfig
 from g2rpo_jax.models import PRESETS, ModelConfig, preset
@@ -23,7 +24,6 @@ from g2rpo_jax.optimization import OptimizerConfig
 from g2rpo_jax.rewards import REWARD_FUNCTIONS, RewardConfig, SandboxConfig
 from g2rpo_jax.sampling import SamplingConfig
 
-BYTES_TOKENIZER = "builtin:bytes"  # a byte-level Qwen-style tokenizer written to the workdir
 VARIANTS = ("smoke",)
 OPENR1_MATH = "hf:open-r1/OpenR1-Math-220k"
 MATH_500 = "hf:HuggingFaceH4/MATH-500"

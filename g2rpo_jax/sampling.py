@@ -27,7 +27,9 @@ decoding reports temperature-1 log-probs. Guidance tokens get theirs from the pr
 
 import dataclasses
 import functools
+import json
 import logging
+import os
 
 import flax.struct
 import jax
@@ -36,11 +38,13 @@ import numpy as np
 from flax import nnx
 
 from g2rpo_jax.models import xla_cpu
+from g2rpo_jax.models.config import ModelConfig
 from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache, token_log_probs
 
 log = logging.getLogger(__name__)
 
 FINISH_LENGTH, FINISH_EOS = 0, 1
+_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,3 +406,28 @@ class Sampler:
 def _first_rows(tree, rows: int):
     """Drops the padding rows on device (slicing outside jit would transfer the indices)."""
     return jax.tree.map(lambda x: x[:rows], tree)
+
+
+def stop_ids(tokenizer, model_config: ModelConfig, model_path: str = "") -> tuple:
+    """Token ids that end a completion: the tokenizer's and model's EOS, the generation
+    config's, and Qwen's end-of-turn / end-of-text tokens when the vocabulary has them."""
+    ids = {tokenizer.eos_token_id, model_config.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in _STOP_TOKENS if t in vocab}
+    generation = os.path.join(model_path, "generation_config.json") if model_path else ""
+    if generation and os.path.exists(generation):
+        with open(generation) as f:
+            eos = json.load(f).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos])
+    return tuple(sorted(i for i in ids if i is not None and i < model_config.vocab_size))
+
+
+# Samplers shared by every run in a process (tests, repeated evaluations): one compile each.
+_SAMPLERS: dict = {}
+
+
+def sampler_for(graphdef: nnx.GraphDef, config: SamplingConfig, sharding=None) -> Sampler:
+    """The Sampler of these settings, built once per process."""
+    if (graphdef, config, sharding) not in _SAMPLERS:
+        _SAMPLERS[graphdef, config, sharding] = Sampler(graphdef, config, sharding)
+    return _SAMPLERS[graphdef, config, sharding]

@@ -20,7 +20,7 @@ import transformers
 from absl import app, flags
 from flax import nnx
 
-from g2rpo_jax import checkpoint, cli, config, evaluation, trainer
+from g2rpo_jax import checkpoint, cli, config, evaluation, sampling
 from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
@@ -59,7 +59,7 @@ def _load(model_path: str):
         os.path.isdir(os.path.join(model_path, checkpoint.SUBDIR))
         or os.path.basename(os.path.dirname(os.path.abspath(model_path))) == checkpoint.SUBDIR
     ):
-        trainer.quiet_orbax_logs()
+        checkpoint.quiet_orbax_logs()
         model, meta = checkpoint.load_policy(model_path)
         saved = meta["config"]
         d = saved["data"]
@@ -92,8 +92,8 @@ def main(argv: list[str]) -> None:
                                max_prompt_length=_MAX_PROMPT_LENGTH.value or data.max_prompt_length)  # fmt: skip
     examples = evaluation.eval_examples(data, tokenizer, parse_gold if reward == "accuracy" else None,
                                      _MAX_ROWS.value)  # fmt: skip
-    eos = trainer.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
-    sampling = SamplingConfig(
+    eos = sampling.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
+    decoding = SamplingConfig(
         max_completion_length=_MAX_NEW_TOKENS.value or budget, eos_ids=eos,
         pad_id=pad_id(tokenizer), temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
         top_k=_TOP_K.value,
@@ -101,15 +101,15 @@ def main(argv: list[str]) -> None:
     pass_k = tuple(int(k) for k in _PASS_K.value)
     if any(not 1 <= k <= _NUM_SAMPLES.value for k in pass_k):
         raise app.UsageError(f"--pass_k={pass_k}: each k must be in [1, --num_samples]")
-    settings = config.EvalConfig(_DATA.value, _NUM_SAMPLES.value, pass_k, sampling,
+    settings = config.EvalConfig(_DATA.value, _NUM_SAMPLES.value, pass_k, decoding,
                                  _BATCH_SIZE.value, _MAX_ROWS.value)  # fmt: skip
     graphdef, params = nnx.split(model)
-    sampler = trainer.sampler_for(graphdef, sampling)
+    sampler = sampling.sampler_for(graphdef, decoding)
     with RewardPool(RewardConfig(weights={reward: 1.0}, workers=_WORKERS.value)) as pool:
         report = evaluation.evaluate(params, sampler, tokenizer, examples, pool, settings, reward,
                                   seed=_SEED.value)  # fmt: skip
     header = {"model": _MODEL.value, "data": _DATA.value, "reward": reward,
-              "decoding": dataclasses.asdict(sampling)}  # fmt: skip
+              "decoding": dataclasses.asdict(decoding)}  # fmt: skip
     report = header | report
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w") as f:

@@ -129,9 +129,9 @@ def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3
         optimization,
         sharding,
         train_step,
-        trainer,
     )
     from g2rpo_jax import config as config_lib
+    from g2rpo_jax.data import tokenization
     from g2rpo_jax.models import from_pretrained
     from tests import tiny_models
 
@@ -144,9 +144,9 @@ def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3
                                   optimization.OptimizerConfig(total_steps=2),
                                   guidance.GuidanceConfig(0.5, initial_length=8, max_length=8))  # fmt: skip
     workdir = tmp_path / "run"
-    trainer.bytes_tokenizer().save_pretrained(workdir / trainer.TOKENIZER_DIR)
+    tokenization.bytes_tokenizer().save_pretrained(workdir / tokenization.TOKENIZER_DIR)
     meta = {"config": json.loads(config_lib.default_config().to_json_best_effort()),
-            "tokenizer": trainer.TOKENIZER_DIR, "step": 1,
+            "tokenizer": tokenization.TOKENIZER_DIR, "step": 1,
             "model_config": checkpoint.model_config_to_json(model.config),
             checkpoint.BASE_MODEL: lora.base_location(hf_qwen3_dir, seed=0)}  # fmt: skip
     saver = checkpoint.Checkpointer(str(workdir), async_save=False)
