@@ -140,6 +140,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rewards.sandbox.namespaces = True
     c.rewards.sandbox.user = "nobody"  # run as this user when root; "" = the trainer's user
     c.rewards.sandbox.python = ""  # interpreter for programs; "" = the trainer's
+    c.rewards.code = ml_collections.ConfigDict()
+    # True: test code that is not call-based runs in the program's process (gameable).
+    c.rewards.code.trust_test_code = False
 
     c.train = ml_collections.ConfigDict()  # the loop
     c.train.num_steps = 0  # 0 = every batch of data.num_epochs
@@ -458,7 +461,7 @@ def build(
     box["python"] = r.sandbox.python or SandboxConfig.python
     sandbox = _make("rewards.sandbox", SandboxConfig, **box)
     rewards = _make("rewards", RewardConfig, weights=r.weights.to_dict(), workers=r.workers,
-                    sandbox=sandbox)  # fmt: skip
+                    sandbox=sandbox, trust_test_code=r.code.trust_test_code)  # fmt: skip
     if r.accuracy_reward not in r.weights:
         _fail("rewards.accuracy_reward", f"{r.accuracy_reward!r} is not in rewards.weights")
 

@@ -1,14 +1,18 @@
 """Reads a source and validates every row up front, so a bad file fails before training starts."""
 
 import dataclasses
+from collections.abc import Callable
 
 from absl import logging
 
 from g2rpo_jax.data.config import DataConfig, FieldMap, SourceFormat
-from g2rpo_jax.data.schema import AnswerCheck, DataError, Row, to_row
+from g2rpo_jax.data.schema import AnswerCheck, DataError, Row, Tests, to_row
 from g2rpo_jax.data.sources import read_records, resolve_format
 
 _LOGGED_BAD_ROWS = 10  # each skipped row is logged up to this many, then only the count
+# Raises ValueError/TypeError for malformed tests; returns a warning for tests that will score
+# 0 however good the program (rewards.code.check_tests).
+TestsCheck = Callable[[Tests], str | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,17 +25,23 @@ class Loaded:
         return len(self.rows) + self.bad_rows
 
 
-def load_rows(config: DataConfig, answer_check: AnswerCheck | None = None) -> Loaded:
+def load_rows(
+    config: DataConfig,
+    answer_check: AnswerCheck | None = None,
+    tests_check: TestsCheck | None = None,
+) -> Loaded:
     """All valid rows of `config.path`, in file order.
 
     Raises DataError at the first bad row, or with `skip_bad_rows` skips, logs and counts it.
+    `tests_check` runs on each row with tests: an error makes it a bad row, a warning is
+    logged with the row's location.
     """
     fmt = resolve_format(config.path, config.format)
     if fmt == SourceFormat.TFDS and config.fields != FieldMap():
         raise ValueError(
             "TFDS data already holds our schema; the field mapping applies when writing"
         )
-    rows, bad_rows = [], 0
+    rows, bad_rows, warned = [], 0, 0
     for record in read_records(config.path, fmt, config.split):
         try:
             if isinstance(record.value, DataError):
@@ -43,6 +53,7 @@ def load_rows(config: DataConfig, answer_check: AnswerCheck | None = None) -> Lo
                 fields=config.fields,
                 answer_check=answer_check,
             )
+            warning = check_row_tests(row, record.where, config.fields.tests, tests_check)
         except DataError as e:
             if not config.skip_bad_rows:
                 raise
@@ -50,9 +61,29 @@ def load_rows(config: DataConfig, answer_check: AnswerCheck | None = None) -> Lo
             if bad_rows <= _LOGGED_BAD_ROWS:
                 logging.warning("skipping bad row: %s", e)
             continue
+        if warning is not None:
+            warned += 1
+            if warned <= _LOGGED_BAD_ROWS:
+                logging.warning("%s: field 'tests': %s", record.where, warning)
         rows.append(row)
+    if warned:
+        logging.warning("%s: %d rows hold tests that score 0 (the first %d are named above)",
+                        config.path, warned, min(warned, _LOGGED_BAD_ROWS))  # fmt: skip
     if bad_rows:
         logging.warning(
             "%s: skipped %d bad rows of %d", config.path, bad_rows, len(rows) + bad_rows
         )
     return Loaded(rows, bad_rows)
+
+
+def check_row_tests(
+    row: Row, where: str, column: str | None, check: TestsCheck | None
+) -> str | None:
+    """`check` on the row's tests (if both exist), its error as a DataError naming the row."""
+    if check is None or row.tests is None:
+        return None
+    try:
+        return check(row.tests)
+    except (ValueError, TypeError) as e:
+        source = f" (column {column!r})" if column and column != "tests" else ""
+        raise DataError(f"{where}: field 'tests'{source}: {e}") from e
