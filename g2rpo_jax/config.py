@@ -27,6 +27,7 @@ BYTES_TOKENIZER = "builtin:bytes"  # a byte-level Qwen-style tokenizer written t
 VARIANTS = ("smoke",)
 OPENR1_MATH = "hf:open-r1/OpenR1-Math-220k"
 MATH_500 = "hf:HuggingFaceH4/MATH-500"
+CODE_COT = "hf:Blancy/verifiable-coding-problems-CoT"  # the paper recipe's code data
 # Sub-dicts whose keys are free (checked against another schema instead of the defaults).
 _FREE_KEYS = ("model.overrides", "rewards.weights")
 

@@ -53,6 +53,18 @@ class FieldMap:
         )
 
     @classmethod
+    def verifiable_coding_cot(cls) -> "FieldMap":
+        """Blancy/verifiable-coding-problems-CoT, the paper recipe's code set: the problem in
+        `problem_statement`, a reference trace in `generations`, the tests in
+        `verification_info` (schema.py unpacks its test_cases); no answer column."""
+        return cls(
+            prompt="problem_statement",
+            guidance="generations",
+            difficulty=None,
+            tests="verification_info",
+        )
+
+    @classmethod
     def math500(cls) -> "FieldMap":
         """MATH-500: `problem`, `answer`, and a worked `solution` (the reference trace)."""
         return cls(prompt="problem", guidance="solution", difficulty=None, tests=None)
@@ -65,6 +77,7 @@ HUB_PREFIX = "hf:"
 _KNOWN_HUB_FIELDS = {
     "OpenR1-Math-220k": FieldMap.openr1_math(),
     "MATH-500": FieldMap.math500(),
+    "verifiable-coding-problems-CoT": FieldMap.verifiable_coding_cot(),
 }
 
 
