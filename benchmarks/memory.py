@@ -117,7 +117,6 @@ def abstract_batch(rows: int, prompt: int, completion: int, mesh) -> dict:
         "is_guidance": ((rows, completion), jnp.bool_),
         "rewards": ((rows,), jnp.float32),
         "accuracy": ((rows,), jnp.float32),
-        "is_guided": ((rows,), jnp.bool_),
         "truncated": ((rows,), jnp.bool_),
         "is_filler": ((rows,), jnp.bool_),
     }
@@ -247,7 +246,6 @@ def validate(name: str, config: ModelConfig, rows: int, group: int, prompt: int,
         "is_guidance": np.zeros((rows, completion), bool),
         "rewards": rng.random(rows).astype(np.float32),
         "accuracy": np.zeros(rows, np.float32),
-        "is_guided": np.zeros(rows, bool),
         "truncated": np.zeros(rows, bool),
         "is_filler": np.zeros(rows, bool),
     }

@@ -105,7 +105,6 @@ def make_batch(rows: int, group: int, prompt: int, completion: int, vocab: int,
         "is_guidance": np.zeros((rows, completion), bool),
         "rewards": rewards,
         "accuracy": (rewards > 0.5).astype(np.float32),
-        "is_guided": np.zeros(rows, bool),
         "truncated": np.zeros(rows, bool),
         "is_filler": np.zeros(rows, bool),
     }

@@ -40,9 +40,10 @@ from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make
 # Per-row arrays a train step reads: the sampler's outputs and the host's rewards.
 # truncated: [R] bool, the sampler stopped the row at its length budget (no EOS);
 # is_filler: [R] bool, a row of a tied group kept only to fill a filtered batch (no loss).
+# A row is guided when it received trace tokens (any `is_guidance`): not every planned slot
+# does (a row without a trace, ℓ = 0), so the plan alone would misattribute them.
 BATCH_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
-                "is_guidance", "rewards", "accuracy", "is_guided", "truncated",
-                "is_filler")  # fmt: skip
+                "is_guidance", "rewards", "accuracy", "truncated", "is_filler")  # fmt: skip
 
 
 @flax.struct.dataclass
@@ -290,11 +291,11 @@ def make_train_step(
             else:
                 (loss, metrics), grads = loss_and_grad(_log_probs, params, frozen)
             grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-            return grad_sum, (loss, jax.tree.map(lambda m: weight * m, metrics))
+            return grad_sum, (loss, metrics)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         grads, (losses, metrics) = jax.lax.scan(micro_step, zeros, inputs)
-        return grads, losses.sum(), jax.tree.map(jnp.sum, metrics)
+        return grads, losses.sum(), _combine_micro_batches(metrics, weights)
 
     def train_step(state: TrainState, batch: dict):
         advantages = group_advantages(batch["rewards"], group_size, grpo.advantage_std)
@@ -317,15 +318,16 @@ def make_train_step(
         (params, opt_state), metrics = jax.lax.scan(
             update, (state.params, state.opt_state), length=grpo.num_updates
         )
-        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics = {name: _reduce_metric(name, values) for name, values in metrics.items()}
         rows_in_loss = loss_rows(batch, grpo)
         skipped = skip_update(advantages, grpo, rows_in_loss)
         keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
 
-        signal = guidance.step_signal(batch["accuracy"], batch["rewards"], batch["is_guided"],
+        is_guided = jnp.any(batch["is_guidance"], axis=-1)
+        signal = guidance.step_signal(batch["accuracy"], batch["rewards"], is_guided,
                                       guidance_config)  # fmt: skip
         completion_length = batch["completion_mask"].sum(1).astype(jnp.float32)
-        guided = batch["is_guided"].astype(jnp.float32)
+        guided = is_guided.astype(jnp.float32)
         accuracy = batch["accuracy"].astype(jnp.float32)
         metrics |= {
             "lr": schedule(state.step),
@@ -342,7 +344,7 @@ def make_train_step(
             "effective_rows": jnp.sum((advantages != 0) * rows_in_loss),
             "truncated_fraction": jnp.mean(batch["truncated"].astype(jnp.float32)),
         }  # fmt: skip
-        ties = group_ties(batch["rewards"], accuracy, batch["is_guided"], group_size,
+        ties = group_ties(batch["rewards"], accuracy, is_guided, group_size,
                           jnp.logical_not(batch["is_filler"]))  # fmt: skip
         metrics |= {f"groups/{name}": value for name, value in ties.items()}
         new_state = state.replace(
@@ -360,6 +362,34 @@ def make_train_step(
         out_shardings=(state_sharding, None),
         donate_argnames=("state",),
     )
+
+
+def _combine_micro_batches(metrics: dict, loss_weights: jax.Array) -> dict:
+    """The full batch's value of each loss metric from its values per micro-batch [micro]:
+    `loss_tokens` summed, `pg_loss` weighted as the loss is (`loss_weights`), `*_max` /
+    `*_min` their max / min, and token means by each micro-batch's share of loss tokens."""
+    tokens = metrics["loss_tokens"]
+    token_share = tokens / jnp.maximum(tokens.sum(), 1.0)
+
+    def combine(name: str, values: jax.Array) -> jax.Array:
+        match name:
+            case "loss_tokens":
+                return values.sum()
+            case "pg_loss":
+                return jnp.sum(loss_weights * values)
+        return _reduce_metric(name, values, mean=lambda v: jnp.sum(token_share * v))
+
+    return {name: combine(name, values) for name, values in metrics.items()}
+
+
+def _reduce_metric(name: str, values: jax.Array, mean=jnp.mean) -> jax.Array:
+    """One value from a metric's values [n]: max / min for `*_max` / `*_min`, else `mean`
+    (plain over the μ updates, which see the same rows and tokens)."""
+    if name.endswith("_max"):
+        return values.max()
+    if name.endswith("_min"):
+        return values.min()
+    return mean(values)
 
 
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:

@@ -17,14 +17,16 @@ GUIDANCE = guidance.GuidanceConfig(ratio=0.5, initial_length=8, max_length=8, mi
 
 
 def make_batch(seed=0):
-    """A batch shaped like sampler output + rewards, with a tied group and guided rows."""
+    """A batch shaped like sampler output + rewards, with a tied group and guided rows; the
+    second prompt has no trace, so its planned guided slots received none."""
     rng = np.random.RandomState(seed)
     prompt_len = rng.randint(2, P + 1, ROWS)
     prompt_mask = np.arange(P)[None] >= (P - prompt_len)[:, None]
     completion_len = rng.randint(3, C + 1, ROWS)
     completion_mask = np.arange(C)[None] < completion_len[:, None]
-    is_guided = np.tile(np.arange(G) < 2, ROWS // G)
-    is_guidance = is_guided[:, None] & (np.arange(C)[None] < 2)
+    planned = np.tile(np.arange(G) < 2, ROWS // G)
+    planned[G : 2 * G] = False
+    is_guidance = planned[:, None] & (np.arange(C)[None] < 2)
     rewards = rng.rand(ROWS).astype(np.float32)
     rewards[:G] = 0.5  # a tied group: A = 0 there
     return {
@@ -37,7 +39,6 @@ def make_batch(seed=0):
         "is_guidance": is_guidance & completion_mask,
         "rewards": rewards,
         "accuracy": (rewards > 0.5).astype(np.float32),
-        "is_guided": is_guided,
         "truncated": completion_len == C,  # cut at the budget, as the sampler reports it
         "is_filler": np.zeros(ROWS, bool),
     }
@@ -92,6 +93,20 @@ def test_sharded_step_equals_single_device(hf_qwen3_dir, single_device, shape):
     assert adam_mu.sharding.spec == q.sharding.spec
 
 
+def test_guided_rows_are_those_that_received_guidance_tokens(single_device):
+    """accuracy_guided / _unguided and the group counts follow the trace tokens a row got,
+    not the slots planned for guidance (issue 33: a trace-less prompt's slots)."""
+    _, metrics = single_device
+    batch = make_batch()
+    guided = batch["is_guidance"].any(1)
+    accuracy = batch["accuracy"]
+    assert metrics["accuracy_guided"] == np.float32(accuracy[guided].mean())
+    assert metrics["accuracy_unguided"] == np.float32(accuracy[~guided].mean())
+    ties = grpo.group_ties(batch["rewards"], accuracy, guided, G, ~batch["is_filler"])
+    for name, value in ties.items():
+        np.testing.assert_allclose(metrics[f"groups/{name}"], value, rtol=1e-6, err_msg=name)
+
+
 def test_groups_sharing_a_prompt_run_it_once_with_the_same_log_probs_and_gradients(
     hf_qwen3_dir,
 ):
@@ -133,6 +148,12 @@ def test_micro_batches_equal_the_full_batch(hf_qwen3_dir, aggregation):
     )
     for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(full.params), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    # The loss's metrics are the full batch's too: counts summed, token means over all tokens.
+    assert accumulated_metrics["loss_tokens"] == full_metrics["loss_tokens"]
+    for name in ("pg_loss", "kl", "ratio_mean", "clip_fraction"):
+        np.testing.assert_allclose(
+            accumulated_metrics[name], full_metrics[name], rtol=1e-5, atol=1e-7, err_msg=name
+        )
 
 
 def test_beta_zero_holds_no_reference_and_runs_no_reference_forward(hf_qwen3_dir):
@@ -215,7 +236,7 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
         ) / out.completion_mask.sum(1)
         batch = {f: getattr(out, f) for f in train_step.BATCH_FIELDS[:5]}
         batch |= {"rewards": reward.astype(np.float32), "accuracy": reward.astype(np.float32),
-                  "is_guided": np.zeros(prompts * 8, bool), "truncated": np.zeros(prompts * 8, bool),
+                  "truncated": np.zeros(prompts * 8, bool),
                   "is_filler": np.zeros(prompts * 8, bool)}  # fmt: skip
         state, _ = step(state, batch)
         rewards.append(reward.mean())
