@@ -4,7 +4,8 @@ r"""Qwen3-0.6B-Base on code with G²RPO-A: rows carry `tests`; reward = fraction
 number for this size). Trains on the official recipe's data, Blancy/verifiable-coding-problems-CoT
 from the hub: `problem_statement` is the prompt, `generations` the reference trace, and the
 test cases inside `verification_info` the tests (README "Code rewards"); rows whose tests are
-not in Python are skipped and counted. `--config.data.path=/data/code_train.jsonl` (or
+not in Python are skipped and counted. The system prompt asks for the rewarded format with
+the program in a ```python block. `--config.data.path=/data/code_train.jsonl` (or
 `hf:/data/verifiable-coding-problems-CoT`, a downloaded copy) points at local data instead.
 
     python scripts/train.py --config=configs/qwen3_0p6b_code.py --workdir=/ckpt/run
@@ -23,6 +24,7 @@ def get_config(arg: str | None = None):
     c.model.preset = "qwen3-0.6b"
     c.data.path = config_lib.CODE_COT
     c.data.skip_bad_rows = True  # e.g. a row whose tests are in C++
+    c.data.system_prompt = config_lib.CODE_SYSTEM_PROMPT
     c.guidance.ratio = 5 / 6
     c.rewards.weights = ml_collections.ConfigDict({"code": 1.0, "format": 0.1})
     c.rewards.accuracy_reward = "code"

@@ -35,6 +35,12 @@ MATH_SYSTEM_PROMPT = (
     "your solution. Respond in this format:\n<think>\n...\n</think>\n<answer>\n...\n"
     "</answer>\nand put the final answer within \\boxed{} inside the answer."
 )
+# The same for code: the code reward runs the last ```python block of the completion.
+CODE_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Reason about the problem step by step first, then give "
+    "your solution. Respond in this format:\n<think>\n...\n</think>\n<answer>\n...\n"
+    "</answer>\nand put your complete Python program in a ```python block inside the answer."
+)
 # Sub-dicts whose keys are free (checked against another schema instead of the defaults).
 _FREE_KEYS = ("model.overrides", "rewards.weights")
 

@@ -16,7 +16,7 @@ from g2rpo_jax import config as config_lib
 from g2rpo_jax.data import DataConfig, DataError, FieldMap, source_fields
 from g2rpo_jax.data.load import load_rows
 from g2rpo_jax.data.schema import to_row
-from g2rpo_jax.rewards import SandboxConfig, code
+from g2rpo_jax.rewards import SandboxConfig, code, format_reward
 from tests import runnable_sandbox
 from tests.test_cli_errors import run_script
 
@@ -77,6 +77,17 @@ def test_verification_info_becomes_the_tests(as_json: bool) -> None:
               "verification_info": json.dumps(info) if as_json else info}  # fmt: skip
     row = to_row(record, index=0, where="f:0", fields=_FIELDS)
     assert (row.prompt, row.guidance, row.answer, row.tests) == ("p", "trace", "", cases)
+
+
+def test_a_trace_takes_the_rewarded_format() -> None:
+    program = "```python\nprint(1)\n```"
+    record = {"problem_statement": "Print 1.", "generations": f"<think>easy</think>\n{program}",
+              "verification_info": _info([_stdin("1")])}  # fmt: skip
+    row = to_row(record, index=0, where="f:0", fields=_FIELDS)
+    assert row.guidance == f"<think>easy</think>\n<answer>\n{program}\n</answer>"
+    assert format_reward([""], [row.guidance]) == [1.0]
+    sandbox = runnable_sandbox.runnable(SandboxConfig(timeout_s=3.0))
+    assert code.code_reward([""], [row.guidance], [row.tests], sandbox=sandbox) == [1.0]
 
 
 def test_tests_in_another_language_make_a_bad_row() -> None:

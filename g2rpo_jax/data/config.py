@@ -73,12 +73,14 @@ class FieldMap:
     def verifiable_coding_cot(cls) -> "FieldMap":
         """Blancy/verifiable-coding-problems-CoT, the paper recipe's code set: the problem in
         `problem_statement`, a reference trace in `generations`, the tests in
-        `verification_info` (schema.py unpacks its test_cases); no answer column."""
+        `verification_info` (schema.py unpacks its test_cases); no answer column. What
+        follows a trace's `</think>` becomes its answer block, as for OpenR1."""
         return cls(
             prompt="problem_statement",
             guidance="generations",
             difficulty=None,
             tests="verification_info",
+            guidance_answer_tags=True,
         )
 
     @classmethod
