@@ -123,6 +123,7 @@ def test_report_lines_are_positional() -> None:
     report = verdict.read_report(b'{"value": 1}\ngarbage\n{"value": 3}\n{"value": 4}\n', 3)
     assert [verdict.call_value(r) for r in report] == [1, verdict.UNAVAILABLE, 3]
     assert verdict.read_report(b"", 2) == [{}, {}]
+    assert verdict.read_report(b"\n" * (4 << 20), 2) == [{}, {}]
 
 
 def test_hub_case_formats() -> None:

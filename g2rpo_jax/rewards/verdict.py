@@ -64,7 +64,7 @@ def _is_pair(value: Any) -> bool:
 def read_report(stdout: bytes, steps: int) -> list[dict]:
     """The first `steps` lines of the child's report, each parsed into its JSON object, or
     {} where the line is missing or not one."""
-    lines = stdout.split(b"\n")[:steps]
+    lines = stdout.split(b"\n", steps)[:steps]  # maxsplit: 4 MiB of newlines stays cheap
     parsed = []
     for line in lines:
         try:
