@@ -27,12 +27,19 @@ from g2rpo_jax.sampling import SamplingConfig
 VARIANTS = ("smoke",)
 OPENR1_MATH = "hf:open-r1/OpenR1-Math-220k"
 MATH_500 = "hf:HuggingFaceH4/MATH-500"
+CODE_COT = "hf:Blancy/verifiable-coding-problems-CoT"  # the paper recipe's code data
 # The paper recipe's instruction (SPEC §7): the format that the format reward checks and that
 # OpenR1's traces take once their solution is wrapped as the answer (FieldMap.openr1_math).
 MATH_SYSTEM_PROMPT = (
     "You are a helpful assistant. Reason about the problem step by step first, then give "
     "your solution. Respond in this format:\n<think>\n...\n</think>\n<answer>\n...\n"
     "</answer>\nand put the final answer within \\boxed{} inside the answer."
+)
+# The same for code: the code reward runs the last ```python block of the completion.
+CODE_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Reason about the problem step by step first, then give "
+    "your solution. Respond in this format:\n<think>\n...\n</think>\n<answer>\n...\n"
+    "</answer>\nand put your complete Python program in a ```python block inside the answer."
 )
 # Sub-dicts whose keys are free (checked against another schema instead of the defaults).
 _FREE_KEYS = ("model.overrides", "rewards.weights")
@@ -147,6 +154,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rewards.sandbox.namespaces = True
     c.rewards.sandbox.user = "nobody"  # run as this user when root; "" = the trainer's user
     c.rewards.sandbox.python = ""  # interpreter for programs; "" = the trainer's
+    c.rewards.code = ml_collections.ConfigDict()
+    # True: test code that is not call-based runs in the program's process (gameable).
+    c.rewards.code.trust_test_code = False
 
     c.train = ml_collections.ConfigDict()  # the loop
     c.train.num_steps = 0  # 0 = every batch of data.num_epochs
@@ -470,7 +480,7 @@ def build(
     box["python"] = r.sandbox.python or SandboxConfig.python
     sandbox = _make("rewards.sandbox", SandboxConfig, **box)
     rewards = _make("rewards", RewardConfig, weights=r.weights.to_dict(), workers=r.workers,
-                    sandbox=sandbox)  # fmt: skip
+                    sandbox=sandbox, trust_test_code=r.code.trust_test_code)  # fmt: skip
     if r.accuracy_reward not in r.weights:
         _fail("rewards.accuracy_reward", f"{r.accuracy_reward!r} is not in rewards.weights")
 

@@ -2,6 +2,7 @@
 the trainer runs every eval_every steps and scripts/evaluate.py runs on a checkpoint."""
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -11,10 +12,12 @@ from absl import logging
 
 from g2rpo_jax import config as config_lib
 from g2rpo_jax.data import DataConfig, DataError, Order
+from g2rpo_jax.data.load import TestsCheck, check_row_tests
 from g2rpo_jax.data.schema import to_row
 from g2rpo_jax.data.sources import read_records, resolve_format
 from g2rpo_jax.data.tokenization import Tokenizer, encode_prompts
 from g2rpo_jax.rewards import RewardPool, parse_gold
+from g2rpo_jax.rewards.code import check_tests
 from g2rpo_jax.sampling import Sampler
 
 
@@ -43,10 +46,23 @@ def load_eval_examples(exp: config_lib.Experiment, tokenizer: Tokenizer):
                                  fields=exp.eval.fields, order=Order.NONE, format="auto",
                                  num_epochs=1, skip_bad_rows=False)  # fmt: skip
     check = parse_gold if exp.accuracy_reward == "accuracy" else None
-    return eval_examples(config, tokenizer, check, exp.eval.max_rows)
+    return eval_examples(config, tokenizer, check, exp.eval.max_rows, tests_check(exp))
 
 
-def eval_examples(config: DataConfig, tokenizer: Tokenizer, answer_check=None, max_rows=0):
+def tests_check(exp: config_lib.Experiment) -> TestsCheck | None:
+    """The load-time check of code rows' tests when the code reward is configured."""
+    if "code" not in dict(exp.rewards.weights):
+        return None
+    return functools.partial(check_tests, trust_test_code=exp.rewards.trust_test_code)
+
+
+def eval_examples(
+    config: DataConfig,
+    tokenizer: Tokenizer,
+    answer_check=None,
+    max_rows=0,
+    tests_check: TestsCheck | None = None,
+):
     """The problems of `config.path`, validated and tokenized, in file order. Evaluation
     rows need no reference trace: a placeholder fills a missing `guidance`."""
     fields = dataclasses.replace(config.fields, guidance_correctness=None)
@@ -58,8 +74,12 @@ def eval_examples(config: DataConfig, tokenizer: Tokenizer, answer_check=None, m
             raise value
         if isinstance(value, dict) and not isinstance(value.get(fields.guidance), str):
             value = value | {fields.guidance: "(none)"}
-        rows.append(to_row(value, index=record.index, where=record.where, fields=fields,
-                           answer_check=answer_check))  # fmt: skip
+        row = to_row(value, index=record.index, where=record.where, fields=fields,
+                     answer_check=answer_check)  # fmt: skip
+        warning = check_row_tests(row, record.where, fields.tests, tests_check)
+        if warning is not None:
+            logging.warning("%s: field 'tests': %s", record.where, warning)
+        rows.append(row)
     examples, too_long = encode_prompts(rows, tokenizer, config)
     if too_long:
         logging.warning("%s: %d eval rows with prompts over max_prompt_length=%d skipped",

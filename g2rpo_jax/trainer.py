@@ -184,7 +184,8 @@ def train(
     mesh = sharding.make_mesh(exp.mesh_shape)
     names = dict(exp.rewards.weights)
     data = make_dataset(exp.data, tokenizer,
-                        answer_check=parse_gold if "accuracy" in names else None)  # fmt: skip
+                        answer_check=parse_gold if "accuracy" in names else None,
+                        tests_check=evaluation.tests_check(exp))  # fmt: skip
     total_steps = exp.train.num_steps or data.stats.num_batches
     if total_steps > data.stats.num_batches:
         raise config_lib.ConfigError(

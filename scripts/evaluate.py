@@ -10,9 +10,12 @@ per-row completions and scores.
 a checkpoint brings its own tokenizer, prompt settings (chat template, system prompt) and
 reward (accuracy or code). Rows need `prompt` and `answer` (or `tests`); `guidance` is not
 used. A completion is correct when its reward is 1 (math-verify equal; all tests passed).
+Test code that is not call-based (HumanEval's `def check(candidate): ...`) scores 0 unless
+`--trust_test_code`, which runs it in the program's process (README "Code rewards").
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -25,6 +28,7 @@ from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.rewards import RewardConfig, RewardPool, parse_gold
+from g2rpo_jax.rewards.code import check_tests
 from g2rpo_jax.sampling import SamplingConfig
 
 _MODEL = flags.DEFINE_string("model", None, "Hugging Face folder / hub id, or a workdir.")
@@ -47,6 +51,8 @@ _MAX_ROWS = flags.DEFINE_integer("max_rows", 0, "Evaluate the first rows only (0
 _REWARD = flags.DEFINE_enum("reward", None, ["accuracy", "code"],
                             "Scoring (default: the checkpoint's, else accuracy).")  # fmt: skip
 _WORKERS = flags.DEFINE_integer("workers", 4, "Reward processes (0: in this process).")
+_TRUST = flags.DEFINE_bool("trust_test_code", False, "Code: run test code that is not "
+                           "call-based in the program's own process (gameable).")  # fmt: skip
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flags_as_required(["model", "data"])
@@ -90,8 +96,9 @@ def main(argv: list[str]) -> None:
     data = dataclasses.replace(data, path=_DATA.value, split=_SPLIT.value,
                                fields=source_fields(_DATA.value, data.fields),
                                max_prompt_length=_MAX_PROMPT_LENGTH.value or data.max_prompt_length)  # fmt: skip
+    tests_check = functools.partial(check_tests, trust_test_code=_TRUST.value)
     examples = evaluation.eval_examples(data, tokenizer, parse_gold if reward == "accuracy" else None,
-                                     _MAX_ROWS.value)  # fmt: skip
+                                     _MAX_ROWS.value, tests_check if reward == "code" else None)  # fmt: skip
     eos = sampling.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
     decoding = SamplingConfig(
         max_completion_length=_MAX_NEW_TOKENS.value or budget, eos_ids=eos,
@@ -105,7 +112,9 @@ def main(argv: list[str]) -> None:
                                  _BATCH_SIZE.value, _MAX_ROWS.value)  # fmt: skip
     graphdef, params = nnx.split(model)
     sampler = sampling.sampler_for(graphdef, decoding)
-    with RewardPool(RewardConfig(weights={reward: 1.0}, workers=_WORKERS.value)) as pool:
+    rewards = RewardConfig(weights={reward: 1.0}, workers=_WORKERS.value,
+                           trust_test_code=_TRUST.value)  # fmt: skip
+    with RewardPool(rewards) as pool:
         report = evaluation.evaluate(params, sampler, tokenizer, examples, pool, settings, reward,
                                   seed=_SEED.value)  # fmt: skip
     header = {"model": _MODEL.value, "data": _DATA.value, "reward": reward,
