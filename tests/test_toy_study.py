@@ -8,7 +8,7 @@ import pytest
 
 from g2rpo_jax import config as config_lib
 from g2rpo_jax import plots, report
-from g2rpo_jax.toy import study
+from g2rpo_jax.toy import study, study_report
 from tests.test_demo import demo_config
 
 
@@ -35,7 +35,7 @@ def test_table_reports_mean_and_sample_std_over_seeds():
     records = [{"variant": "base", "seed": 0, "greedy": 0.1, "sampled": 0.05, "wall_s": 0}]
     records += [{"variant": "grpo", "seed": s, "greedy": g, "sampled": 0.0, "wall_s": 10.0}
                 for s, g in enumerate((0.2, 0.4, 0.6))]  # fmt: skip
-    text = study.table(records)
+    text = study_report.table(records)
     assert "| base model (before RL) (`base`) | 0.100 | 0.050 | 0.100 | – | 1 |" in text
     assert "0.400 ± 0.200" in text and "0.200, 0.400, 0.600" in text
 
