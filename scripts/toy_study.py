@@ -62,7 +62,9 @@ def main(argv: list[str]) -> None:
     shown = [*variants, *(v for v in part if v not in variants)]
     tables = study_report.table(records, shown)
     if part is study.PART2:
-        tables += "".join("\n" + study_report.gaps(records, key) for key in ("greedy", "harder_greedy"))
+        tables += "".join(
+            "\n" + study_report.gaps(records, key) for key in ("greedy", "harder_greedy")
+        )
     with open(os.path.join(_OUT.value, "table.md"), "w") as f:
         f.write(tables)
     plots = study_report.write_plots(records, _OUT.value, shown)
