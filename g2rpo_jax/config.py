@@ -43,6 +43,10 @@ CODE_SYSTEM_PROMPT = (
 )
 # Sub-dicts whose keys are free (checked against another schema instead of the defaults).
 _FREE_KEYS = ("model.overrides", "rewards.weights")
+# Keys that configs once had, with what to do instead.
+_REMOVED_KEYS = {
+    "model.lora.dropout": "removed (only 0 was ever supported): delete the line",
+}
 
 
 class ConfigError(ValueError):
@@ -68,7 +72,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.lora = ml_collections.ConfigDict()
     c.model.lora.rank = 0  # r; 0 = full fine-tuning
     c.model.lora.alpha = 16.0
-    c.model.lora.dropout = 0.0  # only 0 is supported
     c.model.lora.targets = LORA_TARGETS  # projections by name: q k v o gate up down
 
     c.tokenizer = ""  # folder or hub id; "" = model.path; "builtin:bytes" = byte-level (tests)
@@ -346,6 +349,8 @@ def check_keys(c: ml_collections.ConfigDict) -> None:
     def walk(given, schema, prefix):
         for key in given.keys():
             name = f"{prefix}{key}"
+            if name in _REMOVED_KEYS:
+                _fail(name, _REMOVED_KEYS[name])
             if key not in schema:
                 group = f"config.{prefix[:-1]}" if prefix else "config"
                 _fail(name, f"unknown key (the keys of {group}: {', '.join(sorted(schema))})")
@@ -412,10 +417,7 @@ def build(
             preset(m.preset, **dict(overrides), dtype=m.dtype, param_dtype=m.param_dtype)
         except (ValueError, TypeError) as e:
             _fail("model", str(e))
-    if m.lora.dropout != 0:
-        _fail("model.lora.dropout", f"{m.lora.dropout}: only 0 is supported")
-    lora_kw = {k: v for k, v in m.lora.to_dict().items() if k != "dropout"}
-    lora = _make("model.lora", LoraConfig, **lora_kw)
+    lora = _make("model.lora", LoraConfig, **m.lora.to_dict())
     model = ModelSource(m.path, m.preset, overrides, m.fit_vocab_to_tokenizer, m.dtype,
                         m.param_dtype, m.remat, lora, attention)  # fmt: skip
     if not (c.tokenizer or m.path):

@@ -187,9 +187,10 @@ def test_lora_config_keys_are_checked_and_round_trip_through_checkpoint_meta():
     config = LORA.replace(lora=exp.model.lora)
     as_json = json.loads(json.dumps(checkpoint.model_config_to_json(config)))  # as in meta
     assert checkpoint.model_config_from_json(as_json) == config
-    c.model.lora.dropout = 0.1
-    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora\.dropout"):
+    c.model.lora.dropout = 0.0  # an old config naming the removed key
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora\.dropout: removed"):
         config_lib.build(c, num_devices=1)
-    c.model.lora.dropout, c.model.lora.targets = 0.0, ("q", "qkv")
+    del c.model.lora["dropout"]
+    c.model.lora.targets = ("q", "qkv")
     with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora"):
         config_lib.build(c, num_devices=1)
