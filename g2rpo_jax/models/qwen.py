@@ -89,6 +89,22 @@ class KVCache:
     index: jax.Array
 
 
+@flax.struct.dataclass
+class GroupCache:
+    """The decode cache of B·M rows in B groups of M that share a prefix (the rollout's
+    candidates of one prompt): the prefix held once per group, each row's tokens its own.
+
+    prefix: the groups' prefixes, [B, S] slots (a prefill's cache; decode only reads it).
+    prefix_mask: [B·M, S], the prefix slots each row sees (a row's prefix may be a part of
+    its group's: the prompt alone, or prompt ⊕ guidance).
+    own: the rows' own tokens, [B·M, C] slots, written at own.index.
+    """
+
+    prefix: KVCache
+    prefix_mask: jax.Array
+    own: KVCache
+
+
 def init_cache(config: ModelConfig, batch: int, max_length: int) -> KVCache:
     k_shape = (batch, config.num_kv_heads, config.head_dim, max_length)
     v_shape = (batch, config.num_kv_heads, max_length, config.head_dim)
@@ -168,23 +184,11 @@ class Attention(nnx.Module):
         (keys and values for all). fresh: the keys are exactly this call's tokens (no cache,
         or a call that fills its whole cache), so the first query's slot is known statically.
         """
-        cfg, dt = self.config, self.config.compute_dtype
+        cfg = self.config
         queries = slice(None) if last is None else slice(-last, None)
-        q_BTNH = self._project(x_BTD[:, queries], "q")
-        k_BTKH, v_BTKH = self._project(x_BTD, "k"), self._project(x_BTD, "v")
-        if cfg.qk_norm:
-            q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
-        q_BTNH = apply_rope(q_BTNH, cos_BTh[:, queries], sin_BTh[:, queries])
-        k_BTKH = apply_rope(k_BTKH, cos_BTh, sin_BTh)
+        q_BTNH, k_BTKH, v_BTKH = self._qkv(x_BTD, cos_BTh, sin_BTh, queries)
         if kv_cache is not None:
-            k_cache, v_cache = kv_cache
-            k_BKHS = jax.lax.dynamic_update_slice(
-                k_cache, k_BTKH.transpose(0, 2, 3, 1).astype(k_cache.dtype), (0, 0, 0, index)
-            )
-            v_BKSH = jax.lax.dynamic_update_slice(
-                v_cache, v_BTKH.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0)
-            )
-            kv_cache = (k_BKHS, v_BKSH)
+            k_BKHS, v_BKSH = kv_cache = _write(kv_cache, k_BTKH, v_BTKH, index)
         B, T, N, H = q_BTNH.shape
         K = cfg.num_kv_heads
         q_offset = (0 if fresh else index) + x_BTD.shape[1] - T  # the first query's slot
@@ -200,15 +204,61 @@ class Attention(nnx.Module):
             out_BTNH = attention.attend(
                 q_BTNH, k_BSKH, v_BSKH, q_mask_BT[:, queries], kv_mask_BS, q_offset, self.kernel
             )
+        return self._output(out_BTNH), kv_cache
+
+    def decode_grouped(self, x_B1D, cos_B1h, sin_B1h, prefix_kv, prefix_mask_BS, kv_cache,
+                       kv_mask_BC, index):  # fmt: skip
+        """One token per row, B = groups · M rows: attends over the group's prefix (k, v of
+        the groups, the slots of it each row sees in prefix_mask) and the row's own cache,
+        into which this token's keys and values go at slot `index`."""
+        q_BTNH, k_BTKH, v_BTKH = self._qkv(x_B1D, cos_B1h, sin_B1h, slice(None))
+        k_BKHC, v_BKCH = kv_cache = _write(kv_cache, k_BTKH, v_BTKH, index)
+        prefix_k, prefix_v = prefix_kv
+        groups = prefix_k.shape[0]
+        B, _, N, H = q_BTNH.shape
+        K = self.config.num_kv_heads
+        by_group = lambda x: x.reshape(groups, B // groups, *x.shape[1:])
+        out_BMKGH = attention.decode_grouped(
+            by_group(q_BTNH.reshape(B, K, N // K, H)), prefix_k, prefix_v,
+            by_group(prefix_mask_BS), by_group(k_BKHC), by_group(v_BKCH), by_group(kv_mask_BC),
+            index,
+        )  # fmt: skip
+        return self._output(out_BMKGH.reshape(B, 1, N, H)), kv_cache
+
+    def _qkv(self, x_BTD, cos_BTh, sin_BTh, queries: slice):
+        """Queries (for the `queries` positions), keys and values, normed and rotated."""
+        q_BTNH = self._project(x_BTD[:, queries], "q")
+        k_BTKH, v_BTKH = self._project(x_BTD, "k"), self._project(x_BTD, "v")
+        if self.config.qk_norm:
+            q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
+        q_BTNH = apply_rope(q_BTNH, cos_BTh[:, queries], sin_BTh[:, queries])
+        return q_BTNH, apply_rope(k_BTKH, cos_BTh, sin_BTh), v_BTKH
+
+    def _output(self, out_BTNH):
+        """The attention output projected back to the model dim, [B, T, D]."""
+        dt = self.config.compute_dtype
+        B, T, N, H = out_BTNH.shape
         # One contracting axis: with two (N, H), XLA:CPU transposed both operands per call.
         y_BTD = jnp.einsum(
             "BTE,ED->BTD", out_BTNH.reshape(B, T, N * H),
             self.o_proj[...].reshape(N * H, -1).astype(dt),
         )  # fmt: skip
         y_BTD = _lora_delta(self, "o", out_BTNH, y_BTD)
-        if cfg.o_bias:
+        if self.config.o_bias:
             y_BTD = y_BTD + self.o_bias[...].astype(dt)
-        return y_BTD, kv_cache
+        return y_BTD
+
+
+def _write(kv_cache, k_BTKH, v_BTKH, index):
+    """The cache (k [B, K, H, S], v [B, K, S, H]) with T new keys and values at `index`."""
+    k_cache, v_cache = kv_cache
+    k_BKHS = jax.lax.dynamic_update_slice(
+        k_cache, k_BTKH.transpose(0, 2, 3, 1).astype(k_cache.dtype), (0, 0, 0, index)
+    )
+    v_BKSH = jax.lax.dynamic_update_slice(
+        v_cache, v_BTKH.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0)
+    )
+    return k_BKHS, v_BKSH
 
 
 # The MLP's tile along T (MLP.__call__): its [B, T, F] activations are the largest a layer
@@ -268,8 +318,16 @@ class Block(nnx.Module):
         h_BTD, kv_cache = self.attn(self.input_norm(x_BTD), cos_BTh, sin_BTh, q_mask_BT,
                                     kv_mask_BS, kv_cache, index, last, fresh)  # fmt: skip
         x_BTD = (x_BTD if last is None else x_BTD[:, -last:]) + h_BTD
-        x_BTD = x_BTD + self.mlp(self.post_attention_norm(x_BTD))
-        return x_BTD, kv_cache
+        return x_BTD + self.mlp(self.post_attention_norm(x_BTD)), kv_cache
+
+    def decode_grouped(self, x_B1D, cos_B1h, sin_B1h, prefix_kv, prefix_mask_BS, kv_cache,
+                       kv_mask_BC, index):  # fmt: skip
+        """A decode step over a group-shared prefix and each row's own cache (Attention)."""
+        h_B1D, kv_cache = self.attn.decode_grouped(self.input_norm(x_B1D), cos_B1h, sin_B1h,
+                                                   prefix_kv, prefix_mask_BS, kv_cache,
+                                                   kv_mask_BC, index)  # fmt: skip
+        x_B1D = x_B1D + h_B1D
+        return x_B1D + self.mlp(self.post_attention_norm(x_B1D)), kv_cache
 
 
 def _block_forward(block: Block, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache, index,
@@ -359,6 +417,30 @@ class Qwen(nnx.Module):
         if cache is not None:
             cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=kv_mask_BS, index=cache.index + T)
         return self.final_norm(x_BTD), cache
+
+    def decode_grouped(self, token_B, positions_B, cache: GroupCache, rotary=None):
+        """One token per row over a GroupCache: (logits [B, V] in float32, cache).
+
+        token_B, positions_B: [B·M] (rows in group order); rotary: `self.rotary(positions_B
+        [:, None])`, when the caller already has it. Each row sees its prefix and its own
+        earlier tokens, so the logits are those of a row-wise cache holding the same tokens.
+        """
+        cfg, own = self.config, cache.own
+        x_B1D = self.embed[...][token_B[:, None]].astype(cfg.compute_dtype)
+        cos_B1h, sin_B1h = self.rotary(positions_B[:, None]) if rotary is None else rotary
+        kv_mask_BC = jax.lax.dynamic_update_slice(
+            own.mask, jnp.ones((own.mask.shape[0], 1), bool), (0, own.index)
+        )
+        new_k, new_v = [], []
+        for i, block in enumerate(self.layers):
+            x_B1D, (k, v) = block.decode_grouped(
+                x_B1D, cos_B1h, sin_B1h, (cache.prefix.k[i], cache.prefix.v[i]),
+                cache.prefix_mask, (own.k[i], own.v[i]), kv_mask_BC, own.index,
+            )  # fmt: skip
+            new_k.append(k)
+            new_v.append(v)
+        own = KVCache(k=tuple(new_k), v=tuple(new_v), mask=kv_mask_BC, index=own.index + 1)
+        return self.logits(self.final_norm(x_B1D))[:, 0], cache.replace(own=own)
 
     def logits(self, hidden_BTD: jax.Array) -> jax.Array:
         """LM head in the compute dtype, accumulated and returned in float32."""
