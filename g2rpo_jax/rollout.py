@@ -43,22 +43,81 @@ from g2rpo_jax.sampling import (
 
 
 @flax.struct.dataclass
+class RolloutOutput(SampleOutput):
+    """SampleOutput, and decode_steps: [R] the decode steps that computed each row, its
+    own tokens' and those run while it sat finished in a batch still decoding (the cost
+    compaction cuts; the useful ones are its num_generated)."""
+
+    decode_steps: jax.Array
+
+
+@flax.struct.dataclass
 class _LoopState:
+    """A decode loop's rows: all R of the batch in group order, or a compaction's n of them
+    (any order); completion_RC and log_probs_RC are the whole batch's, written at `row`."""
+
     step: jax.Array  # tokens generated so far by every live row
-    logits_RV: jax.Array  # the next-token logits of each row
+    row: jax.Array  # [n] the batch row each loop row is
+    keys: jax.Array  # [n] each row's sampling stream
+    budget: jax.Array  # [n] tokens each row may generate
+    guidance_len: jax.Array  # [n] ℓ′ or 0: where each row's generated tokens start
+    logits_V: jax.Array  # [n, V] the next-token logits of each row
     cache: GroupCache
-    positions_R: jax.Array
-    rotary: tuple[jax.Array, jax.Array]  # model.rotary(positions_R[:, None]), made a step early
-    done_R: jax.Array
-    eos_R: jax.Array
-    num_generated_R: jax.Array
+    positions: jax.Array  # [n]
+    rotary: tuple[jax.Array, jax.Array]  # model.rotary(positions[:, None]), made a step early
+    done: jax.Array  # [n]
+    eos: jax.Array  # [n]
+    num_generated: jax.Array  # [n]
+    decode_steps: jax.Array  # [n]
     completion_RC: jax.Array
     log_probs_RC: jax.Array
 
 
-def _sample_groups(graphdef, config: SamplingConfig, G: int, num_guided: int, params,
-                   prompt_ids_BP, prompt_len_B, trace_ids_BL, trace_len_B, ell, row_ids_R,
-                   rng) -> SampleOutput:  # fmt: skip
+# Fields each compaction gathers (and scatters back, the last line's: the others are fixed).
+_CONSTANT_FIELDS = ("row", "keys", "budget", "guidance_len")
+_CHANGING_FIELDS = ("logits_V", "positions", "rotary", "done", "eos", "num_generated",
+                    "decode_steps")  # fmt: skip
+# A compacted phase runs the live rows in the smallest of the largest COMPACT_WIDTHS powers
+# of two below R that holds them (R when none does): few programs, few idle rows.
+COMPACT_WIDTHS = 3
+
+
+def compact_widths(rows: int) -> list[int]:
+    """The batch widths a compacted decode phase may run at, largest first."""
+    widths = [1 << k for k in range(max(rows - 1, 0).bit_length() - 1, -1, -1)]
+    return widths[:COMPACT_WIDTHS]
+
+
+def _gather(s: _LoopState, order: jax.Array, G: int) -> _LoopState:
+    """The loop rows `order` of s (a batch in group order), each reading its group's prefix
+    by index."""
+    take = lambda x: jax.tree.map(lambda a: a[order], x)
+    own = s.cache.own
+    cache = s.cache.replace(
+        prefix_mask=s.cache.prefix_mask[order],
+        own=own.replace(k=take(own.k), v=take(own.v), mask=own.mask[order]),
+        group_of_row=order // G,
+    )
+    fields = {f: take(getattr(s, f)) for f in _CONSTANT_FIELDS + _CHANGING_FIELDS}
+    return s.replace(cache=cache, **fields)
+
+
+def _scatter(full: _LoopState, sub: _LoopState, order: jax.Array) -> _LoopState:
+    """full with sub's rows written back at `order` (sub ran them; full holds the rest)."""
+    put = lambda x, y: jax.tree.map(lambda a, b: a.at[order].set(b), x, y)
+    own, sub_own = full.cache.own, sub.cache.own
+    own = own.replace(k=put(own.k, sub_own.k), v=put(own.v, sub_own.v),
+                      mask=put(own.mask, sub_own.mask), index=sub_own.index)  # fmt: skip
+    fields = {f: put(getattr(full, f), getattr(sub, f)) for f in _CHANGING_FIELDS}
+    return full.replace(
+        step=sub.step, cache=full.cache.replace(own=own), completion_RC=sub.completion_RC,
+        log_probs_RC=sub.log_probs_RC, **fields,
+    )  # fmt: skip
+
+
+def _sample_groups(graphdef, config: SamplingConfig, G: int, num_guided: int, compact: bool,
+                   params, prompt_ids_BP, prompt_len_B, trace_ids_BL, trace_len_B, ell,
+                   max_new_tokens_R, row_ids_R, rng) -> RolloutOutput:  # fmt: skip
     model: Qwen = nnx.merge(graphdef, params)
     model.config = model.config.replace(remat=False)  # as in sampling._sample
     B, P = prompt_ids_BP.shape
@@ -109,73 +168,96 @@ def _sample_groups(graphdef, config: SamplingConfig, G: int, num_guided: int, pa
     positions_R = rows(prompt_len_B) + guidance_len_R
 
     budget_R = budget - guidance_len_R if config.guidance_in_budget else jnp.full((R,), budget)
-    keys_R = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_R)
-    rows_R = jnp.arange(R)
+    budget_R = jnp.minimum(budget_R, max_new_tokens_R)
     eos_ids = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
 
     def choose(s: _LoopState) -> tuple[_LoopState, jax.Array]:
         """Each live row's next token, written into its completion (sampling._sample)."""
-        token_R, lp_R = sample_tokens(s.logits_RV, keys_R, s.step, config)
-        live_R = ~s.done_R
-        token_R = jnp.where(live_R, token_R, config.pad_id)
-        column_R = jnp.where(live_R, guidance_len_R + s.num_generated_R, C)  # C: dropped
-        num_generated_R = s.num_generated_R + live_R
-        hit_eos_R = live_R & jnp.isin(token_R, eos_ids)
+        token, lp = sample_tokens(s.logits_V, s.keys, s.step, config)
+        live = ~s.done
+        token = jnp.where(live, token, config.pad_id)
+        column = jnp.where(live, s.guidance_len + s.num_generated, C)  # C: dropped
+        num_generated = s.num_generated + live
+        hit_eos = live & jnp.isin(token, eos_ids)
         return s.replace(
             step=s.step + 1,
-            done_R=s.done_R | hit_eos_R | (num_generated_R >= budget_R),
-            eos_R=s.eos_R | hit_eos_R,
-            num_generated_R=num_generated_R,
-            completion_RC=s.completion_RC.at[rows_R, column_R].set(token_R, mode="drop"),
-            log_probs_RC=s.log_probs_RC.at[rows_R, column_R].set(lp_R, mode="drop"),
-        ), token_R
+            done=s.done | hit_eos | (num_generated >= s.budget),
+            eos=s.eos | hit_eos,
+            num_generated=num_generated,
+            completion_RC=s.completion_RC.at[s.row, column].set(token, mode="drop"),
+            log_probs_RC=s.log_probs_RC.at[s.row, column].set(lp, mode="drop"),
+        ), token
 
-    def advance(s: _LoopState, token_R: jax.Array) -> _LoopState:
-        """The next-token logits after token_R (its keys and values into the own cache)."""
-        logits_RV, cache = model.decode_grouped(token_R, s.positions_R, s.cache, s.rotary)
+    def advance(s: _LoopState, token: jax.Array) -> _LoopState:
+        """The next-token logits after `token` (its keys and values into the own cache)."""
+        logits_V, cache = model.decode_grouped(token, s.positions, s.cache, s.rotary)
         return s.replace(
-            logits_RV=logits_RV,
+            logits_V=logits_V,
             cache=cache,
-            positions_R=s.positions_R + 1,
-            rotary=model.rotary(s.positions_R[:, None] + 1),
+            positions=s.positions + 1,
+            rotary=model.rotary(s.positions[:, None] + 1),
+            decode_steps=s.decode_steps + 1,
         )
+
+    def decode(s: _LoopState, end: int) -> _LoopState:
+        return jax.lax.while_loop(
+            lambda s: (s.step < end) & ~jnp.all(s.done), lambda s: advance(*choose(s)), s
+        )
+
+    def compacted(width: int, end: int):
+        def run(s: _LoopState) -> _LoopState:
+            order = jnp.argsort(s.done, stable=True)[:width].astype(jnp.int32)  # live first
+            return _scatter(s, decode(_gather(s, order, G), end), order)
+
+        return run
 
     s = _LoopState(
         step=jnp.zeros((), jnp.int32),
-        logits_RV=logits_RV,
+        row=jnp.arange(R),
+        keys=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_R),
+        budget=budget_R,
+        guidance_len=guidance_len_R,
+        logits_V=logits_RV,
         cache=cache,
-        positions_R=positions_R,
+        positions=positions_R,
         rotary=model.rotary(positions_R[:, None]),
-        done_R=budget_R <= 0,
-        eos_R=jnp.zeros((R,), bool),
-        num_generated_R=jnp.zeros((R,), jnp.int32),
+        done=budget_R <= 0,
+        eos=jnp.zeros((R,), bool),
+        num_generated=jnp.zeros((R,), jnp.int32),
+        decode_steps=jnp.zeros((R,), jnp.int32),
         completion_RC=completion_RC,
         log_probs_RC=log_probs_RC,
     )
+    # Phases as in sampling._sample; from the second on, a compacted one gathers the live
+    # rows into the smallest width that holds them, so finished rows stop costing.
+    widths = compact_widths(R) if compact else []
     filled = 0
-    for end in decode_phase_ends(budget, config.decode_phases):
+    for phase, end in enumerate(decode_phase_ends(budget, config.decode_phases)):
         s = s.replace(cache=s.cache.replace(own=extend_cache(s.cache.own, end - filled)))
-        s = jax.lax.while_loop(
-            lambda s, end=end: (s.step < end) & ~jnp.all(s.done_R),
-            lambda s: advance(*choose(s)),
-            s,
-        )
         filled = end
+        if phase == 0 or not widths:
+            s = decode(s, end)
+            continue
+        live = jnp.sum(~s.done)
+        which = jnp.sum(live <= jnp.asarray(widths))  # 0: none holds them, the full batch
+        phases = [functools.partial(decode, end=end)] + [compacted(w, end) for w in widths]
+        s = jax.lax.switch(which, phases, s)
     s, _ = choose(s)
-    completion_mask_RC = cols_C < (guidance_len_R + s.num_generated_R)[:, None]
+    completion_mask_RC = cols_C < (guidance_len_R + s.num_generated)[:, None]
     # The prompt sits just left of the group's ℓ′ guidance tokens.
     window_BP = jnp.arange(P)[None] + (L - used_B)[:, None]
     prompt_mask_BP = jnp.take_along_axis(mask_BW, window_BP, axis=1)
     prompt_ids_BP = jnp.take_along_axis(tokens_BW, window_BP, axis=1)
-    return SampleOutput(
+    return RolloutOutput(
         prompt_ids=rows(jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id)),
         prompt_mask=rows(prompt_mask_BP),
         completion_ids=s.completion_RC,
         completion_mask=completion_mask_RC,
         is_guidance=is_guidance_RC,
         log_probs=jnp.where(completion_mask_RC, s.log_probs_RC, 0.0),
-        num_generated=s.num_generated_R,
-        finish_reason=jnp.where(s.eos_R, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
+        num_generated=s.num_generated,
+        finish_reason=jnp.where(s.eos, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
+        decode_steps=s.decode_steps,
     )
 
 
@@ -185,27 +267,36 @@ class GroupSampler:
     prompts repeated G times with guidance.guidance_lengths, rows prompt-major.
 
     `sampler(params, prompt_ids, prompt_lengths, trace_ids, trace_lengths, ell, rng,
-    row_ids=None)`: prompt_ids [B, P'] and trace_ids [B, L'] right-padded, lengths [B], ℓ a
-    host int (host arrays: batch["prompt_ids"], batch["prompt_length"],
-    batch["guidance_ids"], batch["guidance_length"] and the controller's length). Row r of
-    the output (candidate r mod G of prompt r // G) samples with the stream
-    fold_in(rng, row_ids[r]) (default: r), as Sampler's row r does.
+    row_ids=None, max_new_tokens=None)`: prompt_ids [B, P'] and trace_ids [B, L']
+    right-padded, lengths [B], ℓ a host int (host arrays: batch["prompt_ids"],
+    batch["prompt_length"], batch["guidance_ids"], batch["guidance_length"] and the
+    controller's length). Row r of the output (candidate r mod G of prompt r // G) samples
+    with the stream fold_in(rng, row_ids[r]) (default: r), as Sampler's row r does.
+    max_new_tokens: [B·G], the most tokens each row may generate, on top of the budget
+    (which, with guidance_in_budget, leaves a guided row budget − ℓ′). Returns a
+    RolloutOutput on device.
+
+    compact: from the second decode phase on, run the live rows gathered into the smallest
+    of a few power-of-two widths that holds them (compact_widths), so finished rows stop
+    costing; decode_steps counts the steps each row was computed.
 
     Bucket policy as Sampler's: P the next power of two ≥ the longest prompt, L the next ≥
-    the largest ℓ′ (0 when nothing is guided); B rounded up so that B·G is a multiple of
-    batch_multiple, with padding prompts whose rows are dropped.
+    the largest ℓ′ (0 when nothing is guided); with a row `sharding`, B rounded up so that
+    B·G is a multiple of batch_multiple, with padding prompts whose rows generate nothing
+    and are dropped.
     """
 
     def __init__(self, graphdef: nnx.GraphDef, config: SamplingConfig, group_size: int,
-                 num_guided: int, sharding=None):  # fmt: skip
+                 num_guided: int, compact: bool = True, sharding=None):  # fmt: skip
         if not 0 <= num_guided <= group_size:
             raise ValueError(f"num_guided={num_guided} must be in [0, G={group_size}]")
         self.config, self.G, self.num_guided = config, group_size, num_guided
         self.sharding = sharding
         self._sample = jax.jit(
-            lambda *args: _sample_groups(graphdef, config, group_size, num_guided, *args),
+            lambda *args: _sample_groups(graphdef, config, group_size, num_guided, compact,
+                                         *args),
             out_shardings=sharding,
-        )
+        )  # fmt: skip
 
     @property
     def num_compiled(self) -> int:
@@ -213,7 +304,7 @@ class GroupSampler:
         return self._sample._cache_size()
 
     def __call__(self, params, prompt_ids, prompt_lengths, trace_ids, trace_lengths, ell: int,
-                 rng, row_ids=None) -> SampleOutput:  # fmt: skip
+                 rng, row_ids=None, max_new_tokens=None) -> RolloutOutput:  # fmt: skip
         cfg, G = self.config, self.G
         prompt_lengths = np.asarray(prompt_lengths, np.int32)
         trace_lengths = np.asarray(trace_lengths, np.int32)
@@ -222,7 +313,8 @@ class GroupSampler:
         if ell < 0:
             raise ValueError(f"ℓ={ell} must be ≥ 0")
         prompts = len(prompt_lengths)
-        multiple = cfg.batch_multiple // math.gcd(cfg.batch_multiple, G)
+        # Rows split over devices need whole multiples; alone, padding would only cost.
+        multiple = cfg.batch_multiple // math.gcd(cfg.batch_multiple, G) if self.sharding else 1
         batch = -(-prompts // multiple) * multiple
         if batch != prompts and jax.process_count() > 1:
             raise ValueError(f"{prompts} prompts per process: a multi-process batch needs a "
@@ -242,6 +334,9 @@ class GroupSampler:
 
         rows = prompts * G
         row_ids = np.arange(rows) if row_ids is None else np.asarray(row_ids)
+        padding = np.zeros((batch - prompts) * G, np.int32)  # no tokens: done from the start
+        if max_new_tokens is None:
+            max_new_tokens = np.full(rows, cfg.max_completion_length, np.int32)
         # Padding prompts: one token, no trace; their rows are dropped.
         args = (
             rows_of(prompt_ids, P, cfg.pad_id),
@@ -249,6 +344,7 @@ class GroupSampler:
             rows_of(trace_ids, L, cfg.pad_id),
             lengths_of(trace_lengths, 0),
             np.int32(ell),
+            np.concatenate([np.asarray(max_new_tokens, np.int32), padding]),
             np.concatenate([row_ids, np.arange((batch - prompts) * G) + row_ids.max() + 1]).astype(
                 np.uint32
             ),  # fmt: skip

@@ -130,7 +130,7 @@ def test_sampler_lowers_with_auto_attention(platform):
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_group_sampler_lowers_with_auto_attention(platform):
     """The group prefill (the platform's kernel) and the decode over a group-shared prefix
-    (attention.decode_grouped, generic einsums)."""
+    (attention.decode_grouped, generic einsums), compacted phases included."""
     graphdef, params = nnx.split(abstract_model(TINY, platform))
     G = 4
     sampler = GroupSampler(graphdef, SamplingConfig(max_completion_length=32, eos_ids=(1,),
@@ -141,5 +141,5 @@ def test_group_sampler_lowers_with_auto_attention(platform):
     key = jax.eval_shape(lambda: jax.random.key(0))
     row_ids = jax.ShapeDtypeStruct((B * G,), jnp.uint32)
     text = _export(sampler._sample, platform, _abstract(params), int32(B, P), int32(B),
-                   int32(B, L), int32(B), int32(), row_ids, key)  # fmt: skip
+                   int32(B, L), int32(B), int32(), int32(B * G), row_ids, key)  # fmt: skip
     assert KERNEL_CALL[platform] in text

@@ -8,7 +8,7 @@ from flax import nnx
 
 from g2rpo_jax import guidance
 from g2rpo_jax.models import attention, from_pretrained
-from g2rpo_jax.rollout import GroupSampler
+from g2rpo_jax.rollout import GroupSampler, compact_widths
 from g2rpo_jax.sampling import FINISH_EOS, FINISH_LENGTH, Sampler, SamplingConfig
 from tests import tiny_models
 
@@ -32,7 +32,7 @@ FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_
 def loaded(request):
     model, _ = from_pretrained(request.getfixturevalue(request.param))
     graphdef, params = nnx.split(model)
-    return graphdef, params, {}  # the samplers built for this model, by settings
+    return graphdef, params, {"model": request.param}  # and the samplers built, by settings
 
 
 def inputs(seed=0):
@@ -46,23 +46,26 @@ def inputs(seed=0):
     return prompts, traces
 
 
-def group_sampler(loaded, mode: str, num_guided: int) -> GroupSampler:
+def group_sampler(loaded, mode: str, num_guided: int, compact: bool = True) -> GroupSampler:
     graphdef, _, built = loaded
-    if (mode, num_guided) not in built:
-        built[mode, num_guided] = GroupSampler(graphdef, CONFIGS[mode], G, num_guided)
-    return built[mode, num_guided]
+    if (mode, num_guided, compact) not in built:
+        built[mode, num_guided, compact] = GroupSampler(
+            graphdef, CONFIGS[mode], G, num_guided, compact=compact
+        )
+    return built[mode, num_guided, compact]
 
 
-def both(loaded, mode: str, num_guided: int):
+def both(loaded, mode: str, num_guided: int, compact: bool = True, max_new_tokens=None):
     """The GroupSampler's output and the row-wise Sampler's on the prompts repeated G times
     (guidance planned by guidance.guidance_lengths, keys by row as the trainer's)."""
     graphdef, params, built = loaded
     prompts, traces = inputs()
     key = jax.random.key(5)
     row_ids = np.arange(len(PROMPT_LENGTHS) * G) + 100
-    shared = group_sampler(loaded, mode, num_guided)(
-        params, prompts, PROMPT_LENGTHS, traces, TRACE_LENGTHS, ELL, key, row_ids=row_ids
-    )
+    shared = group_sampler(loaded, mode, num_guided, compact)(
+        params, prompts, PROMPT_LENGTHS, traces, TRACE_LENGTHS, ELL, key, row_ids=row_ids,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
     lengths = guidance.guidance_lengths(TRACE_LENGTHS, np.int32(ELL), G, num_guided)
     if mode not in built:
         built[mode] = Sampler(graphdef, CONFIGS[mode])
@@ -71,6 +74,18 @@ def both(loaded, mode: str, num_guided: int):
         np.repeat(traces, G, 0), np.asarray(lengths), key, row_ids=row_ids,
     )  # fmt: skip
     return jax.device_get(shared), jax.device_get(row_wise)
+
+
+def log_prob_bound(mode: str, row_wise) -> float:
+    """The two differ only in fp32 summation order: which exact-zero weights of masked slots
+    a softmax sum runs over (the prefill), and one softmax over S = W + C slots against two
+    over W and C merged by their log-sum-exp (the decode; a compacted phase reads the same
+    slots). A sum of S terms in another order moves by at most S·eps relative; with 2
+    layers and log-probs the difference of two such sums, ≤ 2·S·eps·max|log-prob|,
+    S = 32 + 28 slots: ~9e-5. Seen: ≤ 2.2e-6. A row that reads a wrong slot or the wrong
+    part of the prefix moves them by ~1e-2."""
+    slots = 32 + CONFIGS[mode].max_completion_length
+    return 2 * slots * np.finfo(np.float32).eps * np.abs(row_wise.log_probs).max()
 
 
 @pytest.mark.parametrize(
@@ -82,14 +97,7 @@ def test_shared_prefix_equals_row_wise(loaded, mode, num_guided):
     shared, row_wise = both(loaded, mode, num_guided)
     for field in FIELDS:
         np.testing.assert_array_equal(getattr(shared, field), getattr(row_wise, field), field)
-    # The two differ only in fp32 summation order: which exact-zero weights of masked slots
-    # a softmax sum runs over (the prefill), and one softmax over S = W + C slots against
-    # two over W and C merged by their log-sum-exp (the decode). A sum of S terms in another
-    # order moves by at most S·eps relative; with 2 layers and log-probs the difference of
-    # two such sums, ≤ 2·S·eps·max|log-prob|, S = 32 + 28 slots: ~9e-5. Seen: ≤ 2.2e-6.
-    # A row that reads a wrong slot or the wrong part of the prefix moves them by ~1e-2.
-    slots = 32 + CONFIGS[mode].max_completion_length
-    bound = 2 * slots * np.finfo(np.float32).eps * np.abs(row_wise.log_probs).max()
+    bound = log_prob_bound(mode, row_wise)
     np.testing.assert_allclose(shared.log_probs, row_wise.log_probs, rtol=0, atol=bound)
     # The cases the equality is meant to cover.
     planned = guidance.guidance_lengths(TRACE_LENGTHS, np.int32(ELL), G, num_guided)
@@ -97,6 +105,47 @@ def test_shared_prefix_equals_row_wise(loaded, mode, num_guided):
     if num_guided == 1:
         assert {FINISH_EOS, FINISH_LENGTH} <= set(shared.finish_reason.tolist())
         assert len(set(shared.num_generated.tolist())) >= 3
+    # The second phase (of 2) ran compacted where at most 8 of the 12 rows were live then.
+    assert (shared.decode_steps >= shared.num_generated - 1).all()
+
+
+# Per-row budgets: 0 (no token: the budget can run out before the first), 1, and the rest
+# spread, so the second decode phase starts with few rows live.
+MAX_NEW_TOKENS = np.array([28, 1, 0, 20, 3, 28, 5, 2, 9, 4, 12, 6])
+
+
+def test_per_row_budgets_and_compaction_keep_the_tokens(loaded):
+    """Each row ends at its budget with the tokens the row-wise Sampler drew up to there;
+    compaction changes which rows each step computes, never what they get."""
+    if loaded[2]["model"] != "hf_qwen3_dir":
+        pytest.skip("budgets and compaction are the loop's, not the model's: one model")
+    plain, row_wise = both(loaded, "sampled", 1, compact=False, max_new_tokens=MAX_NEW_TOKENS)
+    compacted, _ = both(loaded, "sampled", 1, max_new_tokens=MAX_NEW_TOKENS)
+    bound = log_prob_bound("sampled", row_wise)
+    for out in (plain, compacted):
+        stop = np.minimum(row_wise.num_generated, MAX_NEW_TOKENS)
+        np.testing.assert_array_equal(out.num_generated, stop)
+        ended_by_eos = (row_wise.finish_reason == FINISH_EOS) & (row_wise.num_generated <= stop)
+        np.testing.assert_array_equal(out.finish_reason == FINISH_EOS, ended_by_eos)
+        ends = out.is_guidance.sum(1) + stop
+        for r, end in enumerate(ends):
+            np.testing.assert_array_equal(
+                out.completion_ids[r, :end], row_wise.completion_ids[r, :end]
+            )
+            assert (out.completion_ids[r, end:] == 0).all() and out.completion_mask[r].sum() == end
+            np.testing.assert_allclose(
+                out.log_probs[r, :end], row_wise.log_probs[r, :end], rtol=0, atol=bound
+            )
+    # Row-steps: without compaction every row is computed until the last one ends; with
+    # it, the second phase (from step 14) computes only the smallest width that holds the
+    # rows live then (fillers are finished rows, counted too).
+    total = plain.decode_steps[0]
+    assert (plain.decode_steps == total).all() and total > 14
+    live = compacted.num_generated > 14
+    width = min([w for w in compact_widths(len(live)) if w >= live.sum()], default=len(live))
+    assert width < len(live)  # the case compacts
+    assert compacted.decode_steps.sum() == 14 * len(live) + width * (total - 14)
+    assert (compacted.decode_steps[live] == total).all()
 
 
 def test_no_host_syncs_and_one_program_per_bucket(loaded):

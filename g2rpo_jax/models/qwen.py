@@ -98,11 +98,14 @@ class GroupCache:
     prefix_mask: [B·M, S], the prefix slots each row sees (a row's prefix may be a part of
     its group's: the prompt alone, or prompt ⊕ guidance).
     own: the rows' own tokens, [B·M, C] slots, written at own.index.
+    group_of_row: None when the rows are the B groups' M rows in order; else [rows], each
+    row's group (rows in any order and number, as after a gather of some of them).
     """
 
     prefix: KVCache
     prefix_mask: jax.Array
     own: KVCache
+    group_of_row: jax.Array | None = None
 
 
 def init_cache(config: ModelConfig, batch: int, max_length: int) -> KVCache:
@@ -421,9 +424,10 @@ class Qwen(nnx.Module):
     def decode_grouped(self, token_B, positions_B, cache: GroupCache, rotary=None):
         """One token per row over a GroupCache: (logits [B, V] in float32, cache).
 
-        token_B, positions_B: [B·M] (rows in group order); rotary: `self.rotary(positions_B
-        [:, None])`, when the caller already has it. Each row sees its prefix and its own
-        earlier tokens, so the logits are those of a row-wise cache holding the same tokens.
+        token_B, positions_B: [B·M] (rows in group order, or as cache.group_of_row says);
+        rotary: `self.rotary(positions_B[:, None])`, when the caller already has it. Each row
+        sees its prefix and its own earlier tokens, so the logits are those of a row-wise
+        cache holding the same tokens.
         """
         cfg, own = self.config, cache.own
         x_B1D = self.embed[...][token_B[:, None]].astype(cfg.compute_dtype)
@@ -431,10 +435,13 @@ class Qwen(nnx.Module):
         kv_mask_BC = jax.lax.dynamic_update_slice(
             own.mask, jnp.ones((own.mask.shape[0], 1), bool), (0, own.index)
         )
+        rows = cache.group_of_row
+        # Rows out of group order: each its own group of one, its prefix read by index.
+        prefix = lambda x: x if rows is None else x[rows]
         new_k, new_v = [], []
         for i, block in enumerate(self.layers):
             x_B1D, (k, v) = block.decode_grouped(
-                x_B1D, cos_B1h, sin_B1h, (cache.prefix.k[i], cache.prefix.v[i]),
+                x_B1D, cos_B1h, sin_B1h, (prefix(cache.prefix.k[i]), prefix(cache.prefix.v[i])),
                 cache.prefix_mask, (own.k[i], own.v[i]), kv_mask_BC, own.index,
             )  # fmt: skip
             new_k.append(k)
