@@ -120,6 +120,31 @@ def _sample_groups(graphdef, config: SamplingConfig, G: int, num_guided: int, co
                    max_new_tokens_R, row_ids_R, rng) -> RolloutOutput:  # fmt: skip
     model: Qwen = nnx.merge(graphdef, params)
     model.config = model.config.replace(remat=False)  # as in sampling._sample
+    s, prompt_ids_RP, prompt_mask_RP = _prefill(
+        model, config, G, num_guided, prompt_ids_BP, prompt_len_B, trace_ids_BL, trace_len_B,
+        ell, max_new_tokens_R, row_ids_R, rng,
+    )  # fmt: skip
+    s = _decode(model, config, G, compact, s)
+    C = s.completion_RC.shape[1]
+    completion_mask_RC = jnp.arange(C)[None] < (s.guidance_len + s.num_generated)[:, None]
+    return RolloutOutput(
+        prompt_ids=prompt_ids_RP,
+        prompt_mask=prompt_mask_RP,
+        completion_ids=s.completion_RC,
+        completion_mask=completion_mask_RC,
+        is_guidance=jnp.arange(C)[None] < s.guidance_len[:, None],
+        log_probs=jnp.where(completion_mask_RC, s.log_probs_RC, 0.0),
+        num_generated=s.num_generated,
+        finish_reason=jnp.where(s.eos, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
+        decode_steps=s.decode_steps,
+    )
+
+
+def _prefill(model: Qwen, config: SamplingConfig, G: int, num_guided: int, prompt_ids_BP,
+             prompt_len_B, trace_ids_BL, trace_len_B, ell, max_new_tokens_R, row_ids_R,
+             rng):  # fmt: skip
+    """Each group's prefix prefilled once: the decode loop's first state (the rows'
+    first logits, the guidance written into the completions) and the rows' prompts."""
     B, P = prompt_ids_BP.shape
     L = trace_ids_BL.shape[1]
     R, W = B * G, P + L
@@ -169,6 +194,35 @@ def _sample_groups(graphdef, config: SamplingConfig, G: int, num_guided: int, co
 
     budget_R = budget - guidance_len_R if config.guidance_in_budget else jnp.full((R,), budget)
     budget_R = jnp.minimum(budget_R, max_new_tokens_R)
+    state = _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        row=jnp.arange(R),
+        keys=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_R),
+        budget=budget_R,
+        guidance_len=guidance_len_R,
+        logits_V=logits_RV,
+        cache=cache,
+        positions=positions_R,
+        rotary=model.rotary(positions_R[:, None]),
+        done=budget_R <= 0,
+        eos=jnp.zeros((R,), bool),
+        num_generated=jnp.zeros((R,), jnp.int32),
+        decode_steps=jnp.zeros((R,), jnp.int32),
+        completion_RC=completion_RC,
+        log_probs_RC=log_probs_RC,
+    )
+    # The prompt sits just left of the group's ℓ′ guidance tokens.
+    window_BP = jnp.arange(P)[None] + (L - used_B)[:, None]
+    prompt_mask_BP = jnp.take_along_axis(mask_BW, window_BP, axis=1)
+    prompt_ids_BP = jnp.where(prompt_mask_BP, jnp.take_along_axis(tokens_BW, window_BP, 1),
+                              config.pad_id)  # fmt: skip
+    return state, rows(prompt_ids_BP), rows(prompt_mask_BP)
+
+
+def _decode(model: Qwen, config: SamplingConfig, G: int, compact: bool, s: _LoopState):
+    """The decode loop in phases (sampling._sample's); from the second on, a compacted
+    phase gathers the live rows into the smallest width that holds them."""
+    R, C = s.completion_RC.shape
     eos_ids = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
 
     def choose(s: _LoopState) -> tuple[_LoopState, jax.Array]:
@@ -211,28 +265,10 @@ def _sample_groups(graphdef, config: SamplingConfig, G: int, num_guided: int, co
 
         return run
 
-    s = _LoopState(
-        step=jnp.zeros((), jnp.int32),
-        row=jnp.arange(R),
-        keys=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_R),
-        budget=budget_R,
-        guidance_len=guidance_len_R,
-        logits_V=logits_RV,
-        cache=cache,
-        positions=positions_R,
-        rotary=model.rotary(positions_R[:, None]),
-        done=budget_R <= 0,
-        eos=jnp.zeros((R,), bool),
-        num_generated=jnp.zeros((R,), jnp.int32),
-        decode_steps=jnp.zeros((R,), jnp.int32),
-        completion_RC=completion_RC,
-        log_probs_RC=log_probs_RC,
-    )
-    # Phases as in sampling._sample; from the second on, a compacted one gathers the live
-    # rows into the smallest width that holds them, so finished rows stop costing.
     widths = compact_widths(R) if compact else []
+    ends = decode_phase_ends(config.max_completion_length, config.decode_phases)
     filled = 0
-    for phase, end in enumerate(decode_phase_ends(budget, config.decode_phases)):
+    for phase, end in enumerate(ends):
         s = s.replace(cache=s.cache.replace(own=extend_cache(s.cache.own, end - filled)))
         filled = end
         if phase == 0 or not widths:
@@ -243,22 +279,7 @@ def _sample_groups(graphdef, config: SamplingConfig, G: int, num_guided: int, co
         phases = [functools.partial(decode, end=end)] + [compacted(w, end) for w in widths]
         s = jax.lax.switch(which, phases, s)
     s, _ = choose(s)
-    completion_mask_RC = cols_C < (guidance_len_R + s.num_generated)[:, None]
-    # The prompt sits just left of the group's ℓ′ guidance tokens.
-    window_BP = jnp.arange(P)[None] + (L - used_B)[:, None]
-    prompt_mask_BP = jnp.take_along_axis(mask_BW, window_BP, axis=1)
-    prompt_ids_BP = jnp.take_along_axis(tokens_BW, window_BP, axis=1)
-    return RolloutOutput(
-        prompt_ids=rows(jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id)),
-        prompt_mask=rows(prompt_mask_BP),
-        completion_ids=s.completion_RC,
-        completion_mask=completion_mask_RC,
-        is_guidance=is_guidance_RC,
-        log_probs=jnp.where(completion_mask_RC, s.log_probs_RC, 0.0),
-        num_generated=s.num_generated,
-        finish_reason=jnp.where(s.eos, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
-        decode_steps=s.decode_steps,
-    )
+    return s
 
 
 class GroupSampler:
