@@ -8,7 +8,6 @@ any model is loaded or compiled and raises `ConfigError` naming the field.
 """
 
 import dataclasses
-import math
 
 import ml_collections
 from ml_collections import config_dict
@@ -23,6 +22,7 @@ from g2rpo_jax.models.config import LORA_TARGETS, LoraConfig
 from g2rpo_jax.optimization import OptimizerConfig
 from g2rpo_jax.rewards import REWARD_FUNCTIONS, RewardConfig, SandboxConfig
 from g2rpo_jax.sampling import SamplingConfig
+from g2rpo_jax.sharding import resolve_mesh_shape
 
 VARIANTS = ("smoke",)
 OPENR1_MATH = "hf:open-r1/OpenR1-Math-220k"
@@ -371,20 +371,6 @@ def check_keys(c: ml_collections.ConfigDict) -> None:
             _fail(f"rewards.weights.{key}", f"unknown reward; known: {sorted(REWARD_FUNCTIONS)}")
 
 
-def resolve_mesh_shape(shape, num_devices: int) -> tuple[int, int, int]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        _fail("mesh.shape", f"{shape}: three sizes (data, fsdp, tensor), at most one -1")
-    known = math.prod(s for s in shape if s != -1)
-    if -1 in shape:
-        if num_devices % known:
-            _fail("mesh.shape", f"{shape}: {num_devices} devices are not divisible by {known}")
-        shape = tuple(num_devices // known if s == -1 else s for s in shape)
-    if math.prod(shape) != num_devices:
-        _fail("mesh.shape", f"{shape} needs {math.prod(shape)} devices, {num_devices} exist")
-    return shape
-
-
 def build(
     c: ml_collections.ConfigDict,
     *,
@@ -429,7 +415,9 @@ def build(
     if not 0.0 <= c.guidance.ratio <= 1.0:
         _fail("guidance.ratio", f"α={c.guidance.ratio} must be in [0, 1]")
 
-    mesh_shape = resolve_mesh_shape(c.mesh.shape, num_devices)
+    mesh_shape = _make(
+        "mesh.shape", resolve_mesh_shape, shape=c.mesh.shape, num_devices=num_devices
+    )
     data_parallel = mesh_shape[0] * mesh_shape[1]
     d = c.data
     if not d.path:
