@@ -26,8 +26,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from g2rpo_jax import config as config_lib
-from g2rpo_jax import evaluation, sampling, sharding, train_step
+from g2rpo_jax import evaluation, experiment, sampling, sharding, train_step
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data import difficulty
 from g2rpo_jax.data.schema import Row
@@ -136,7 +135,7 @@ class Estimator:
     `estimator(rows, split)` returns the rows that fit the prompt budget with `pass_rate`
     and difficulty = 1 − pass rate set, and how many did not fit."""
 
-    def __init__(self, exp: config_lib.Experiment, journal: Journal, batch_size: int,
+    def __init__(self, exp: experiment.Experiment, journal: Journal, batch_size: int,
                  *, progress: bool = True):  # fmt: skip
         if batch_size < 1:
             raise ConfigError(f"--batch_size={batch_size} must be >= 1")
@@ -167,7 +166,7 @@ class Estimator:
                     batch_size: int = 64, progress: bool = True) -> "Estimator":  # fmt: skip
         """Prompt template, decoding, seed and accuracy reward from the training config `c`;
         temperature / max_new_tokens override its sampling ones."""
-        exp = config_lib.build(c, num_devices=jax.device_count())
+        exp = experiment.build(c, num_devices=jax.device_count())
         settings = Settings(
             model=exp.model.path, samples=samples,
             temperature=exp.sampling.temperature if temperature is None else temperature,

@@ -44,6 +44,7 @@ from g2rpo_jax import (
     distributed,
     dynamic_sampling,
     evaluation,
+    experiment,
     guidance,
     hub,
     logging_utils,
@@ -63,7 +64,7 @@ BASE_MODEL = checkpoint_lib.BASE_MODEL
 # --- Set-up: tokenizer, model, compiled functions ------------------------------------------
 
 
-def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
+def initial_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     """The policy to start from: the Hugging Face checkpoint, or a random init of the preset;
     with model.lora.rank > 0, that base with fresh adapters (B = 0: the same function)."""
     model = _base_model(exp, tokenizer, mesh)
@@ -72,7 +73,7 @@ def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwe
     return model
 
 
-def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
+def _base_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     source = exp.model
     if source.path:
         model, model_config = from_pretrained(source.path, dtype=source.dtype,
@@ -83,7 +84,7 @@ def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
             raise ValueError(f"{source.path}: vocab_size {model_config.vocab_size} < the "
                              f"tokenizer's {len(tokenizer)} tokens")  # fmt: skip
         if source.preset:  # the name in the config file should describe the weights
-            named = config_lib.preset_model_config(source)
+            named = experiment.preset_model_config(source)
             for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size"):
                 if getattr(named, field) != getattr(model_config, field):
                     logging.warning("%s: %s=%s, but config.model.preset=%r has %s", source.path,
@@ -91,13 +92,13 @@ def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
                                     getattr(named, field))  # fmt: skip
         return model
     vocab = len(tokenizer) if source.fit_vocab_to_tokenizer else None
-    model_config = config_lib.preset_model_config(source, vocab).replace(
+    model_config = experiment.preset_model_config(source, vocab).replace(
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id
     )
     return lora_lib.random_model(model_config, mesh, exp.seed)
 
 
-def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, mesh):
+def abstract_train_state(model_config: ModelConfig, exp: experiment.Experiment, mesh):
     """(graphdef, abstract TrainState with shardings) for restoring a checkpoint: what
     `TrainState.checkpointed` holds (under LoRA no base weights, `frozen` is None)."""
     graphdef, params = nnx.split(abstract_model(model_config))
@@ -111,7 +112,7 @@ def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, 
 _STEPS: dict = {}
 
 
-def _train_step(graphdef, exp: config_lib.Experiment, mesh, state):
+def _train_step(graphdef, exp: experiment.Experiment, mesh, state):
     key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh)
     if key not in _STEPS:
         _STEPS[key] = train_step.make_train_step(graphdef, exp.grpo, exp.optimizer, exp.guidance,
@@ -161,7 +162,7 @@ def train(
 ) -> TrainResult:
     """Trains (or resumes from the newest checkpoint in `workdir`) until the run's last step
     or a SIGTERM/SIGINT. `step_callback(step)` runs after each completed step."""
-    exp = config_lib.build(config, num_devices=jax.device_count(),
+    exp = experiment.build(config, num_devices=jax.device_count(),
                            process_count=jax.process_count())  # fmt: skip
     if jax.process_count() > 1 and exp.train.eval_every:
         raise config_lib.ConfigError(
@@ -185,7 +186,7 @@ def train(
     names = dict(exp.rewards.weights)
     data = make_dataset(exp.data, tokenizer,
                         answer_check=parse_gold if "accuracy" in names else None,
-                        tests_check=evaluation.tests_check(exp))  # fmt: skip
+                        tests_check=evaluation.tests_check(exp.rewards))  # fmt: skip
     total_steps = exp.train.num_steps or data.stats.num_batches
     if total_steps > data.stats.num_batches:
         raise config_lib.ConfigError(
@@ -226,7 +227,15 @@ def train(
     sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
                           train_step.batch_sharding(mesh))  # fmt: skip
     step_fn = _train_step(graphdef, exp, mesh, state)
-    eval_rows = evaluation.load_eval_examples(exp, tokenizer) if exp.train.eval_every else None
+    eval_rows = None
+    if exp.train.eval_every:
+        eval_rows = evaluation.load_eval_examples(
+            exp.eval,
+            exp.data,
+            tokenizer,
+            parse_gold if exp.accuracy_reward == "accuracy" else None,
+            evaluation.tests_check(exp.rewards),
+        )
     eval_sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
                                                              pad_id=pad))  # fmt: skip
     logger = logging_utils.RunLogger(
@@ -324,7 +333,7 @@ class _Rollout:
     """Guidance plan → sampling → decoding → rewards for one batch of B prompts; returns
     the train step's rows [B·G] (on the mesh), host-side numbers and a few samples."""
 
-    def __init__(self, exp: config_lib.Experiment, tokenizer, sampler, pool, mesh):
+    def __init__(self, exp: experiment.Experiment, tokenizer, sampler, pool, mesh):
         self.exp, self.tokenizer, self.sampler, self.pool = exp, tokenizer, sampler, pool
         self.G = exp.group_size
         self.n_guided = guidance.num_guided(exp.guidance.ratio, exp.group_size)  # ceil(α·G)

@@ -23,7 +23,7 @@ import transformers
 from absl import app, flags
 from flax import nnx
 
-from g2rpo_jax import checkpoint, cli, config, evaluation, sampling
+from g2rpo_jax import checkpoint, cli, evaluation, sampling
 from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
     pass_k = tuple(int(k) for k in _PASS_K.value)
     if any(not 1 <= k <= _NUM_SAMPLES.value for k in pass_k):
         raise app.UsageError(f"--pass_k={pass_k}: each k must be in [1, --num_samples]")
-    settings = config.EvalConfig(_DATA.value, _NUM_SAMPLES.value, pass_k, decoding,
+    settings = evaluation.EvalConfig(_DATA.value, _NUM_SAMPLES.value, pass_k, decoding,
                                  _BATCH_SIZE.value, _MAX_ROWS.value)  # fmt: skip
     graphdef, params = nnx.split(model)
     sampler = sampling.sampler_for(graphdef, decoding)

@@ -17,7 +17,7 @@ import pytest
 
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import evaluation, logging_utils, sharding, trainer
+from g2rpo_jax import evaluation, experiment, logging_utils, sharding, trainer
 from g2rpo_jax.data import tokenization
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def final_state(workdir):
     workdir, step = checkpoint_lib.locate(str(workdir))
     checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
     meta = checkpointer.meta(step)
-    exp = config_lib.build(
+    exp = experiment.build(
         ml_collections.ConfigDict(meta["config"]), num_devices=jax.device_count()
     )
     exp = exp.with_total_steps(exp.train.num_steps)
