@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache, token_log_probs
+from g2rpo_jax.models.log_probs import token_log_probs
+from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache
 
 log = logging.getLogger(__name__)
 

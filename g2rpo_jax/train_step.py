@@ -15,24 +15,17 @@ import optax
 from flax import nnx
 
 from g2rpo_jax import guidance, sharding
+from g2rpo_jax.advantages import group_advantages, group_ties
 from g2rpo_jax.grpo import (
     Aggregation,
     GRPOConfig,
-    group_advantages,
-    group_ties,
     loss_rows,
     policy_loss,
     skip_update,
     token_loss_mask,
 )
-from g2rpo_jax.models.qwen import (
-    KVCache,
-    LoraParam,
-    Qwen,
-    init_cache,
-    positions_from_mask,
-    token_log_probs,
-)
+from g2rpo_jax.models.log_probs import token_log_probs
+from g2rpo_jax.models.qwen import KVCache, LoraParam, Qwen, init_cache, positions_from_mask
 from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make_optimizer
 
 # --- The train step ------------------------------------------------------------------------
