@@ -106,6 +106,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.grpo.mask_truncated = False  # rows cut at the length budget leave the loss (TRL)
     c.grpo.filter_zero_std_groups = False  # drop groups whose rewards tie, refill (DAPO)
     c.grpo.filter_max_extra_batches = 3  # at most this many extra sampler calls a step
+    c.grpo.kl_estimator = "k3"  # k3 | k1 | k2
+    c.grpo.importance_level = "token"  # token | sequence (GSPO)
+    # Sampler–trainer mismatch: none | token_truncate | token_mask | sequence_truncate |
+    # sequence_mask, with its bounds on π_old / π_sampler (None: unbounded).
+    c.grpo.rollout_correction = "none"
+    c.grpo.rollout_correction_max = config_dict.FieldReference(3.0, field_type=float)
+    c.grpo.rollout_correction_min = config_dict.placeholder(float)
 
     c.optimizer = ml_collections.ConfigDict()  # AdamW, warmup + cosine (SPEC §7)
     c.optimizer.learning_rate = 1e-5
@@ -437,7 +444,9 @@ def build(
         decode_phases=s.decode_phases,
     )  # fmt: skip
     grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
-    grpo = _make("grpo", GRPOConfig, **grpo_kw, max_completion_length=d.max_completion_length)
+    # Greedy rollouts report temperature-1 log-probs.
+    grpo = _make("grpo", GRPOConfig, **grpo_kw, max_completion_length=d.max_completion_length,
+                 sampling_temperature=s.temperature if s.temperature > 0 else 1.0)  # fmt: skip
 
     t = c.train
     if t.num_steps < 0:
