@@ -440,6 +440,7 @@ class _Rollout:
 
         fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_guidance")
         rows = {f: getattr(out, f) for f in fields}  # already global, rows over the mesh
+        rows["sampler_log_probs"] = out.log_probs
         host_rows = {"rewards": rewards.total.astype(np.float32), "accuracy": accuracy,
                      "is_guided": is_guided, "truncated": finish == FINISH_LENGTH,
                      "is_filler": np.zeros(len(texts), bool)}  # fmt: skip

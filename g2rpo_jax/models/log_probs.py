@@ -1,9 +1,10 @@
-"""Per-token log-probs from a decoder's hidden states, through the LM head in
+"""Per-token log-probs and entropy from a decoder's hidden states, through the LM head in
 chunks of the sequence so that the float32 logits [B, T, V] never exist at once (Qwen's V
 is 151,936). Shapes as in models/qwen.py; c is the chunk length.
 """
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,3 +48,41 @@ def token_log_probs(
         targets_BT,
         chunk,
     )
+
+
+class TokenStats(NamedTuple):
+    """Per target token, float32 [B, T].
+
+    log_probs: log π (temperature 1), differentiable. sampling_log_probs: log softmax(logits
+    / τ), the distribution the sampler draws from at temperature τ, and entropy: −Σ π log π
+    (temperature 1, nats); both without gradient.
+    """
+
+    log_probs: jax.Array
+    sampling_log_probs: jax.Array
+    entropy: jax.Array
+
+
+def token_stats(
+    model: Qwen,
+    hidden_BTD: jax.Array,
+    targets_BT: jax.Array,
+    sampling_temperature: float = 1.0,
+    chunk: int = 256,
+) -> TokenStats:
+    """`TokenStats` of the target tokens from one pass over the logits, chunk by chunk."""
+
+    def stats(h_BcD, t_Bc) -> TokenStats:
+        logits_BcV = model.logits(h_BcD)
+        log_probs = _picked_log_probs(logits_BcV, t_Bc)
+        fixed_BcV = jax.lax.stop_gradient(logits_BcV)
+        log_z = jax.nn.logsumexp(fixed_BcV, axis=-1)
+        # H = log Z − Σ p·logit, with p = softmax(logits).
+        mean_logit = jnp.sum(jnp.exp(fixed_BcV - log_z[..., None]) * fixed_BcV, axis=-1)
+        if sampling_temperature == 1.0:
+            sampling = jax.lax.stop_gradient(log_probs)
+        else:
+            sampling = _picked_log_probs(fixed_BcV / sampling_temperature, t_Bc)
+        return TokenStats(log_probs, sampling, log_z - mean_logit)
+
+    return _over_chunks(stats, hidden_BTD, targets_BT, chunk)
