@@ -92,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.guidance_in_budget = True  # max_completion_length counts guidance tokens
     c.sampling.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
     c.sampling.decode_phases = 4  # decode loops, each over a cache grown to what it fills
+    c.sampling.param_dtype = "float32"  # float32 | bfloat16: a copy the rollouts read
 
     c.grpo = ml_collections.ConfigDict()  # SPEC §2–3
     c.grpo.group_size = 12  # G
@@ -441,7 +442,7 @@ def build(
         "sampling", SamplingConfig, max_completion_length=d.max_completion_length,
         temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
         guidance_in_budget=s.guidance_in_budget, batch_multiple=s.batch_multiple,
-        decode_phases=s.decode_phases,
+        decode_phases=s.decode_phases, param_dtype=s.param_dtype,
     )  # fmt: skip
     grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
     # Greedy rollouts report temperature-1 log-probs.

@@ -58,7 +58,7 @@ from g2rpo_jax.data import make_dataset
 from g2rpo_jax.data.tokenization import Tokenizer, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
 from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig
+from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig, rollout_params
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, copied into the workdir at the start
 BASE_MODEL = checkpoint_lib.BASE_MODEL
@@ -346,11 +346,13 @@ def train(
                 if pending is not None:
                     pending[2]["end"] = time.perf_counter()
                 t_ell = time.perf_counter()
+                policy = rollout_params(state.policy(), exp.sampling)  # once per step
                 if exp.grpo.filter_zero_std_groups:
-                    rows, host, samples = filtered(state.policy(), batch, ell, k)
+                    rows, host, samples = filtered(policy, batch, ell, k)
                     rows = distributed.global_batch(rows, rollout.sharding)
                 else:
-                    rows, host, samples = rollout(state.policy(), batch, ell, k)
+                    rows, host, samples = rollout(policy, batch, ell, k)
+                del policy
                 if jax.process_count() > 1:  # which rows each host read, for audits and tests
                     logging_utils.append_jsonl(
                         os.path.join(workdir, f"rows.process{jax.process_index()}.jsonl"),

@@ -106,6 +106,7 @@ def smoke(**changes):
         (dict(train__eval_every=2), "config.eval.path"),
         (dict(grpo__rollout_correction="tis"), "config.grpo: rollout_correction"),
         (dict(grpo__rollout_correction_min=4.0), "config.grpo: rollout_correction_min"),
+        (dict(sampling__param_dtype="float16"), "config.sampling: param_dtype"),
     ],
 )
 def test_bad_config_fails_before_anything_is_loaded_naming_the_field(
