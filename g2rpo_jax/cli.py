@@ -1,9 +1,10 @@
 """How scripts/*.py report the errors we raise on purpose: one line, exit code 2.
 
-A `ConfigError`, a `DataError` (or a subclass of either) or a missing / existing path the
-user named is a message for the user, already naming the config key or `file:row` and
-field; a traceback under it only hides it. Any other exception is a bug and keeps its
-traceback. `--traceback` or `G2RPO_TRACEBACK=1` shows the traceback for ours too.
+A `ConfigError`, a `DataError` (or a subclass of either), a missing / existing path the
+user named, or a `TrainingAlarm` that stopped a run (train.stop_on_alarm) is a message for
+the user, already naming the config key or `file:row` and field; a traceback under it only
+hides it. Any other exception is a bug and keeps its traceback. `--traceback` or
+`G2RPO_TRACEBACK=1` shows the traceback for ours too.
 
     if __name__ == "__main__":
         cli.run(main)
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from g2rpo_jax.alarms import TrainingAlarm
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data.schema import DataError
 
@@ -27,6 +29,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     FileNotFoundError,
     FileExistsError,
+    TrainingAlarm,
 )
 TRACEBACK_ENV = "G2RPO_TRACEBACK"
 

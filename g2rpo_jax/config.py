@@ -161,6 +161,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.wandb_project = ""  # log to Weights & Biases too when set and installed
     c.train.eval_at_start = False  # evaluate before the first step too (the step-0 baseline)
     c.train.plots = False  # at the end: PNG plots and the before → after line (report.py)
+    # Warn when ≥ 90% of completions are truncated, or every group ties, this many steps in
+    # a row (0 = never); stop_on_alarm then saves and stops (exit code 2).
+    c.train.alarm_steps = 20
+    c.train.stop_on_alarm = False
 
     c.eval = ml_collections.ConfigDict()  # periodic eval and scripts/evaluate.py (SPEC §7)
     c.eval.path = ""  # problems, in any data.path form; known hub sets bring their fields
@@ -266,6 +270,8 @@ class TrainLoopConfig:
     wandb_project: str
     eval_at_start: bool
     plots: bool
+    alarm_steps: int
+    stop_on_alarm: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -475,7 +481,7 @@ def build(
     for name in ("save_every", "keep_checkpoints"):
         if t[name] < 1:
             _fail(f"train.{name}", f"{t[name]} must be >= 1")
-    for name in ("sample_every", "eval_every", "num_logged_samples"):
+    for name in ("sample_every", "eval_every", "num_logged_samples", "alarm_steps"):
         if t[name] < 0:
             _fail(f"train.{name}", f"{t[name]} must be >= 0")
     if t.eval_every and not c.eval.path:

@@ -107,6 +107,7 @@ def smoke(**changes):
         (dict(grpo__rollout_correction="tis"), "config.grpo: rollout_correction"),
         (dict(grpo__rollout_correction_min=4.0), "config.grpo: rollout_correction_min"),
         (dict(sampling__param_dtype="float16"), "config.sampling: param_dtype"),
+        (dict(train__alarm_steps=-1), "config.train.alarm_steps"),
     ],
 )
 def test_bad_config_fails_before_anything_is_loaded_naming_the_field(
