@@ -57,7 +57,8 @@ def main():
 
     def program(name):
         def loss(q, k, v):
-            o = attention.attend(q, k, v, mask, mask, 0, implementation=name, platform=platform)
+            kernel = attention.kernel_for(name, platform, dtype, q.shape[-1])
+            o = attention.attend(q, k, v, mask, mask, 0, kernel)
             return jnp.sum(o.astype(jnp.float32) * w), jnp.where(mask[:, :, None, None], o, 0)
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))

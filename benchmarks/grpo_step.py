@@ -68,7 +68,6 @@ def main():
     sampler = Sampler(graphdef, SamplingConfig(max_completion_length=COMPLETION_LEN))
     pool = RewardPool(REWARDS)
     n_guided = guidance.num_guided(GUIDANCE.ratio, G)
-    is_guided = np.tile(np.arange(G) < n_guided, PROMPTS)
     rng = np.random.default_rng(0)
     V = TINY.vocab_size
 
@@ -92,7 +91,8 @@ def main():
         accuracy = rewards.per_function[:, rewards.names.index("accuracy")]
         t2 = time.perf_counter()
         batch = {f: getattr(out, f) for f in train_step.BATCH_FIELDS[:5]}
-        batch |= {"sampler_log_probs": out.log_probs, "rewards": rewards.total, "accuracy": accuracy, "is_guided": is_guided,
+        batch |= {"sampler_log_probs": out.log_probs, "rewards": rewards.total,
+                  "accuracy": accuracy,
                   "truncated": out.finish_reason == FINISH_LENGTH,
                   "is_filler": np.zeros(PROMPTS * G, bool)}  # fmt: skip
         state, metrics = update(state, batch)

@@ -118,7 +118,6 @@ def abstract_batch(rows: int, prompt: int, completion: int, mesh) -> dict:
         "sampler_log_probs": ((rows, completion), jnp.float32),
         "rewards": ((rows,), jnp.float32),
         "accuracy": ((rows,), jnp.float32),
-        "is_guided": ((rows,), jnp.bool_),
         "truncated": ((rows,), jnp.bool_),
         "is_filler": ((rows,), jnp.bool_),
     }
@@ -249,7 +248,6 @@ def validate(name: str, config: ModelConfig, rows: int, group: int, prompt: int,
         "sampler_log_probs": np.zeros((rows, completion), np.float32),
         "rewards": rng.random(rows).astype(np.float32),
         "accuracy": np.zeros(rows, np.float32),
-        "is_guided": np.zeros(rows, bool),
         "truncated": np.zeros(rows, bool),
         "is_filler": np.zeros(rows, bool),
     }

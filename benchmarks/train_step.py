@@ -106,7 +106,6 @@ def make_batch(rows: int, group: int, prompt: int, completion: int, vocab: int,
         "sampler_log_probs": np.zeros((rows, completion), np.float32),
         "rewards": rewards,
         "accuracy": (rewards > 0.5).astype(np.float32),
-        "is_guided": np.zeros(rows, bool),
         "truncated": np.zeros(rows, bool),
         "is_filler": np.zeros(rows, bool),
     }

@@ -27,6 +27,13 @@ BYTES_TOKENIZER = "builtin:bytes"  # a byte-level Qwen-style tokenizer written t
 VARIANTS = ("smoke",)
 OPENR1_MATH = "hf:open-r1/OpenR1-Math-220k"
 MATH_500 = "hf:HuggingFaceH4/MATH-500"
+# The paper recipe's instruction (SPEC §7): the format that the format reward checks and that
+# OpenR1's traces take once their solution is wrapped as the answer (FieldMap.openr1_math).
+MATH_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Reason about the problem step by step first, then give "
+    "your solution. Respond in this format:\n<think>\n...\n</think>\n<answer>\n...\n"
+    "</answer>\nand put the final answer within \\boxed{} inside the answer."
+)
 # Sub-dicts whose keys are free (checked against another schema instead of the defaults).
 _FREE_KEYS = ("model.overrides", "rewards.weights")
 
@@ -182,9 +189,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 def math_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The paper's math data (SPEC §7) from the hub: OpenR1-Math-220k's default split to
-    train on (its first trace marked correct guides), MATH-500 evaluated every 100 steps.
+    train on (FieldMap.openr1_math picks the trace), MATH-500 evaluated every 100 steps, and
+    the system prompt that asks for the rewarded format.
     `--config.data.path` / `--config.eval.path` point at local copies instead."""
     c.data.path = OPENR1_MATH
+    c.data.system_prompt = MATH_SYSTEM_PROMPT
     c.eval.path = MATH_500
     c.eval.split = "test"  # MATH-500's only split
     c.train.eval_every = 100
@@ -204,7 +213,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.dtype = c.model.param_dtype = "float32"
     c.model.remat = False
     c.tokenizer = BYTES_TOKENIZER
-    c.data.max_prompt_length = 96
+    # Byte tokens: a system prompt costs one per byte on top of the problem's 96.
+    c.data.max_prompt_length = 96 + len((c.data.system_prompt or "").encode())
     c.data.max_completion_length = 32
     c.data.batch_size = 4
     c.grpo.group_size = 4
@@ -462,11 +472,13 @@ def build(
     steps = t.num_steps or (c.optimizer.warmup_steps or 0) + 1
     optimizer = _make("optimizer", OptimizerConfig, total_steps=steps, **c.optimizer.to_dict())
     guidance_config = _make("guidance", GuidanceConfig, total_steps=steps, **c.guidance.to_dict())
-    if guidance_config.max_length > d.max_completion_length and s.guidance_in_budget:
+    if guidance_config.max_length > d.max_completion_length:
+        # Traces are cut to max_completion_length tokens when read, with or without
+        # guidance_in_budget: a longer ℓ would be capped there without a word.
         _fail(
             "guidance.max_length",
             f"ℓ_max={guidance_config.max_length} exceeds data.max_completion_length="
-            f"{d.max_completion_length}, which counts guidance tokens",
+            f"{d.max_completion_length}, the most trace tokens a row holds",
         )
 
     r = c.rewards

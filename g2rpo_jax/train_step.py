@@ -36,9 +36,11 @@ from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make
 # sampler_log_probs: [R, C] float32, the sampler's log-probs of the completion tokens (at
 # its temperature); truncated: [R] bool, the sampler stopped the row at its length budget
 # (no EOS); is_filler: [R] bool, a row of a tied group kept only to fill a filtered batch.
+# A row is guided when it received trace tokens (any `is_guidance`): not every planned slot
+# does (a row without a trace, ℓ = 0), so the plan alone would misattribute them.
 BATCH_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
-                "is_guidance", "sampler_log_probs", "rewards", "accuracy", "is_guided",
-                "truncated", "is_filler")  # fmt: skip
+                "is_guidance", "sampler_log_probs", "rewards", "accuracy", "truncated",
+                "is_filler")  # fmt: skip
 
 
 @flax.struct.dataclass
@@ -302,18 +304,19 @@ def make_train_step(
             else:
                 (loss, (metrics, tokens)), grads = loss_and_grad(_log_probs, params, frozen)
             grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-            return grad_sum, (loss, jax.tree.map(lambda m: weight * m, metrics), tokens)
+            return grad_sum, (loss, metrics, tokens)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         grads, (losses, metrics, tokens) = jax.lax.scan(micro_step, zeros, inputs)
         tokens = jax.tree.map(lambda x: _merge(x, b), tokens)
-        return grads, losses.sum(), jax.tree.map(jnp.sum, metrics), tokens
+        return grads, losses.sum(), _combine_micro_batches(metrics, weights), tokens
 
     def train_step(state: TrainState, batch: dict):
         advantages = group_advantages(batch["rewards"], group_size, grpo.advantage_std)
         rows_in_loss = loss_rows(batch, grpo)
         loss_mask = token_loss_mask(batch["completion_mask"], batch["is_guidance"],
                                     grpo.guidance_loss, rows_in_loss)  # fmt: skip
+        is_guided = jnp.any(batch["is_guidance"], axis=-1)
         ref_lp = None
         if grpo.beta > 0:
             ref_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.reference(), batch))
@@ -328,23 +331,23 @@ def make_train_step(
                 params, state.frozen, batch, advantages, rows_in_loss, loss_mask, old, ref_lp
             )
             updates, opt_state = tx.update(grads, opt_state, params)
-            metrics |= _by_guidance("entropy", entropy, loss_mask, batch["is_guided"])
+            metrics |= _by_guidance("entropy", entropy, loss_mask, is_guided)
             metrics |= {"loss": loss, "grad_norm": optax.tree.norm(grads)}
             return (optax.apply_updates(params, updates), opt_state), (metrics, old_sampling)
 
         (params, opt_state), (metrics, old_sampling) = jax.lax.scan(
             update, (state.params, state.opt_state), length=grpo.num_updates
         )
-        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics = {name: _reduce_metric(name, values) for name, values in metrics.items()}
         # π_old is the same in every update: the first one's.
         metrics |= rollout_metrics(old_sampling[0], batch["sampler_log_probs"], loss_mask, grpo)
         skipped = skip_update(advantages, grpo, rows_in_loss)
         keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
 
-        signal = guidance.step_signal(batch["accuracy"], batch["rewards"], batch["is_guided"],
+        signal = guidance.step_signal(batch["accuracy"], batch["rewards"], is_guided,
                                       guidance_config)  # fmt: skip
         completion_length = batch["completion_mask"].sum(1).astype(jnp.float32)
-        guided = batch["is_guided"].astype(jnp.float32)
+        guided = is_guided.astype(jnp.float32)
         accuracy = batch["accuracy"].astype(jnp.float32)
         metrics |= {
             "lr": schedule(state.step),
@@ -361,7 +364,7 @@ def make_train_step(
             "effective_rows": jnp.sum((advantages != 0) * rows_in_loss),
             "truncated_fraction": jnp.mean(batch["truncated"].astype(jnp.float32)),
         }  # fmt: skip
-        ties = group_ties(batch["rewards"], accuracy, batch["is_guided"], group_size,
+        ties = group_ties(batch["rewards"], accuracy, is_guided, group_size,
                           jnp.logical_not(batch["is_filler"]))  # fmt: skip
         metrics |= {f"groups/{name}": value for name, value in ties.items()}
         new_state = state.replace(
@@ -389,6 +392,34 @@ def _by_guidance(
     mean = lambda m: jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
     return {name: mean(mask), f"{name}_guided": mean(mask * guided),
             f"{name}_unguided": mean(mask * (1 - guided))}  # fmt: skip
+
+
+def _combine_micro_batches(metrics: dict, loss_weights: jax.Array) -> dict:
+    """The full batch's value of each loss metric from its values per micro-batch [micro]:
+    `loss_tokens` summed, `pg_loss` weighted as the loss is (`loss_weights`), `*_max` /
+    `*_min` their max / min, and token means by each micro-batch's share of loss tokens."""
+    tokens = metrics["loss_tokens"]
+    token_share = tokens / jnp.maximum(tokens.sum(), 1.0)
+
+    def combine(name: str, values: jax.Array) -> jax.Array:
+        match name:
+            case "loss_tokens":
+                return values.sum()
+            case "pg_loss":
+                return jnp.sum(loss_weights * values)
+        return _reduce_metric(name, values, mean=lambda v: jnp.sum(token_share * v))
+
+    return {name: combine(name, values) for name, values in metrics.items()}
+
+
+def _reduce_metric(name: str, values: jax.Array, mean=jnp.mean) -> jax.Array:
+    """One value from a metric's values [n]: max / min for `*_max` / `*_min`, else `mean`
+    (plain over the μ updates, which see the same rows and tokens)."""
+    if name.endswith("_max"):
+        return values.max()
+    if name.endswith("_min"):
+        return values.min()
+    return mean(values)
 
 
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:

@@ -427,7 +427,9 @@ class _Rollout:
         key = jax.random.fold_in(key, draw) if draw else key
         lengths = np.asarray(jax.device_get(
             guidance.guidance_lengths(batch["guidance_length"], ell, G, self.n_guided)))  # fmt: skip
-        is_guided = np.tile(np.arange(G) < self.n_guided, len(batch["index"]))
+        # Guided = received trace tokens: a planned slot of a trace-less row, or any slot at
+        # ℓ = 0, samples unguided and is counted so (metrics, the unguided-accuracy signal).
+        is_guided = lengths > 0
         # Candidate j of source row i keys its sampling on i·G + j: the same on any host count.
         row_ids = (
             batch["index"].astype(np.uint32)[:, None] * G + np.arange(G, dtype=np.uint32)
@@ -450,7 +452,7 @@ class _Rollout:
         rows = {f: getattr(out, f) for f in fields}  # already global, rows over the mesh
         rows["sampler_log_probs"] = out.log_probs
         host_rows = {"rewards": rewards.total.astype(np.float32), "accuracy": accuracy,
-                     "is_guided": is_guided, "truncated": finish == FINISH_LENGTH,
+                     "truncated": finish == FINISH_LENGTH,
                      "is_filler": np.zeros(len(texts), bool)}  # fmt: skip
         rows |= distributed.global_batch(host_rows, self.sharding)
         host = {

@@ -31,7 +31,7 @@ from ml_collections import config_flags
 
 from g2rpo_jax import cli, pass_rate
 from g2rpo_jax import config as config_lib
-from g2rpo_jax.data import DataConfig, FieldMap, Row, SourceFormat, load_rows
+from g2rpo_jax.data import DataConfig, DataError, FieldMap, Row, SourceFormat, load_rows
 from g2rpo_jax.data import difficulty as difficulty_lib
 from g2rpo_jax.data.tfds_builder import check_writable, write_array_record
 from g2rpo_jax.rewards.accuracy import parse_gold
@@ -131,8 +131,14 @@ def _prepare(splits: dict[str, str], estimator, by_pass_rate) -> dict[str, list[
         loaded = load_rows(config, parse_gold if _CHECK_ANSWERS.value else None)
         rows = loaded.rows
         if estimator is not None:
-            rows = difficulty_lib.with_difficulty(rows, estimator)
-        print(f"{split}: {path}: {len(rows)} rows kept, {loaded.bad_rows} bad rows skipped")
+            try:
+                rows = difficulty_lib.with_difficulty(rows, estimator)
+            except DataError as e:
+                raise DataError(f"{path}: {e}") from e
+        print(
+            f"{split}: {path}: {len(rows)} rows kept, {loaded.bad_rows} bad rows skipped, "
+            f"{loaded.untraced_rows} without a complete trace marked correct skipped"
+        )
         if by_pass_rate is not None:
             rows, too_long = by_pass_rate(rows, split)
             if too_long:

@@ -37,8 +37,8 @@ def _run(implementation, q, k, v, q_mask, kv_mask, q_offset, block=8):
                                 kv_mask.astype(jnp.int32), jnp.asarray(q_offset, jnp.int32),
                                 block, block)  # fmt: skip
         return out.reshape(q.shape)
-    return attention.attend(q, k, v, q_mask, kv_mask, q_offset, implementation=implementation,
-                            platform="cpu")  # fmt: skip
+    kernel = attention.kernel_for(implementation, "cpu", q.dtype, q.shape[-1])
+    return attention.attend(q, k, v, q_mask, kv_mask, q_offset, kernel)
 
 
 @pytest.mark.parametrize("implementation", ["chunked", "splash"])
@@ -69,19 +69,39 @@ def test_chunked_takes_a_traced_offset():
     assert float(jnp.max(jnp.abs((out - ref) * q_mask[:, :, None, None]))) <= BOUND
 
 
-def test_auto_resolves_by_platform_dtype_and_length():
-    r = lambda platform, dtype=jnp.bfloat16, H=128, T=512: attention.resolve(
-        "auto", platform, dtype, H, T
-    )
-    assert r("tpu") == "splash"
-    assert r("cuda") == r("gpu") == "cudnn"
-    assert r("cuda", jnp.float32) == "chunked"  # cuDNN's flash kernel takes bf16/fp16 only
-    assert r("cuda", H=256) == "chunked"
-    assert r("cpu") == "xla"
-    assert r("cpu", T=attention.CPU_CHUNKED_FROM) == "chunked"
-    assert attention.resolve("xla", "tpu", jnp.float32, 64, 8) == "xla"
+def test_auto_resolves_by_platform_dtype_and_head_size():
+    r = lambda platform, dtype=jnp.bfloat16, H=128: attention.kernel_for("auto", platform, dtype, H)
+    assert r("tpu") == attention.Kernel("splash", "tpu")
+    assert r("cuda") == r("gpu") == attention.Kernel("cudnn", "cuda")
+    assert r("cuda", jnp.float32).name == "chunked"  # cuDNN's flash kernel takes bf16/fp16 only
+    assert r("cuda", H=256).name == "chunked"
+    assert r("cpu") == attention.Kernel("by_length", "cpu")
+    assert attention.kernel_for("xla", "tpu", jnp.float32, 64) == attention.Kernel("xla")
     with pytest.raises(ValueError, match="attention='flash'"):
-        attention.resolve("flash", "cpu", jnp.float32, 64, 8)
+        attention.kernel_for("flash", "cpu", jnp.float32, 64)
+
+
+def test_cpu_auto_runs_xla_below_the_threshold_and_chunked_from_it(monkeypatch):
+    """The same kernel object picks by the query count it is called with."""
+    called = []
+    monkeypatch.setattr(attention, "_xla", lambda *a: called.append("xla") or a[0])
+    monkeypatch.setattr(attention, "chunked", lambda *a: called.append("chunked") or a[0])
+    monkeypatch.setattr(attention, "CPU_CHUNKED_FROM", 16)
+    kernel = attention.kernel_for("auto", "cpu", jnp.float32, H)
+    for T in (15, 16):
+        q, k, v, q_mask, kv_mask = _inputs(T, T)
+        attention.attend(q, k, v, q_mask, kv_mask, 0, kernel)
+    assert called == ["xla", "chunked"]
+
+
+def test_a_kernel_resolved_for_one_platform_does_not_lower_for_another():
+    """A model built for CPU and exported for TPU must not quietly run CPU's choice there."""
+    q, k, v, q_mask, kv_mask = _inputs(8, 8)
+    kernel = attention.kernel_for("auto", "cpu", jnp.float32, H)
+    f = jax.jit(lambda q: attention.attend(q, k, v, q_mask, kv_mask, 0, kernel))
+    jax.export.export(f, platforms=["cpu"])(q)  # lowers for its own platform
+    with pytest.raises(NotImplementedError, match="platform_index.*for platform tpu"):
+        jax.export.export(f, platforms=["tpu"])(q)
 
 
 @pytest.fixture

@@ -9,7 +9,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from g2rpo_jax.data import DataConfig, DataError, DifficultySource, FieldMap, make_dataset
+from g2rpo_jax.data import (
+    DataConfig,
+    DataError,
+    DifficultySource,
+    FieldMap,
+    load_rows,
+    make_dataset,
+)
+from g2rpo_jax.data import difficulty as difficulty_lib
 from tests.fake_tokenizer import make_tokenizer
 
 B = 4
@@ -271,3 +279,25 @@ def test_rows_without_a_trace_are_bad_unless_guidance_is_optional(tmp_path, toke
         assert (batch["guidance_length"][unguided] == 0).all()
         assert (batch["guidance_ids"][unguided] == data.pad_id).all()
         assert (batch["guidance_length"][~unguided] > 0).all()
+
+
+def test_rows_without_a_trace_get_no_trace_length_difficulty(tmp_path, tokenizer):
+    """Trace length 0 would make a trace-less row the easiest problem (issue 33): `sorted`
+    refuses, naming the file and what to do; random order carries NaN; the estimator refuses."""
+    path = tmp_path / "rows.jsonl"
+    write_rows(path, 8, difficulty=lambda i: None)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows[1::2]:
+        del row["guidance"]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    optional = FieldMap(guidance_optional=True)
+    with pytest.raises(DataError, match=rf"{path}: .*4 of 8 rows have no reference trace"):
+        make_dataset(config_for(str(path), fields=optional), tokenizer, process_count=1)
+    config = config_for(str(path), fields=optional, order="random")
+    (batch,) = all_batches(config, tokenizer)[:1]
+    traced = batch["guidance_length"] > 0
+    assert np.isnan(batch["difficulty"][~traced]).all() and traced.any() and (~traced).any()
+    assert (batch["difficulty"][traced] > 0).all()
+    loaded = load_rows(config)
+    with pytest.raises(DataError, match="4 of 8 rows have no reference trace"):
+        difficulty_lib.with_difficulty(loaded.rows, difficulty_lib.trace_length)

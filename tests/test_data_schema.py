@@ -1,5 +1,6 @@
 """Row validation and sources: every bad row is named by file:row and field; mappings load."""
 
+import dataclasses
 import json
 import logging
 
@@ -102,41 +103,60 @@ OPENR1 = [
     {
         "problem": "2+2?",
         "answer": "4",
-        "generations": ["<think>2+2=5</think>", "<think>2+2=4</think> \\boxed{4}"],
+        "generations": ["<think>2+2=5</think>", "<think>2+2=4</think> So \\boxed{4}."],
         "correctness_math_verify": [False, True],
+        "correctness_llama": None,  # no verdict: math-verify's is enough
+        "is_reasoning_complete": [True, True],
     },
-    {
+    {  # no trace marked correct by either judge: skipped and counted
         "problem": "3+3?",
         "answer": "6",
-        "generations": ["<think>7</think>"],
+        "generations": ["<think>7</think> \\boxed{7}"],
         "correctness_math_verify": [False],
+        "correctness_llama": [False],
+        "is_reasoning_complete": [True],
     },
-    {
+    {  # the only trace math-verify marked correct is incomplete: the second judge's
         "problem": "1+1?",
         "answer": "2",
-        "generations": ["<think>1+1=2</think>", "<think>two</think>"],
-        "correctness_math_verify": [True, True],
+        "generations": ["<think>1+1=2", "<think>one plus one</think>\n\n\\boxed{2}"],
+        "correctness_math_verify": [True, False],
+        "correctness_llama": [True, True],
+        "is_reasoning_complete": [False, True],
+    },
+    {  # marked correct by the second judge only
+        "problem": "5+5?",
+        "answer": "10",
+        "generations": ["<think>5+5=10</think> \\boxed{10}", "<think>11</think> \\boxed{11}"],
+        "correctness_math_verify": [False, False],
+        "correctness_llama": [True, False],
+        "is_reasoning_complete": [True, True],
     },
 ]
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
-def test_openr1_mapping_picks_the_first_correct_trace(tmp_path, suffix):
+def test_openr1_mapping_prefers_math_verify_then_the_second_judge_and_skips_the_rest(
+    tmp_path, suffix
+):
     path = str(tmp_path / f"openr1.{suffix}")
     if suffix == "jsonl":
         write_jsonl(path, OPENR1)
     else:
         pq.write_table(pa.Table.from_pylist(OPENR1), path)
-    config = DataConfig(path=path, fields=FieldMap.openr1_math())
-    with pytest.raises(DataError, match=r":1.*'guidance' \(column 'generations'\): no trace"):
-        load_rows(config, answer_check=parse_gold)
-    skipped = DataConfig(path=path, fields=FieldMap.openr1_math(), skip_bad_rows=True)
-    loaded = load_rows(skipped, answer_check=parse_gold)
-    assert loaded.bad_rows == 1
+    # Not a bad row: the run goes on without skip_bad_rows, and the count says what was left.
+    loaded = load_rows(DataConfig(path=path, fields=FieldMap.openr1_math()), parse_gold)
+    assert (loaded.bad_rows, loaded.untraced_rows, loaded.rows_read) == (0, 1, 4)
     assert loaded.rows == [
-        Row(0, "2+2?", "4", "<think>2+2=4</think> \\boxed{4}"),
-        Row(2, "1+1?", "2", "<think>1+1=2</think>"),
+        Row(0, "2+2?", "4", "<think>2+2=4</think>\n<answer>\nSo \\boxed{4}.\n</answer>"),
+        Row(2, "1+1?", "2", "<think>one plus one</think>\n<answer>\n\\boxed{2}\n</answer>"),
+        Row(3, "5+5?", "10", "<think>5+5=10</think>\n<answer>\n\\boxed{10}\n</answer>"),
     ]
+    # With guidance_optional the untraced row trains unguided instead.
+    optional = dataclasses.replace(FieldMap.openr1_math(), guidance_optional=True)
+    rows = load_rows(DataConfig(path=path, fields=optional), parse_gold).rows
+    untraced = Row(1, "3+3?", "6", "")
+    assert rows == [loaded.rows[0], untraced, *loaded.rows[1:]]
 
 
 def test_openr1_mapping_rejects_mismatched_correctness(tmp_path):

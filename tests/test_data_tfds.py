@@ -25,20 +25,23 @@ ROWS = [
         "tests": ["assert f(1) == 2", "assert f(2) == 3"],
     },
     {"prompt": "Read n.", "answer": "", "guidance": "print(n)", "tests": "1\n1\n"},
+    {"prompt": "2+2?", "answer": "4"},  # no trace (guidance_optional): stored and read as none
 ] * 3
 
 ROUND_TRIP = textwrap.dedent(
     """
     import sys
     import pytest
-    from g2rpo_jax.data import DataConfig, load_rows
+    from g2rpo_jax.data import DataConfig, FieldMap, load_rows
     from g2rpo_jax.data.tfds_builder import write_array_record
 
     jsonl, data_dir = sys.argv[1:]
-    rows = load_rows(DataConfig(path=jsonl)).rows
+    optional = FieldMap(guidance_optional=True)
+    rows = load_rows(DataConfig(path=jsonl, fields=optional)).rows
+    assert [row.guidance for row in rows].count("") == 3
     write_array_record({"train": rows[:8], "test": rows[8:]}, data_dir)
     train = load_rows(DataConfig(path=data_dir, format="tfds", split="train")).rows
-    test = load_rows(DataConfig(path=data_dir, format="tfds", split="test")).rows
+    test = load_rows(DataConfig(path=data_dir, format="tfds", split="test", fields=optional)).rows
     assert train + test == rows, (train + test, rows)
     with pytest.raises(FileExistsError):
         write_array_record({"train": rows}, data_dir)
@@ -84,7 +87,8 @@ def test_prepare_data_maps_validates_and_estimates_difficulty(tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train: " in result.stdout and "4 rows kept, 2 bad rows skipped" in result.stdout
+    assert "train: " in result.stdout and "4 rows kept, 1 bad rows skipped" in result.stdout
+    assert "1 without a complete trace marked correct skipped" in result.stdout
 
     rows = load_rows(DataConfig(path=str(out), format="tfds")).rows
     assert [r.index for r in rows] == [0, 2, 4, 5]  # indices of the original file

@@ -2,8 +2,8 @@
 
 Nothing is allocated: weights, state and batches are ShapeDtypeStructs. The model is built
 for the target platform (`abstract_model(config, platform)`), so "auto" attention resolves to
-that platform's kernel; the XLA:CPU workarounds in attention.py are made to raise, so a
-program that reached one of them would fail to trace.
+that platform's kernel; the XLA:CPU forms (models/xla_cpu.py) are lowered only for CPU, and
+every exported program is checked for them.
 
 cuDNN's attention checks the installed cuDNN before it lowers; this machine has no CUDA
 plugin, so the check is told a cuDNN 9.10 is there. Its custom calls are not in jax.export's
@@ -29,20 +29,31 @@ KERNEL_CALL = {"tpu": "tpu_custom_call", "cuda": "__cudnn$fmha"}
 
 
 @pytest.fixture(autouse=True)
-def no_cpu_workarounds(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("an XLA:CPU workaround in a program for another platform")
-
-    for name in ("_decode_cpu", "_cpu_barrier", "_sum_over_cores"):
-        monkeypatch.setattr(attention, name, forbidden)
+def cudnn_9_10(monkeypatch):
     monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 91000)
 
 
 def _export(fn, platform: str, *args) -> str:
-    """The exported program's StableHLO text."""
+    """The exported program's StableHLO text; no XLA:CPU form may reach another platform's
+    (the text's locations name the file each op was traced in)."""
     disabled = [jax.export.DisabledSafetyCheck.custom_call(c) for c in CUDNN_CALLS]
     exported = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=disabled)
-    return exported(*args).mlir_module()
+    text = exported(*args).mlir_module()
+    assert (XLA_CPU_FILE in text) == (platform == "cpu")
+    return text
+
+
+XLA_CPU_FILE = "models/xla_cpu.py"
+
+
+def test_xla_cpu_forms_reach_cpu_programs_only():
+    """A decode step: the multiply-reduces and the barrier on CPU, einsums elsewhere."""
+    B, K, G, H, S = 2, 2, 2, 16, 32
+    q, k, v = jnp.zeros((B, K, G, H)), jnp.zeros((B, K, H, S)), jnp.zeros((B, K, S, H))
+    mask = jnp.ones((B, S), bool)
+    step = lambda q, k, v, mask: attention.decode(q, k, v, mask, jnp.int32(3))
+    for platform in ("cpu", "tpu", "cuda"):
+        _export(step, platform, q, k, v, mask)
 
 
 def _abstract(tree):
@@ -92,7 +103,7 @@ def test_train_step_lowers_with_auto_attention(platform):
     spec = {"prompt_ids": (prompt, jnp.int32), "prompt_mask": (prompt, jnp.bool_),
             "completion_ids": (completion, jnp.int32), "completion_mask": (completion, jnp.bool_),
             "is_guidance": (completion, jnp.bool_), "rewards": (None, jnp.float32),
-            "accuracy": (None, jnp.float32), "is_guided": (None, jnp.bool_),
+            "accuracy": (None, jnp.float32),
             "truncated": (None, jnp.bool_), "is_filler": (None, jnp.bool_)}  # fmt: skip
     batch = {k: jax.ShapeDtypeStruct((rows,) if w is None else (rows, w), dt)
              for k, (w, dt) in spec.items()}  # fmt: skip

@@ -60,3 +60,20 @@ def test_prompt_that_opens_the_thought(completion: str, expected: float) -> None
 def test_batch() -> None:
     completions = [WELL_FORMED[0], MALFORMED[1], WELL_FORMED[1]]
     assert format_reward(["q"] * 3, completions, answer=["5"] * 3) == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<answer>5</answer>", 1.0),
+        ("\n<answer>\n5\n</answer>\n", 1.0),
+        ("<think>again</think><answer>5</answer>", 0.0),  # a second thought block
+        ("</think><answer>5</answer>", 0.0),
+        ("<answer></answer>", 0.0),
+    ],
+)
+def test_prompt_that_closes_the_thought(completion: str, expected: float) -> None:
+    """Qwen3's template with enable_thinking=False writes an empty thought into the prompt:
+    the answer block alone is the format (issue 33)."""
+    prompt = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert format_reward([prompt], [completion]) == [expected]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
+from g2rpo_jax import advantages, grpo, guidance, optimization, sharding, train_step
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig
 from tests import tiny_models
@@ -18,14 +18,16 @@ GUIDANCE = guidance.GuidanceConfig(ratio=0.5, initial_length=8, max_length=8, mi
 
 
 def make_batch(seed=0):
-    """A batch shaped like sampler output + rewards, with a tied group and guided rows."""
+    """A batch shaped like sampler output + rewards, with a tied group and guided rows; the
+    second prompt has no trace, so its planned guided slots received none."""
     rng = np.random.RandomState(seed)
     prompt_len = rng.randint(2, P + 1, ROWS)
     prompt_mask = np.arange(P)[None] >= (P - prompt_len)[:, None]
     completion_len = rng.randint(3, C + 1, ROWS)
     completion_mask = np.arange(C)[None] < completion_len[:, None]
-    is_guided = np.tile(np.arange(G) < 2, ROWS // G)
-    is_guidance = is_guided[:, None] & (np.arange(C)[None] < 2)
+    planned = np.tile(np.arange(G) < 2, ROWS // G)
+    planned[G : 2 * G] = False
+    is_guidance = planned[:, None] & (np.arange(C)[None] < 2)
     rewards = rng.rand(ROWS).astype(np.float32)
     rewards[:G] = 0.5  # a tied group: A = 0 there
     return {
@@ -39,7 +41,6 @@ def make_batch(seed=0):
         "sampler_log_probs": np.where(completion_mask, -rng.rand(ROWS, C), 0.0).astype(np.float32),
         "rewards": rewards,
         "accuracy": (rewards > 0.5).astype(np.float32),
-        "is_guided": is_guided,
         "truncated": completion_len == C,  # cut at the budget, as the sampler reports it
         "is_filler": np.zeros(ROWS, bool),
     }
@@ -112,7 +113,7 @@ def test_entropy_and_the_sampler_gap_equal_a_float64_computation(hf_qwen3_dir, s
     log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
     entropy = -(np.exp(log_p) * log_p).sum(-1)  # [R, C]
     in_loss = batch["completion_mask"]  # every row in the loss, guidance included
-    guided = batch["is_guided"][:, None]
+    guided = batch["is_guidance"].any(1)[:, None]
     for name, tokens in (("entropy", in_loss), ("entropy_guided", in_loss & guided),
                          ("entropy_unguided", in_loss & ~guided)):  # fmt: skip
         assert metrics[name] == pytest.approx(entropy[tokens].mean(), abs=1e-5), name
@@ -120,6 +121,20 @@ def test_entropy_and_the_sampler_gap_equal_a_float64_computation(hf_qwen3_dir, s
     gap = np.abs(picked - batch["sampler_log_probs"])[in_loss]
     assert metrics["rollout/logp_diff_mean"] == pytest.approx(gap.mean(), abs=1e-5)
     assert metrics["rollout/logp_diff_max"] == pytest.approx(gap.max(), abs=1e-5)
+
+
+def test_guided_rows_are_those_that_received_guidance_tokens(single_device):
+    """accuracy_guided / _unguided and the group counts follow the trace tokens a row got,
+    not the slots planned for guidance (issue 33: a trace-less prompt's slots)."""
+    _, metrics = single_device
+    batch = make_batch()
+    guided = batch["is_guidance"].any(1)
+    accuracy = batch["accuracy"]
+    assert metrics["accuracy_guided"] == np.float32(accuracy[guided].mean())
+    assert metrics["accuracy_unguided"] == np.float32(accuracy[~guided].mean())
+    ties = advantages.group_ties(batch["rewards"], accuracy, guided, G, ~batch["is_filler"])
+    for name, value in ties.items():
+        np.testing.assert_allclose(metrics[f"groups/{name}"], value, rtol=1e-6, err_msg=name)
 
 
 def test_groups_sharing_a_prompt_run_it_once_with_the_same_log_probs_and_gradients(
@@ -163,6 +178,12 @@ def test_micro_batches_equal_the_full_batch(hf_qwen3_dir, aggregation):
     )
     for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(full.params), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    # The loss's metrics are the full batch's too: counts summed, token means over all tokens.
+    assert accumulated_metrics["loss_tokens"] == full_metrics["loss_tokens"]
+    for name in ("pg_loss", "kl", "ratio_mean", "clip_fraction"):
+        np.testing.assert_allclose(
+            accumulated_metrics[name], full_metrics[name], rtol=1e-5, atol=1e-7, err_msg=name
+        )
     # Token statistics are taken over the whole batch, whatever its micro-batches.
     for name in ("entropy", "entropy_guided", "rollout/logp_diff_max", "rollout/ratio_min"):
         np.testing.assert_allclose(accumulated_metrics[name], full_metrics[name], rtol=1e-5)
@@ -252,8 +273,8 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
             1
         ) / out.completion_mask.sum(1)
         batch = {f: getattr(out, f) for f in train_step.BATCH_FIELDS[:5]}
-        batch |= {"sampler_log_probs": out.log_probs, "rewards": reward.astype(np.float32), "accuracy": reward.astype(np.float32),
-                  "is_guided": np.zeros(prompts * 8, bool), "truncated": np.zeros(prompts * 8, bool),
+        batch |= {"sampler_log_probs": out.log_probs, "rewards": reward.astype(np.float32),
+                  "accuracy": reward.astype(np.float32), "truncated": np.zeros(prompts * 8, bool),
                   "is_filler": np.zeros(prompts * 8, bool)}  # fmt: skip
         state, _ = step(state, batch)
         rewards.append(reward.mean())

@@ -26,30 +26,47 @@ class FieldMap:
     """Names of the source's columns that hold each field of our row schema.
 
     `guidance_correctness` set: the guidance column holds a list of candidate traces and this
-    column a parallel list of bools; the first trace marked True is the guidance (a row with
-    none is a bad row). Unset: the guidance column is one string.
+    column a parallel list of bools; the first trace marked True is the guidance. Unset: the
+    guidance column is one string. With a list of candidates:
+    - `guidance_correctness_fallback`, a second judge's parallel flags (null: no verdict),
+      picks the trace when the first judge marked none correct;
+    - `guidance_complete`, parallel flags (null: not recorded) of traces that ran to their
+      end: an incomplete trace is never picked;
+    - a row with no trace picked is skipped and counted (`Loaded.untraced_rows`): the source
+      could not solve it, so neither its trace nor its label is trusted.
     `guidance_optional`: a row whose guidance is missing or null is not a bad row but one
     without a trace; its guided candidates get min(ℓ, 0) = 0 trace tokens, i.e. sample
     unguided (traces that exist for only part of the data).
+    `guidance_answer_tags`: the part of a trace after its `</think>` is wrapped in
+    `<answer>…</answer>`, so a trace with a prose solution (OpenR1's) has the format the
+    format reward and the paper's system prompt ask for.
     """
 
     prompt: str = "prompt"
     answer: str = "answer"
     guidance: str = "guidance"
     guidance_correctness: str | None = None
+    guidance_correctness_fallback: str | None = None
+    guidance_complete: str | None = None
     difficulty: str | None = "difficulty"
     tests: str | None = "tests"
     guidance_optional: bool = False
+    guidance_answer_tags: bool = False
 
     @classmethod
     def openr1_math(cls) -> "FieldMap":
-        """OpenR1-Math-220k: `problem`, `answer`, `generations`, `correctness_math_verify`."""
+        """OpenR1-Math-220k: `problem`, `answer`, `generations`; the first complete trace
+        (`is_reasoning_complete`) that math-verify marked correct, else one its LLM judge
+        did (`correctness_llama`); the prose after `</think>` becomes the answer block."""
         return cls(
             prompt="problem",
             guidance="generations",
             guidance_correctness="correctness_math_verify",
+            guidance_correctness_fallback="correctness_llama",
+            guidance_complete="is_reasoning_complete",
             difficulty=None,
             tests=None,
+            guidance_answer_tags=True,
         )
 
     @classmethod

@@ -9,14 +9,24 @@ n samples, needs the sampler and the rewards: g2rpo_jax/pass_rate.py counts the 
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from g2rpo_jax.data.schema import Row
+from g2rpo_jax.data.schema import DataError, Row
 
 # Rows → one difficulty per row.
 Estimator = Callable[[Sequence[Row]], Sequence[float]]
 
 
 def trace_length(rows: Sequence[Row]) -> list[float]:
-    """The proxy: length of the reference trace in characters (no tokenizer needed)."""
+    """The proxy: length of the reference trace in characters (no tokenizer needed).
+
+    A row without a trace (`guidance_optional`) has no such length: ranking it 0 would make
+    it the easiest problem, so a file with trace-less rows needs another estimate.
+    """
+    untraced = sum(not row.guidance for row in rows)
+    if untraced:
+        raise DataError(
+            f"{untraced} of {len(rows)} rows have no reference trace, so trace length cannot "
+            "rank them: give the rows a difficulty (--difficulty=pass_rate estimates one)"
+        )
     return [float(len(row.guidance)) for row in rows]
 
 

@@ -5,7 +5,7 @@ import dataclasses
 from absl import logging
 
 from g2rpo_jax.data.config import DataConfig, FieldMap, SourceFormat
-from g2rpo_jax.data.schema import AnswerCheck, DataError, Row, to_row
+from g2rpo_jax.data.schema import AnswerCheck, DataError, Row, UntracedRow, to_row
 from g2rpo_jax.data.sources import read_records, resolve_format
 
 _LOGGED_BAD_ROWS = 10  # each skipped row is logged up to this many, then only the count
@@ -15,23 +15,29 @@ _LOGGED_BAD_ROWS = 10  # each skipped row is logged up to this many, then only t
 class Loaded:
     rows: list[Row]
     bad_rows: int  # skipped under `skip_bad_rows`; 0 otherwise (the first one raises)
+    untraced_rows: int = 0  # skipped always: no candidate trace may guide (UntracedRow)
 
     @property
     def rows_read(self) -> int:
-        return len(self.rows) + self.bad_rows
+        return len(self.rows) + self.bad_rows + self.untraced_rows
 
 
 def load_rows(config: DataConfig, answer_check: AnswerCheck | None = None) -> Loaded:
     """All valid rows of `config.path`, in file order.
 
     Raises DataError at the first bad row, or with `skip_bad_rows` skips, logs and counts it.
+    Rows without a trace to pick among their candidates are skipped and counted apart.
     """
     fmt = resolve_format(config.path, config.format)
-    if fmt == SourceFormat.TFDS and config.fields != FieldMap():
-        raise ValueError(
-            "TFDS data already holds our schema; the field mapping applies when writing"
-        )
-    rows, bad_rows = [], 0
+    fields = config.fields
+    if fmt == SourceFormat.TFDS:
+        if dataclasses.replace(fields, guidance_optional=False) != FieldMap():
+            raise ValueError(
+                "TFDS data already holds our schema; the field mapping applies when writing"
+            )
+        # Its rows were validated when written: one stored without a trace was allowed then.
+        fields = FieldMap(guidance_optional=True)
+    rows, bad_rows, untraced_rows = [], 0, 0
     for record in read_records(config.path, fmt, config.split):
         try:
             if isinstance(record.value, DataError):
@@ -40,9 +46,14 @@ def load_rows(config: DataConfig, answer_check: AnswerCheck | None = None) -> Lo
                 record.value,
                 index=record.index,
                 where=record.where,
-                fields=config.fields,
+                fields=fields,
                 answer_check=answer_check,
             )
+        except UntracedRow as e:
+            untraced_rows += 1
+            if untraced_rows <= _LOGGED_BAD_ROWS:
+                logging.info("skipping a row without a usable trace: %s", e)
+            continue
         except DataError as e:
             if not config.skip_bad_rows:
                 raise
@@ -51,8 +62,14 @@ def load_rows(config: DataConfig, answer_check: AnswerCheck | None = None) -> Lo
                 logging.warning("skipping bad row: %s", e)
             continue
         rows.append(row)
+    loaded = Loaded(rows, bad_rows, untraced_rows)
     if bad_rows:
+        logging.warning("%s: skipped %d bad rows of %d", config.path, bad_rows, loaded.rows_read)
+    if untraced_rows:
         logging.warning(
-            "%s: skipped %d bad rows of %d", config.path, bad_rows, len(rows) + bad_rows
+            "%s: skipped %d of %d rows: no complete trace marked correct",
+            config.path,
+            untraced_rows,
+            loaded.rows_read,
         )
-    return Loaded(rows, bad_rows)
+    return loaded

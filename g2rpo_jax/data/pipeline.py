@@ -12,8 +12,8 @@ Batch (per host), all numpy with static shapes:
   guidance_ids    int32 [B, max_completion_length]  the trace, right-padded
   guidance_length int32 [B]
   difficulty      float32 [B]  the row's difficulty; its trace length in characters when no
-                               row has one (DataStats.difficulty_source); NaN where only
-                               some rows have one (allowed under random/none)
+                               row has one (DataStats.difficulty_source); NaN where a row
+                               has neither (allowed under random/none)
   index           int64 [B]    the row's index in the source file
 and host-only object arrays [B]: answer, prompt_text (the templated prompt), and tests (None
 for rows without) when any row has tests.
@@ -27,8 +27,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from g2rpo_jax.data.config import DataConfig
-from g2rpo_jax.data.curriculum import DifficultySource, difficulty_keys, epoch_order
+from g2rpo_jax.data.config import DataConfig, Order
+from g2rpo_jax.data.curriculum import (
+    DifficultySource,
+    check_sortable,
+    difficulty_keys,
+    epoch_order,
+)
 from g2rpo_jax.data.load import load_rows
 from g2rpo_jax.data.schema import AnswerCheck
 from g2rpo_jax.data.tokenization import Example, Tokenizer, TraceEncoder, encode_prompts, pad_id
@@ -43,6 +48,7 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 class DataStats:
     rows_read: int
     bad_rows: int  # skipped under skip_bad_rows
+    untraced_rows: int  # skipped: no complete candidate trace marked correct (FieldMap)
     prompt_too_long: int  # dropped: prompt ids longer than max_prompt_length
     rows: int  # kept
     rows_per_epoch: int  # read per epoch by all hosts together (a multiple of B × processes)
@@ -86,6 +92,8 @@ def make_dataset(
             config.max_prompt_length,
         )
     keys, source = difficulty_keys([e.row for e in examples])
+    if config.order == Order.SORTED:
+        check_sortable(keys, source, config.path)
 
     global_batch = config.batch_size * process_count
     rows_per_epoch = len(examples) - len(examples) % global_batch
@@ -106,6 +114,7 @@ def make_dataset(
     stats = DataStats(
         rows_read=loaded.rows_read,
         bad_rows=loaded.bad_rows,
+        untraced_rows=loaded.untraced_rows,
         prompt_too_long=too_long,
         rows=len(examples),
         rows_per_epoch=rows_per_epoch,

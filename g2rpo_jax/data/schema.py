@@ -23,6 +23,11 @@ class DataError(ValueError):
     """A bad row: the message names `file:row` and the field."""
 
 
+class UntracedRow(DataError):
+    """A row none of whose candidate traces may guide (`FieldMap.guidance_correctness`):
+    skipped and counted, never a reason to stop."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One training problem. `index` is its position in the source (0-based)."""
@@ -109,28 +114,65 @@ def _prompt(rec: _Record, column: str) -> Prompt:
 
 
 def _guidance(rec: _Record, fields: FieldMap) -> str:
-    """The trace: the column itself, or the first candidate trace marked correct; "" for a
+    """The trace: the column itself, or the candidate trace `_pick_trace` picks; "" for a
     row without one where `fields.guidance_optional`."""
     column = fields.guidance
     trace = rec.get("guidance", column, required=not fields.guidance_optional)
     if trace is None:
         return ""
     if fields.guidance_correctness is not None:
-        correct = rec.get("guidance", fields.guidance_correctness, required=True)
-        if not (isinstance(trace, list) and isinstance(correct, list)):
-            raise rec.error("guidance", column, "expected a list of traces and of correctness")
-        if len(trace) != len(correct):
-            raise rec.error(
-                "guidance", column, f"{len(trace)} traces but {len(correct)} correctness flags"
-            )
-        trace = next((t for t, ok in zip(trace, correct, strict=True) if ok is True), None)
+        trace = _pick_trace(rec, fields, trace)
+        if trace is None and fields.guidance_optional:
+            return ""
         if trace is None:
-            raise rec.error("guidance", column, "no trace is marked correct")
+            error = rec.error("guidance", column, "no complete trace is marked correct")
+            raise UntracedRow(str(error))
     if not isinstance(trace, str):
         raise rec.error("guidance", column, f"expected a string, got {type(trace).__name__}")
     if not trace.strip():
         raise rec.error("guidance", column, "empty trace")
-    return trace
+    return _with_answer_tags(trace) if fields.guidance_answer_tags else trace
+
+
+def _pick_trace(rec: _Record, fields: FieldMap, traces: Any) -> Any:
+    """The first complete trace the first judge marked correct, else the first complete one
+    the fallback judge did; None when there is none. Flags of None mean "no verdict"."""
+    column = fields.guidance
+    if not isinstance(traces, list):
+        raise rec.error("guidance", column, "expected a list of traces and of correctness")
+
+    def flags(flag_column: str | None, what: str, *, required: bool) -> list | None:
+        value = rec.get("guidance", flag_column, required=required) if flag_column else None
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise rec.error("guidance", flag_column, f"expected a list of {what} flags")
+        if len(value) != len(traces):
+            raise rec.error(
+                "guidance", column, f"{len(traces)} traces but {len(value)} {what} flags"
+            )
+        return value
+
+    judges = (
+        flags(fields.guidance_correctness, "correctness", required=True),
+        flags(fields.guidance_correctness_fallback, "correctness", required=False),
+    )
+    complete = flags(fields.guidance_complete, "completeness", required=False)
+    for judge in judges:
+        for i, ok in enumerate(judge or ()):
+            if ok is True and (complete is None or complete[i] is not False):
+                return traces[i]
+    return None
+
+
+def _with_answer_tags(trace: str) -> str:
+    """`<think>…</think> solution` → `<think>…</think>\n<answer>\nsolution\n</answer>`; a
+    trace without a closed thought, with an answer block already, or with nothing after the
+    thought is kept as it is."""
+    thought, closed, solution = trace.rpartition("</think>")
+    if not closed or "<answer>" in solution or not solution.strip():
+        return trace
+    return f"{thought}</think>\n<answer>\n{solution.strip()}\n</answer>"
 
 
 def _difficulty(rec: _Record, column: str | None) -> float | None:

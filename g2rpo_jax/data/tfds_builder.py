@@ -6,8 +6,10 @@ live in an importable module (defined in `__main__`, TFDS fails looking for its 
 
 Stored fields are our schema after the field mapping, so reading needs no mapping. A prompt
 (string or messages) and tests (list or string) are stored as JSON text; a missing difficulty
-(and pass rate) as NaN and missing tests as "". `index` keeps the row's index in the original
-file. Data written before `pass_rate` existed reads with none.
+(and pass rate) as NaN, missing tests as "", and a row without a trace (`guidance_optional`
+when written) as guidance "" — a stored trace is never empty, so "" reads back as "no trace".
+`index` keeps the row's index in the original file. Data written before `pass_rate` existed
+reads with none.
 """
 
 import json
@@ -104,7 +106,7 @@ def _decode(example: Mapping) -> dict:
     return {
         "prompt": json.loads(example["prompt"].decode()),
         "answer": example["answer"].decode(),
-        "guidance": example["guidance"].decode(),
+        "guidance": example["guidance"].decode() or None,
         "difficulty": None if math.isnan(difficulty) else difficulty,
         "tests": json.loads(tests) if tests else None,
         "pass_rate": None if math.isnan(pass_rate) else pass_rate,

@@ -4,12 +4,15 @@ Shape legend as in qwen.py: B batch, T queries, S keys, N query heads, K kv head
 G = N / K, H head dim.
 
 - `attend`: T queries at key slots [q_offset, q_offset + T) over S keys: the training forward
-  (q_offset 0), a prefill, the completions after a cached prompt. `implementation` picks
-  how (`IMPLEMENTATIONS`); "auto" resolves by the target `platform`, which callers pass in
-  rather than read from `jax.default_backend()`, so that a program exported for "tpu" or
-  "cuda" from this CPU machine gets that platform's attention.
+  (q_offset 0), a prefill, the completions after a cached prompt. The model runs the
+  `Kernel` it was built with: `kernel_for` resolves the config's implementation
+  (`IMPLEMENTATIONS`; "auto" by the target platform, which the builder passes in rather
+  than reads from `jax.default_backend()`, so a program exported for "tpu" or "cuda" from
+  this CPU machine is that platform's program).
 - `decode`: one query per row over a KV cache.
-- `computed_once`: the XLA:CPU guard against fusions that recompute their producers.
+- `computed_once`: values a program must compute once and read many times.
+The XLA:CPU forms of `decode` and `computed_once` live in xla_cpu.py; `jax.lax.
+platform_dependent` picks them only in programs lowered for CPU.
 
 Which keys a query sees: key s is visible to query i when s ≤ q_offset + i and the key is a
 real token (`kv_mask`). A padding query (left padding, never read) sees: under "xla", every
@@ -17,12 +20,15 @@ key, uniformly (today's reference); under the blockwise kernels, the padding key
 own slot. Both are finite and neither reaches a real token's output or gradient.
 """
 
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from g2rpo_jax.models import xla_cpu
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "splash", "cudnn")
 
@@ -46,22 +52,43 @@ def check(implementation: str) -> str:
     return implementation
 
 
-def resolve(implementation: str, platform: str, dtype, head_dim: int, q_len: int) -> str:
-    """The implementation "auto" means here: splash on TPU; cuDNN on NVIDIA GPUs for the
-    dtypes and head sizes its flash kernel takes (bf16/fp16, H ≤ 128, H % 8 == 0), else
-    chunked; on CPU xla below `CPU_CHUNKED_FROM` queries, chunked from there."""
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """The attention a model runs, resolved once for the platform it is built for.
+
+    name: xla | chunked | splash | cudnn, or "by_length" (XLA:CPU's "auto": xla below
+    `CPU_CHUNKED_FROM` queries, chunked from there).
+    platform: where "auto" was resolved; a program that uses the kernel and is lowered for
+    another platform fails to lower (build the model for that target). None for a name the
+    config gave, which is the same program anywhere — except splash, a TPU kernel that
+    lowers for TPU, and in interpret mode for CPU tests, and for nothing else.
+    """
+
+    name: str
+    platform: str | None = None
+
+
+def platform_name(platform: str) -> str:
+    """A backend name as `jax.lax.platform_dependent` spells it ("gpu" is "cuda")."""
+    return "cuda" if platform == "gpu" else platform
+
+
+def kernel_for(implementation: str, platform: str, dtype, head_dim: int) -> Kernel:
+    """The Kernel of a config's implementation on `platform`. "auto": splash on TPU; cuDNN on
+    NVIDIA GPUs for the dtypes and head sizes its flash kernel takes (bf16/fp16, H ≤ 128,
+    H % 8 == 0), else chunked; on CPU "by_length"."""
     if check(implementation) != "auto":
-        return implementation
+        return Kernel(implementation)
+    platform = platform_name(platform)
     if platform == "tpu":
-        return "splash"
-    if platform in ("cuda", "gpu"):
+        return Kernel("splash", platform)
+    if platform == "cuda":
         cudnn_takes = jnp.dtype(dtype) in _CUDNN_DTYPES and head_dim <= 128 and head_dim % 8 == 0
-        return "cudnn" if cudnn_takes else "chunked"
-    return "xla" if q_len < CPU_CHUNKED_FROM else "chunked"
+        return Kernel("cudnn" if cudnn_takes else "chunked", platform)
+    return Kernel("by_length", platform)
 
 
-def attend(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset, *, implementation: str,
-           platform: str) -> jax.Array:  # fmt: skip
+def attend(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset, kernel: Kernel) -> jax.Array:
     """softmax(q·kᵀ / √H) · v over the visible keys: [B, T, N, H] in q's dtype.
 
     q_offset: the key slot of the first query; a Python int when it is known at trace time
@@ -70,22 +97,38 @@ def attend(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset, *, implement
     """
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
-    name = resolve(implementation, platform, q_BTNH.dtype, H, T)
+    name = kernel.name
+    if name == "by_length":
+        name = "xla" if T < CPU_CHUNKED_FROM else "chunked"
     if name in ("splash", "cudnn") and not isinstance(q_offset, int):
         name = "chunked"
-    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-    if name == "xla":
-        out = _xla(q_BTKGH, k_BSKH, v_BSKH, kv_mask_BS, q_offset)
-    elif name == "chunked":
-        q_seg, kv_seg = q_mask_BT.astype(jnp.int32), kv_mask_BS.astype(jnp.int32)
-        offset = jnp.asarray(q_offset, jnp.int32)
-        out = chunked(q_BTKGH, k_BSKH, v_BSKH, q_seg, kv_seg, offset, BLOCK, BLOCK)
-    elif name == "splash":
-        out = _splash(q_BTKGH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset,
-                      interpret=platform == "cpu")  # fmt: skip
-    else:
-        out = _cudnn(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset)
-    return out.reshape(B, T, N, H)
+
+    def run(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS):
+        q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+        if name == "xla":
+            return _xla(q_BTKGH, k_BSKH, v_BSKH, kv_mask_BS, q_offset)
+        if name == "chunked":
+            q_seg, kv_seg = q_mask_BT.astype(jnp.int32), kv_mask_BS.astype(jnp.int32)
+            offset = jnp.asarray(q_offset, jnp.int32)
+            return chunked(q_BTKGH, k_BSKH, v_BSKH, q_seg, kv_seg, offset, BLOCK, BLOCK)
+        if name == "splash":
+            splash = functools.partial(_splash, q_offset=q_offset)
+            return jax.lax.platform_dependent(
+                q_BTKGH,
+                k_BSKH,
+                v_BSKH,
+                q_mask_BT,
+                kv_mask_BS,
+                tpu=functools.partial(splash, interpret=False),
+                cpu=functools.partial(splash, interpret=True),
+            )
+        return _cudnn(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset)
+
+    args = (q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS)
+    if kernel.platform is None:
+        return run(*args).reshape(B, T, N, H)
+    # Only the platform "auto" was resolved for: lowering for another one fails here.
+    return jax.lax.platform_dependent(*args, **{kernel.platform: run}).reshape(B, T, N, H)
 
 
 def _causal(q_slot_T, S: int, q_offset) -> jax.Array:
@@ -311,68 +354,32 @@ def _cudnn(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int) -> jax.
 # --- decode: one query over the cache ----------------------------------------------------------
 
 
-def decode(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true: jax.Array, platform: str) -> jax.Array:
-    """One query per row over the cache (k transposed [B, K, H, S], v [B, K, S, H]) and the
-    keys it sees: [B, K, G, H] in q's dtype. `always_true`, a traced True, as in
-    `computed_once`."""
-    if platform == "cpu":
-        return _decode_cpu(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true)
+def decode(q_BKGH, k_BKHS, v_BKSH, kv_mask_BS, q_slot: jax.Array) -> jax.Array:
+    """One query per row at cache slot `q_slot` (int32 scalar) over the keys at or before it
+    (k transposed [B, K, H, S], v [B, K, S, H]): [B, K, G, H] in q's dtype."""
+    S = kv_mask_BS.shape[1]
+    mask_BS = kv_mask_BS & (jnp.arange(S) <= q_slot)[None]
     dt = q_BKGH.dtype
-    scores = jnp.einsum("BKGH,BKHS->BKGS", q_BKGH, k_BKHS.astype(dt))
-    probs = _decode_softmax(scores, mask_BS, q_BKGH.shape[-1]).astype(dt)
-    return jnp.einsum("BKGS,BKSH->BKGH", probs, v_BKSH.astype(dt))
+
+    def scores(q_BKGH, k_BKHS, q_slot):  # in the compute dtype, read as float32
+        return jnp.einsum("BKGH,BKHS->BKGS", q_BKGH, k_BKHS.astype(dt)).astype(jnp.float32)
+
+    def values(probs_BKGS, v_BKSH):
+        return jnp.einsum("BKGS,BKSH->BKGH", probs_BKGS, v_BKSH.astype(dt))
+
+    s_BKGS = jax.lax.platform_dependent(
+        q_BKGH, k_BKHS, q_slot, cpu=xla_cpu.decode_scores, default=scores
+    )
+    s_BKGS = s_BKGS / math.sqrt(q_BKGH.shape[-1])
+    probs_BKGS = jax.nn.softmax(jnp.where(mask_BS[:, None, None], s_BKGS, MASKED), axis=-1)
+    return jax.lax.platform_dependent(
+        probs_BKGS.astype(dt), v_BKSH, cpu=xla_cpu.decode_values, default=values
+    )
 
 
-def computed_once(x, always_true: jax.Array, platform: str):
-    """x (an array or a tuple of them) in buffers of its own, on XLA:CPU; other platforms
-    get x as is: a GPU cond waits on the host for its predicate, and their fusions do not
-    redo the work. `always_true` must hold (a traced True)."""
-    return _cpu_barrier(x, always_true) if platform == "cpu" else x
-
-
-def _decode_softmax(scores_BKGS, mask_BS, head_dim: int) -> jax.Array:
-    scores = scores_BKGS.astype(jnp.float32) / math.sqrt(head_dim)
-    return jax.nn.softmax(jnp.where(mask_BS[:, None, None], scores, MASKED), axis=-1)
-
-
-# --- XLA:CPU only: each of these is a workaround for one XLA:CPU pass ------------------------
-
-
-def _decode_cpu(q_BKGH, k_BKHS, v_BKSH, mask_BS, always_true) -> jax.Array:
-    """`decode` as two multiply-reduces instead of B·K tiny matmuls."""
-    dt = q_BKGH.dtype
-    # A multiply-reduce over H, vectorized along the contiguous S slots; q's norm and RoPE
-    # done once, not again for each slot inside the reduce.
-    q32 = _cpu_barrier(q_BKGH.astype(jnp.float32), always_true)
-    scores = _sum_over_cores(q32[:, :, :, :, None] * k_BKHS.astype(jnp.float32)[:, :, None], 3)
-    probs = _decode_softmax(scores, mask_BS, q_BKGH.shape[-1]).astype(dt)
-    # A multiply-reduce over S runs ~4x faster on XLA:CPU than B·K tiny [G, S] @ [S, H]
-    # matmuls (benchmarks/README.md, "What made the sampler faster").
-    out = jnp.sum(probs[:, :, :, :, None] * v_BKSH[:, :, None].astype(dt), axis=3,
-                  dtype=jnp.float32)  # fmt: skip
-    return out.astype(dt)
-
-
-def _cpu_barrier(x, always_true: jax.Array):
-    """XLA:CPU fuses cheap elementwise producers into consumers that read each element many
-    times and recomputes them there; an optimization_barrier does not survive its passes,
-    a cond on a value it cannot fold does (its other branch is never taken)."""
-    return jax.lax.cond(always_true, lambda: x, lambda: jax.tree.map(jnp.negative, x))
-
-
-def _sum_over_cores(x_X: jax.Array, axis: int) -> jax.Array:
-    """jnp.sum(x, axis), run by XLA's own loop emitter on every core.
-
-    XLA:CPU gives a plain sum to YNNPACK, which reads a decode step's key cache on one
-    thread at ~10 GB/s. Summing in chunks of 16 with a reducer YNNPACK does not take
-    (a − (−b): the same IEEE sum) makes the multiply-reduce a loop fusion split over the
-    cores, ~2× faster over a cache that does not fit in L3 (benchmarks/README.md); the
-    chunks also keep XLA from rewriting the reduce into a windowed one that writes out
-    the product first.
-    """
-    n = x_X.shape[axis]
-    w = math.gcd(n, 16)
-    x_X = x_X.reshape(x_X.shape[:axis] + (n // w, w) + x_X.shape[axis + 1 :])
-    partial = jax.lax.reduce(x_X, np.zeros((), x_X.dtype), lambda a, b: a - (-b), (axis + 1,))
-    # The chunks' sums added as slices: elementwise, so they fuse into the consumer.
-    return functools.reduce(jnp.add, [jnp.take(partial, i, axis) for i in range(n // w)])
+def computed_once(x, anchor: jax.Array):
+    """x (an array or a tuple of them), computed once where its readers would recompute it:
+    on XLA:CPU, in buffers of its own (xla_cpu.computed_once; `anchor`, int32 data ≥ 0 such
+    as positions); elsewhere x as is — a GPU cond waits on the host for its predicate, and
+    their fusions do not redo the work."""
+    return jax.lax.platform_dependent(x, anchor, cpu=xla_cpu.computed_once, default=lambda x, _: x)

@@ -179,7 +179,7 @@ class RMSNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, platform: str):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, kernel: attention.Kernel):
         D, N, K, H = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         pd = config.weight_dtype
         self.q_proj = _param(rngs, (D, N, H), ("embed", "q_heads", "head_dim"), pd)
@@ -195,7 +195,7 @@ class Attention(nnx.Module):
         if config.qk_norm:
             norm = lambda: RMSNorm(H, config.rms_norm_eps, config.compute_dtype, pd, "head_dim")
             self.q_norm, self.k_norm = norm(), norm()
-        self.config, self.platform = config, platform
+        self.config, self.kernel = config, kernel
         for name, heads, axis in (("q", N, "q_heads"), ("k", K, "kv_heads"), ("v", K, "kv_heads")):
             _lora(self, name, rngs, (D,), (heads, H), ("embed",), (axis, "head_dim"))
         _lora(self, "o", rngs, (N, H), (D,), ("q_heads", "head_dim"), ("embed",))
@@ -236,10 +236,8 @@ class Attention(nnx.Module):
         K = cfg.num_kv_heads
         q_offset = (0 if fresh else index) + x_BTD.shape[1] - T  # the first query's slot
         if T == 1 and kv_cache is not None:  # a decode step (or a prefill's last)
-            S = kv_mask_BS.shape[1]
-            mask_BS = kv_mask_BS & (jnp.arange(S) <= q_offset)[None]
-            out_BKGH = attention.decode(q_BTNH.reshape(B, K, N // K, H), k_BKHS, v_BKSH, mask_BS,
-                                        index >= 0, self.platform)  # fmt: skip
+            q_BKGH = q_BTNH.reshape(B, K, N // K, H)
+            out_BKGH = attention.decode(q_BKGH, k_BKHS, v_BKSH, kv_mask_BS, q_offset)
             out_BTNH = out_BKGH.reshape(B, 1, N, H)
         else:
             if fresh:
@@ -247,9 +245,8 @@ class Attention(nnx.Module):
             else:
                 k_BSKH, v_BSKH = k_BKHS.transpose(0, 3, 1, 2), v_BKSH.transpose(0, 2, 1, 3)
             out_BTNH = attention.attend(
-                q_BTNH, k_BSKH, v_BSKH, q_mask_BT[:, queries], kv_mask_BS, q_offset,
-                implementation=cfg.attention, platform=self.platform,
-            )  # fmt: skip
+                q_BTNH, k_BSKH, v_BSKH, q_mask_BT[:, queries], kv_mask_BS, q_offset, self.kernel
+            )
         # One contracting axis: with two (N, H), XLA:CPU transposed both operands per call.
         y_BTD = jnp.einsum(
             "BTE,ED->BTD", out_BTNH.reshape(B, T, N * H),
@@ -302,13 +299,13 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, platform: str):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, kernel: attention.Kernel):
         norm = lambda: RMSNorm(
             config.hidden_size, config.rms_norm_eps, config.compute_dtype, config.weight_dtype,
             "norm",
         )  # fmt: skip
         self.input_norm, self.post_attention_norm = norm(), norm()
-        self.attn = Attention(config, rngs, platform)
+        self.attn = Attention(config, rngs, kernel)
         self.mlp = MLP(config, rngs)
 
     def __call__(self, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache=None, index=None,
@@ -336,15 +333,15 @@ class Qwen(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, platform: str | None = None):
         """platform: where the programs will run ("cpu", "gpu"/"cuda", "tpu"; default this
-        process's backend): `config.attention` = "auto" and the CPU-only guards resolve by it,
-        so a program exported for another platform is that platform's program."""
+        process's backend): `config.attention` = "auto" resolves to that platform's kernel,
+        and a program using it lowered for another platform fails instead of running the
+        wrong kernel (attention.Kernel)."""
         V, D, pd = config.vocab_size, config.hidden_size, config.weight_dtype
         self.config = config
-        self.platform = platform or jax.default_backend()
+        kernel = attention.kernel_for(config.attention, platform or jax.default_backend(),
+                                      config.compute_dtype, config.head_dim)  # fmt: skip
         self.embed = _param(rngs, (V, D), ("vocab", "embed"), pd)
-        self.layers = nnx.List(
-            [Block(config, rngs, self.platform) for _ in range(config.num_layers)]
-        )
+        self.layers = nnx.List([Block(config, rngs, kernel) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(D, config.rms_norm_eps, config.compute_dtype, pd, "norm")
         if not config.tie_word_embeddings:
             self.lm_head = _param(rngs, (D, V), ("embed", "vocab"), pd)
@@ -373,8 +370,7 @@ class Qwen(nnx.Module):
         angles_BTh = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
         cos_BTh = jnp.cos(angles_BTh) * attention_factor
         sin_BTh = jnp.sin(angles_BTh) * attention_factor
-        return attention.computed_once((cos_BTh, sin_BTh), positions.reshape(-1)[0] >= 0,
-                                       self.platform)  # fmt: skip
+        return attention.computed_once((cos_BTh, sin_BTh), positions)
 
     def hidden_states(self, input_ids, positions, attention_mask, cache: KVCache | None = None,
                       rotary=None, last: int | None = None):  # fmt: skip

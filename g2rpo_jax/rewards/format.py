@@ -4,7 +4,9 @@ Only whitespace may come before `<think>`, between the blocks and after `</answe
 tags themselves are exact and each appears once. The thought may be empty (Qwen3's
 no-thinking mode emits `<think>\\n\\n</think>`), the answer may not. When the prompt already
 ends with `<think>` (chat templates that open the thought for the model), the completion
-starts inside the thought and must not repeat the tag.
+starts inside the thought and must not repeat the tag; when it ends with a closed thought
+(Qwen3's template with enable_thinking=False writes `<think>\\n\\n</think>`), the completion
+is the answer block alone and must not open a second thought.
 """
 
 import re
@@ -16,7 +18,11 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def _well_formed(prompt: str, completion: str) -> bool:
-    text = "<think>" + completion if prompt.rstrip().endswith("<think>") else completion
+    text = completion
+    if prompt.rstrip().endswith("<think>"):
+        text = "<think>" + completion
+    elif prompt.rstrip().endswith("</think>"):
+        text = "<think></think>" + completion
     match = _FORMAT.match(text)
     if match is None or not match["answer"].strip():
         return False
