@@ -91,7 +91,8 @@ def main():
         accuracy = rewards.per_function[:, rewards.names.index("accuracy")]
         t2 = time.perf_counter()
         batch = {f: getattr(out, f) for f in train_step.BATCH_FIELDS[:5]}
-        batch |= {"rewards": rewards.total, "accuracy": accuracy,
+        batch |= {"sampler_log_probs": out.log_probs, "rewards": rewards.total,
+                  "accuracy": accuracy,
                   "truncated": out.finish_reason == FINISH_LENGTH,
                   "is_filler": np.zeros(PROMPTS * G, bool)}  # fmt: skip
         state, metrics = update(state, batch)

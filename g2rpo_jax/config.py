@@ -103,6 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.guidance_in_budget = True  # max_completion_length counts guidance tokens
     c.sampling.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
     c.sampling.decode_phases = 4  # decode loops, each over a cache grown to what it fills
+    c.sampling.param_dtype = "float32"  # float32 | bfloat16: a copy the rollouts read
 
     c.grpo = ml_collections.ConfigDict()  # SPEC §2–3
     c.grpo.group_size = 12  # G
@@ -117,6 +118,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.grpo.mask_truncated = False  # rows cut at the length budget leave the loss (TRL)
     c.grpo.filter_zero_std_groups = False  # drop groups whose rewards tie, refill (DAPO)
     c.grpo.filter_max_extra_batches = 3  # at most this many extra sampler calls a step
+    c.grpo.kl_estimator = "k3"  # k3 | k1 | k2
+    c.grpo.importance_level = "token"  # token | sequence (GSPO)
+    # Sampler–trainer mismatch: none | token_truncate | token_mask | sequence_truncate |
+    # sequence_mask, with its bounds on π_old / π_sampler (None: unbounded).
+    c.grpo.rollout_correction = "none"
+    c.grpo.rollout_correction_max = config_dict.FieldReference(3.0, field_type=float)
+    c.grpo.rollout_correction_min = config_dict.placeholder(float)
 
     c.optimizer = ml_collections.ConfigDict()  # AdamW, warmup + cosine (SPEC §7)
     c.optimizer.learning_rate = 1e-5
@@ -167,6 +175,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.wandb_project = ""  # log to Weights & Biases too when set and installed
     c.train.eval_at_start = False  # evaluate before the first step too (the step-0 baseline)
     c.train.plots = False  # at the end: PNG plots and the before → after line (report.py)
+    # Warn when ≥ 90% of completions are truncated, or every group ties, this many steps in
+    # a row (0 = never); stop_on_alarm then saves and stops (exit code 2).
+    c.train.alarm_steps = 20
+    c.train.stop_on_alarm = False
 
     c.eval = ml_collections.ConfigDict()  # periodic eval and scripts/evaluate.py (SPEC §7)
     c.eval.path = ""  # problems, in any data.path form; known hub sets bring their fields

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from g2rpo_jax import grpo
+from g2rpo_jax import advantages, grpo
 
 # Row fields padded on the left (prompts are left-padded) when draws differ in width.
 _LEFT_PADDED = ("prompt_ids", "prompt_mask")
@@ -49,7 +49,7 @@ def sample_filtered(
 
 def _tied(rows: dict, group_size: int) -> np.ndarray:
     """bool[B]: the groups of `rows` whose rewards all tie."""
-    return np.asarray(grpo.zero_std_groups(rows["rewards"], group_size))
+    return np.asarray(advantages.zero_std_groups(rows["rewards"], group_size))
 
 
 def take_groups(

@@ -52,6 +52,8 @@ class TrainLoopConfig:
     wandb_project: str
     eval_at_start: bool
     plots: bool
+    alarm_steps: int
+    stop_on_alarm: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +119,12 @@ def build(c: ml_collections.ConfigDict, *, num_devices: int, process_count: int 
         "sampling", SamplingConfig, max_completion_length=d.max_completion_length,
         temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
         guidance_in_budget=s.guidance_in_budget, batch_multiple=s.batch_multiple,
-        decode_phases=s.decode_phases,
+        decode_phases=s.decode_phases, param_dtype=s.param_dtype,
     )  # fmt: skip
     grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
-    grpo = _make("grpo", GRPOConfig, **grpo_kw, max_completion_length=d.max_completion_length)
+    # Greedy rollouts report temperature-1 log-probs.
+    grpo = _make("grpo", GRPOConfig, **grpo_kw, max_completion_length=d.max_completion_length,
+                 sampling_temperature=s.temperature if s.temperature > 0 else 1.0)  # fmt: skip
     train = _train_loop(c)
     # Until the data says how many steps there are, a stand-in that any warmup fits.
     steps = train.num_steps or (c.optimizer.warmup_steps or 0) + 1
@@ -218,7 +222,7 @@ def _train_loop(c: ml_collections.ConfigDict) -> TrainLoopConfig:
     for name in ("save_every", "keep_checkpoints"):
         if t[name] < 1:
             fail(f"train.{name}", f"{t[name]} must be >= 1")
-    for name in ("sample_every", "eval_every", "num_logged_samples"):
+    for name in ("sample_every", "eval_every", "num_logged_samples", "alarm_steps"):
         if t[name] < 0:
             fail(f"train.{name}", f"{t[name]} must be >= 0")
     if t.eval_every and not c.eval.path:

@@ -39,12 +39,14 @@ from flax import nnx
 
 from g2rpo_jax.models import xla_cpu
 from g2rpo_jax.models.config import ModelConfig
-from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache, token_log_probs
+from g2rpo_jax.models.log_probs import token_log_probs
+from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache
 
 log = logging.getLogger(__name__)
 
 FINISH_LENGTH, FINISH_EOS = 0, 1
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+ROLLOUT_PARAM_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,8 @@ class SamplingConfig:
     decode_phases: the decode loop runs in up to this many phases (each ≥ MIN_PHASE_STEPS
     steps), each over a KV cache just long enough for the tokens it adds, so early steps read
     fewer slots (module docstring).
+    param_dtype: the dtype of the weights the trainer's rollouts read (`rollout_params`):
+    float32, or bfloat16 for half the weight traffic of every decode step.
     """
 
     max_completion_length: int
@@ -70,6 +74,7 @@ class SamplingConfig:
     batch_multiple: int = 8
     min_bucket: int = 16
     decode_phases: int = 4
+    param_dtype: str = "float32"
 
     def __post_init__(self):
         if self.max_completion_length < 1:
@@ -82,6 +87,9 @@ class SamplingConfig:
             raise ValueError(f"top_k={self.top_k} must be ≥ 0 (0 turns it off)")
         if self.decode_phases < 1:
             raise ValueError(f"decode_phases={self.decode_phases} must be ≥ 1")
+        if self.param_dtype not in ROLLOUT_PARAM_DTYPES:
+            raise ValueError(f"param_dtype={self.param_dtype!r} must be one of "
+                             f"{', '.join(ROLLOUT_PARAM_DTYPES)}")  # fmt: skip
 
     @property
     def is_greedy(self) -> bool:
@@ -415,6 +423,21 @@ class Sampler:
             args = [jax.make_array_from_process_local_data(self.sharding, a) for a in args]
         out = self._sample(params, *args, rng)
         return _first_rows(out, rows) if batch != rows else out
+
+
+def rollout_params(params: nnx.State, config: SamplingConfig) -> nnx.State:
+    """The weights a rollout reads: `params` themselves (float32), or a copy of their
+    floating-point leaves in `config.param_dtype`, made once per step on the same devices;
+    the float32 masters are left as they are."""
+    if config.param_dtype == "float32":
+        return params
+    return _cast_floats(params, jnp.dtype(config.param_dtype))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _cast_floats(tree, dtype):
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jax.tree.map(cast, tree)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -7,6 +7,7 @@ prompt-major (candidate j of prompt b is row b*G + j).
 
 import functools
 import math
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -15,35 +16,31 @@ import optax
 from flax import nnx
 
 from g2rpo_jax import guidance, sharding
+from g2rpo_jax.advantages import group_advantages, group_ties
 from g2rpo_jax.grpo import (
     Aggregation,
     GRPOConfig,
-    group_advantages,
-    group_ties,
     loss_rows,
     policy_loss,
+    rollout_metrics,
     skip_update,
     token_loss_mask,
 )
-from g2rpo_jax.models.qwen import (
-    KVCache,
-    LoraParam,
-    Qwen,
-    init_cache,
-    positions_from_mask,
-    token_log_probs,
-)
+from g2rpo_jax.models.log_probs import TokenStats, token_log_probs, token_stats
+from g2rpo_jax.models.qwen import KVCache, LoraParam, Qwen, init_cache, positions_from_mask
 from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make_optimizer
 
 # --- The train step ------------------------------------------------------------------------
 
 # Per-row arrays a train step reads: the sampler's outputs and the host's rewards.
-# truncated: [R] bool, the sampler stopped the row at its length budget (no EOS);
-# is_filler: [R] bool, a row of a tied group kept only to fill a filtered batch (no loss).
+# sampler_log_probs: [R, C] float32, the sampler's log-probs of the completion tokens (at
+# its temperature); truncated: [R] bool, the sampler stopped the row at its length budget
+# (no EOS); is_filler: [R] bool, a row of a tied group kept only to fill a filtered batch.
 # A row is guided when it received trace tokens (any `is_guidance`): not every planned slot
 # does (a row without a trace, ℓ = 0), so the plan alone would misattribute them.
 BATCH_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
-                "is_guidance", "rewards", "accuracy", "truncated", "is_filler")  # fmt: skip
+                "is_guidance", "sampler_log_probs", "rewards", "accuracy", "truncated",
+                "is_filler")  # fmt: skip
 
 
 @flax.struct.dataclass
@@ -104,15 +101,22 @@ def init_train_state(
     )
 
 
+# What a forward takes of each completion token from the hidden state that predicts it:
+# head(model, hidden [R, C, D], ids [R, C]) → [R, C] arrays (token_log_probs, token_stats).
+Head = Callable[[Qwen, jax.Array, jax.Array], jax.Array | TokenStats]
+
+
 def completion_log_probs(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     batch: dict,
     rows: jax.sharding.NamedSharding | None = None,
     group_size: int = 1,
-) -> jax.Array:
+    head: Head = token_log_probs,
+) -> jax.Array | TokenStats:
     """log π(completion token) under `params`, float32 [R, C], from a forward over
-    `[prompt ⊕ completion]` (guidance tokens stay in attention under either loss mode).
+    `[prompt ⊕ completion]` (guidance tokens stay in attention under either loss mode); with
+    `head=token_stats` (a partial naming τ) the `TokenStats` of each token instead.
 
     rows: how the rows are split over devices (`batch_sharding`). The activations are
     pinned to it at the model's input and before the LM head, so that XLA gathers the
@@ -125,13 +129,13 @@ def completion_log_probs(
     """
     R = batch["prompt_ids"].shape[0]
     if group_size <= 1 or R % group_size:
-        return _log_probs(graphdef, params, batch, rows)
-    shared = lambda p, b: _log_probs_shared_prompt(graphdef, p, b, rows, group_size)
-    full = lambda p, b: _log_probs(graphdef, p, b, rows)
+        return _log_probs(graphdef, params, batch, rows, head)
+    shared = lambda p, b: _log_probs_shared_prompt(graphdef, p, b, rows, head, group_size)
+    full = lambda p, b: _log_probs(graphdef, p, b, rows, head)
     return jax.lax.cond(_groups_share_prompt(batch, group_size), shared, full, params, batch)
 
 
-def _log_probs(graphdef, params, batch, rows) -> jax.Array:
+def _log_probs(graphdef, params, batch, rows, head: Head):
     """Every row's `[prompt ⊕ completion]` through the model."""
     pin = lambda x: x if rows is None else _constrain_rows(x, rows)
     model = nnx.merge(graphdef, params)
@@ -139,10 +143,11 @@ def _log_probs(graphdef, params, batch, rows) -> jax.Array:
     mask = pin(jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1))
     hidden = pin(model.hidden_states(ids, positions_from_mask(mask), mask)[0])
     P, C = batch["prompt_ids"].shape[1], batch["completion_ids"].shape[1]
-    return pin(token_log_probs(model, hidden[:, P - 1 : P + C - 1], pin(batch["completion_ids"])))
+    out = head(model, hidden[:, P - 1 : P + C - 1], pin(batch["completion_ids"]))
+    return jax.tree.map(pin, out)
 
 
-def _log_probs_shared_prompt(graphdef, params, batch, rows, group_size: int) -> jax.Array:
+def _log_probs_shared_prompt(graphdef, params, batch, rows, head: Head, group_size: int):
     """Each group's prompt once (a prefill into a KV cache), the cache repeated to the G rows,
     then the completions: positions and masks exactly as in `_log_probs`."""
     G = group_size
@@ -166,7 +171,7 @@ def _log_probs_shared_prompt(graphdef, params, batch, rows, group_size: int) -> 
     )
     # Token t is predicted from the hidden state before it: the prompt's last, then t − 1.
     hidden = jnp.concatenate([expand(hidden_prompt[:, -1:]), hidden[:, : C - 1]], axis=1)
-    return pin(token_log_probs(model, pin(hidden), completion_ids))
+    return jax.tree.map(pin, head(model, pin(hidden), completion_ids))
 
 
 def _groups_share_prompt(batch: dict, G: int) -> jax.Array:
@@ -236,52 +241,60 @@ def make_train_step(
         groups = batch["prompt_ids"].shape[0] // group_size
         return group_size if micro == 1 or groups % (devices * micro) == 0 else 1
 
-    def log_probs_by_micro_batch(params, batch):
-        """Forward without gradient, micro-batch by micro-batch: [R, C]."""
+    # The loss forward's head: log π, π_old's log-probs at the sampler's τ, the entropy.
+    stats_head = functools.partial(token_stats, sampling_temperature=grpo.sampling_temperature)
+
+    def log_probs_by_micro_batch(params, batch, head: Head = token_log_probs):
+        """Forward without gradient, micro-batch by micro-batch: [R, C] arrays."""
         # params ride in the carry rather than the closure: a model merged from values of an
         # outer trace cannot run nnx.remat'd layers (TraceContextError with remat on).
         b = block(batch)
         _, per_mb = jax.lax.scan(
-            lambda p, mb: (p, completion_log_probs(graphdef, p, mb, rows, b)),
+            lambda p, mb: (p, completion_log_probs(graphdef, p, mb, rows, b, head)),
             params,
             _split(batch, micro, b),
         )
-        return _merge(per_mb, b)
+        return jax.tree.map(lambda x: _merge(x, b), per_mb)
 
-    def gradients(params, frozen, batch, advantages, old_lp, ref_lp):
+    def gradients(params, frozen, batch, advantages, rows_in_loss, loss_mask, old, ref_lp):
         """The full batch's loss gradient, summed over micro-batches with exact weights;
-        `frozen` (the LoRA base, or None) enters the forward but is not differentiated."""
-        rows_in_loss = loss_rows(batch, grpo)
-        loss_mask = token_loss_mask(batch["completion_mask"], batch["is_guidance"], grpo.guidance_loss,
-                               rows_in_loss)  # fmt: skip
+        `frozen` (the LoRA base, or None) enters the forward but is not differentiated.
+        old: (log π_old, log π_old at τ), or None for this forward's (μ = 1). Returns
+        (grads, loss, metrics, (log π_old at τ, entropy) [R, C] each)."""
         b = block(batch)
         # Each micro-batch's share of the full batch's denominator: of the loss tokens
         # (token_mean), else of the rows in the loss.
         counts = loss_mask if grpo.aggregation == Aggregation.TOKEN_MEAN else rows_in_loss
         per_mb = _split(counts, micro, b).reshape(micro, -1).sum(1)
         weights = per_mb / jnp.maximum(counts.sum(), 1.0)
-        inputs = _split((batch, advantages, old_lp, ref_lp, rows_in_loss), micro, b) + (weights,)
+        inputs = _split((batch, advantages, old, ref_lp, rows_in_loss), micro, b) + (weights,)
 
         def micro_step(grad_sum, mb):
             mb_batch, mb_adv, mb_old, mb_ref, mb_rows, weight = mb
 
-            def loss_and_grad(log_probs, p, frozen):
+            def loss_and_grad(forward, p, frozen):
                 def loss_fn(p, frozen):
                     # Fresh Variables of this trace: nnx.remat'd layers cannot update the
                     # outer trace's (TraceContextError), and a constant's are those.
                     frozen = jax.tree.map(lambda x: x, frozen)
-                    lp = log_probs(graphdef, _whole(p, frozen), mb_batch, rows)
-                    old = jax.lax.stop_gradient(lp) if mb_old is None else mb_old
-                    loss, metrics = policy_loss(lp, old, mb_adv, mb_batch["completion_mask"],
-                                                mb_batch["is_guidance"], grpo, mb_ref,
-                                                mb_rows)  # fmt: skip
-                    return weight * loss, metrics
+                    stats = forward(graphdef, _whole(p, frozen), mb_batch, rows, stats_head)
+                    lp = stats.log_probs
+                    old, old_sampling = (
+                        (jax.lax.stop_gradient(lp), stats.sampling_log_probs)
+                        if mb_old is None else mb_old
+                    )  # fmt: skip
+                    loss, metrics = policy_loss(
+                        lp, old, mb_adv, mb_batch["completion_mask"], mb_batch["is_guidance"],
+                        grpo, mb_ref, mb_rows, sampler_logp=mb_batch["sampler_log_probs"],
+                        old_sampling_logp=old_sampling,
+                    )  # fmt: skip
+                    return weight * loss, (metrics, (old_sampling, stats.entropy))
 
                 return jax.value_and_grad(loss_fn, has_aux=True)(p, frozen)
 
             if b > 1:  # the branch is taken outside the gradient, so only its residuals live
                 shared = functools.partial(_log_probs_shared_prompt, group_size=b)
-                (loss, metrics), grads = jax.lax.cond(
+                (loss, (metrics, tokens)), grads = jax.lax.cond(
                     _groups_share_prompt(mb_batch, b),
                     functools.partial(loss_and_grad, shared),
                     functools.partial(loss_and_grad, _log_probs),
@@ -289,41 +302,48 @@ def make_train_step(
                     frozen,
                 )
             else:
-                (loss, metrics), grads = loss_and_grad(_log_probs, params, frozen)
+                (loss, (metrics, tokens)), grads = loss_and_grad(_log_probs, params, frozen)
             grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-            return grad_sum, (loss, metrics)
+            return grad_sum, (loss, metrics, tokens)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, (losses, metrics) = jax.lax.scan(micro_step, zeros, inputs)
-        return grads, losses.sum(), _combine_micro_batches(metrics, weights)
+        grads, (losses, metrics, tokens) = jax.lax.scan(micro_step, zeros, inputs)
+        tokens = jax.tree.map(lambda x: _merge(x, b), tokens)
+        return grads, losses.sum(), _combine_micro_batches(metrics, weights), tokens
 
     def train_step(state: TrainState, batch: dict):
         advantages = group_advantages(batch["rewards"], group_size, grpo.advantage_std)
+        rows_in_loss = loss_rows(batch, grpo)
+        loss_mask = token_loss_mask(batch["completion_mask"], batch["is_guidance"],
+                                    grpo.guidance_loss, rows_in_loss)  # fmt: skip
+        is_guided = jnp.any(batch["is_guidance"], axis=-1)
         ref_lp = None
         if grpo.beta > 0:
             ref_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.reference(), batch))
-        old_lp = None
+        old = None
         if grpo.num_updates > 1:  # SPEC §3: π_old is the policy before the first update
-            old_lp = jax.lax.stop_gradient(log_probs_by_micro_batch(state.policy(), batch))
+            stats = log_probs_by_micro_batch(state.policy(), batch, stats_head)
+            old = jax.lax.stop_gradient((stats.log_probs, stats.sampling_log_probs))
 
         def update(carry, _):
             params, opt_state = carry
-            grads, loss, metrics = gradients(
-                params, state.frozen, batch, advantages, old_lp, ref_lp
+            grads, loss, metrics, (old_sampling, entropy) = gradients(
+                params, state.frozen, batch, advantages, rows_in_loss, loss_mask, old, ref_lp
             )
             updates, opt_state = tx.update(grads, opt_state, params)
-            metrics = metrics | {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-            return (optax.apply_updates(params, updates), opt_state), metrics
+            metrics |= _by_guidance("entropy", entropy, loss_mask, is_guided)
+            metrics |= {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+            return (optax.apply_updates(params, updates), opt_state), (metrics, old_sampling)
 
-        (params, opt_state), metrics = jax.lax.scan(
+        (params, opt_state), (metrics, old_sampling) = jax.lax.scan(
             update, (state.params, state.opt_state), length=grpo.num_updates
         )
         metrics = {name: _reduce_metric(name, values) for name, values in metrics.items()}
-        rows_in_loss = loss_rows(batch, grpo)
+        # π_old is the same in every update: the first one's.
+        metrics |= rollout_metrics(old_sampling[0], batch["sampler_log_probs"], loss_mask, grpo)
         skipped = skip_update(advantages, grpo, rows_in_loss)
         keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
 
-        is_guided = jnp.any(batch["is_guidance"], axis=-1)
         signal = guidance.step_signal(batch["accuracy"], batch["rewards"], is_guided,
                                       guidance_config)  # fmt: skip
         completion_length = batch["completion_mask"].sum(1).astype(jnp.float32)
@@ -362,6 +382,16 @@ def make_train_step(
         out_shardings=(state_sharding, None),
         donate_argnames=("state",),
     )
+
+
+def _by_guidance(
+    name: str, x: jax.Array, mask: jax.Array, is_guided: jax.Array
+) -> dict[str, jax.Array]:
+    """Means of x [R, C] over the `mask` [R, C] tokens: all rows, guided rows, unguided rows."""
+    guided = is_guided.astype(jnp.float32)[:, None]
+    mean = lambda m: jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return {name: mean(mask), f"{name}_guided": mean(mask * guided),
+            f"{name}_unguided": mean(mask * (1 - guided))}  # fmt: skip
 
 
 def _combine_micro_batches(metrics: dict, loss_weights: jax.Array) -> dict:

@@ -38,9 +38,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from g2rpo_jax import checkpoint as checkpoint_lib
-from g2rpo_jax import config as config_lib
 from g2rpo_jax import (
+    alarms,
     distributed,
     dynamic_sampling,
     evaluation,
@@ -51,12 +50,14 @@ from g2rpo_jax import (
     sharding,
     train_step,
 )
+from g2rpo_jax import checkpoint as checkpoint_lib
+from g2rpo_jax import config as config_lib
 from g2rpo_jax import lora as lora_lib
 from g2rpo_jax.data import make_dataset
 from g2rpo_jax.data.tokenization import TOKENIZER_DIR, Tokenizer, load_tokenizer, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
 from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import FINISH_LENGTH, sampler_for, stop_ids
+from g2rpo_jax.sampling import FINISH_LENGTH, rollout_params, sampler_for, stop_ids
 
 BASE_MODEL = checkpoint_lib.BASE_MODEL
 
@@ -197,6 +198,8 @@ def train(
 
     iterator = iter(data.batches)
     base = None  # a LoRA run's base location, kept in every checkpoint's meta
+    monitor = alarms.AlarmMonitor(exp.train.alarm_steps, exp.data.max_completion_length,
+                                  exp.guidance.ratio)  # fmt: skip
     if start:
         saved_meta = checkpointer.meta(start)
         model_config = checkpoint_lib.model_config_from_json(saved_meta["model_config"])
@@ -206,6 +209,7 @@ def train(
             base = saved_meta[BASE_MODEL]
             state = state.replace(frozen=lora_lib.load_base(base, model_config, mesh))
         iterator.set_state(data_state)
+        monitor.restore(saved_meta.get(alarms.META_KEY))
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
         _warn_config_changes(saved_meta["config"], json.loads(config.to_json_best_effort()))
     else:
@@ -250,7 +254,7 @@ def train(
             dynamic_sampling.sample_filtered, rollout, next_batch=lambda: next(iterator, None),
             config=exp.grpo, group_size=exp.group_size, pad_id=pad,
         )  # fmt: skip
-    pending = None  # (step, metrics on device, host values): logged one step late
+    logs = logging_utils.StepLogs(logger, monitor, exp.train.stop_on_alarm)
     step = saved = start
     preemption = _Preemption()
     if eval_rows and start == 0 and exp.train.eval_at_start:  # the step-0 baseline (issue 9)
@@ -267,20 +271,23 @@ def train(
                         "drew extra batches; raise data.num_epochs to train longer", k,
                         total_steps)  # fmt: skip
                     if saved < step:
-                        checkpointer.save(step, state, iterator.get_state(), meta | {"step": step})
+                        streaks = logs.streaks()
+                        checkpointer.save(step, state, iterator.get_state(),
+                                          meta | {"step": step, alarms.META_KEY: streaks})  # fmt: skip
                         saved = step
                     break
                 t_data = time.perf_counter()
                 # Reading ℓ waits for the previous train step: the plan depends on it.
                 ell = int(jax.device_get(state.controller.length))
-                if pending is not None:
-                    pending[2]["end"] = time.perf_counter()
+                logs.finished()
                 t_ell = time.perf_counter()
+                policy = rollout_params(state.policy(), exp.sampling)  # once per step
                 if exp.grpo.filter_zero_std_groups:
-                    rows, host, samples = filtered(state.policy(), batch, ell, k)
+                    rows, host, samples = filtered(policy, batch, ell, k)
                     rows = distributed.global_batch(rows, rollout.sharding)
                 else:
-                    rows, host, samples = rollout(state.policy(), batch, ell, k)
+                    rows, host, samples = rollout(policy, batch, ell, k)
+                del policy
                 if jax.process_count() > 1:  # which rows each host read, for audits and tests
                     logging_utils.append_jsonl(
                         os.path.join(workdir, f"rows.process{jax.process_index()}.jsonl"),
@@ -290,11 +297,9 @@ def train(
                 t_train = time.perf_counter()
                 state, metrics = step_fn(state, rows)
                 host["time/train_dispatch_s"] = time.perf_counter() - t_train
-                if pending is not None:
-                    _log(logger, *pending)
                 step = k + 1
                 host["start"] = t0
-                pending = (step, metrics, host)
+                logs.push(step, metrics, host)  # writes the previous step's
                 if exp.train.sample_every and step % exp.train.sample_every == 0:
                     logger.samples(step, samples[: exp.train.num_logged_samples])
                 if eval_rows and step % exp.train.eval_every == 0:
@@ -305,27 +310,30 @@ def train(
                     host["time/eval_s"] = time.perf_counter() - t_eval
                 if step_callback is not None:
                     step_callback(step)
-                stop = _stop_requested(preemption)
+                stop = _stop_requested(preemption) or logs.stop
                 if step % exp.train.save_every == 0 or step == total_steps or stop:
                     t_save = time.perf_counter()
+                    # The streaks through this step (it waits for the step, as the save does).
+                    streaks = logs.streaks()
                     checkpointer.save(step, state.checkpointed(), iterator.get_state(),
-                                      meta | {"step": step})  # fmt: skip
+                                      meta | {"step": step, alarms.META_KEY: streaks})  # fmt: skip
                     host["time/checkpoint_s"] = time.perf_counter() - t_save
                     saved = step
-                if stop:
+                if stop or logs.stop:
                     break
-            if pending is not None:
-                jax.block_until_ready(state.step)
-                pending[2]["end"] = time.perf_counter()
-                _log(logger, *pending)
+            jax.block_until_ready(state.step)
+            logs.finished()
+            logs.write()
         finally:
             checkpointer.close()  # waits for the last save
             pool.close()
             logger.close()
-    if exp.train.plots and jax.process_index() == 0:  # before → after and plots
+    if jax.process_index() == 0:  # before → after, the run's alarms, plots
         from g2rpo_jax import report
 
-        report.finish(workdir)
+        report.finish(workdir, write_plots=exp.train.plots)
+    if logs.stop:
+        raise alarms.TrainingAlarm(f"{logs.raised[0]} (train.stop_on_alarm: saved step {saved})")
     return TrainResult(step=saved, total_steps=total_steps, preempted=bool(preemption.requested))
 
 
@@ -372,6 +380,7 @@ class _Rollout:
 
         fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_guidance")
         rows = {f: getattr(out, f) for f in fields}  # already global, rows over the mesh
+        rows["sampler_log_probs"] = out.log_probs
         host_rows = {"rewards": rewards.total.astype(np.float32), "accuracy": accuracy,
                      "truncated": finish == FINISH_LENGTH,
                      "is_filler": np.zeros(len(texts), bool)}  # fmt: skip
@@ -410,12 +419,3 @@ def _stop_requested(preemption: _Preemption) -> bool:
 
         stop = bool(multihost_utils.process_allgather(np.asarray(stop)).any())
     return stop
-
-
-def _log(logger: logging_utils.RunLogger, step: int, metrics, host: dict) -> None:
-    """One step's record; `host["end"]` is when its train step was seen to finish."""
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    wall = host["end"] - host["start"]
-    values |= {k: v for k, v in host.items() if k not in ("rows", "start", "end")}
-    values |= {"time/step_s": wall, "tokens_per_s": host["generated_tokens"] / max(wall, 1e-9)}
-    logger.scalars(step, values, extra={"rows": host["rows"]})

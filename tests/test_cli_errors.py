@@ -24,6 +24,7 @@ from absl import app, flags
 from jax import monitoring
 
 from g2rpo_jax import cli
+from g2rpo_jax.alarms import TrainingAlarm
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data import DataError
 
@@ -282,8 +283,9 @@ class _HubUnreachable(ConfigError):
 @pytest.mark.parametrize(
     "error",
     [ConfigError("config.data.path: set it"), DataError("f.jsonl:3: field 'answer': missing"),
-     _HubUnreachable("no network"), FileNotFoundError("/x: not a model directory")],
-    ids=["config", "data", "subclass", "path"],
+     _HubUnreachable("no network"), FileNotFoundError("/x: not a model directory"),
+     TrainingAlarm("alarm at step 20: …; raise config.data.max_completion_length (now 24)")],
+    ids=["config", "data", "subclass", "path", "alarm"],
 )  # fmt: skip
 def test_our_errors_exit_2_with_one_line(error, capsys, monkeypatch):
     monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)

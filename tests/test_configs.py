@@ -104,6 +104,10 @@ def smoke(**changes):
         (dict(rewards__accuracy_reward="code"), "config.rewards.accuracy_reward"),
         (dict(guidance__max_length=64), "config.guidance.max_length"),  # > 32 completion tokens
         (dict(train__eval_every=2), "config.eval.path"),
+        (dict(grpo__rollout_correction="tis"), "config.grpo: rollout_correction"),
+        (dict(grpo__rollout_correction_min=4.0), "config.grpo: rollout_correction_min"),
+        (dict(sampling__param_dtype="float16"), "config.sampling: param_dtype"),
+        (dict(train__alarm_steps=-1), "config.train.alarm_steps"),
     ],
 )
 def test_bad_config_fails_before_anything_is_loaded_naming_the_field(

@@ -14,6 +14,7 @@ from g2rpo_jax.sampling import (
     Sampler,
     SamplingConfig,
     decode_phase_ends,
+    rollout_params,
     sample_tokens,
 )
 from tests import tiny_models
@@ -264,3 +265,18 @@ def test_length_beyond_the_trace_uses_the_whole_trace(loaded):
         np.testing.assert_array_equal(out.completion_ids[row, :used], traces[row, :used])
         expected = hf_greedy(hf, list(prompts[row, :n]) + list(traces[row, :used]), 20 - used)
         np.testing.assert_array_equal(out.completion_ids[row, used:], expected)
+
+
+def test_bf16_rollout_weights_are_a_copy_and_the_masters_stay(loaded):
+    _, _, params = loaded
+    masters = jax.device_get(params)
+    config = SamplingConfig(max_completion_length=8, param_dtype="bfloat16")
+    copy = jax.device_get(rollout_params(params, config))
+    for master, now, rollout in zip(jax.tree.leaves(masters), jax.tree.leaves(params),
+                                    jax.tree.leaves(copy), strict=True):  # fmt: skip
+        assert master.dtype == now.dtype == np.float32 and rollout.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(now, master)
+        np.testing.assert_array_equal(rollout, master.astype(jnp.bfloat16))
+    assert rollout_params(params, SamplingConfig(max_completion_length=8)) is params
+    with pytest.raises(ValueError, match="param_dtype"):
+        SamplingConfig(max_completion_length=8, param_dtype="float16")

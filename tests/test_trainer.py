@@ -1,5 +1,6 @@
 """The training loop: exact resume after SIGTERM, checkpoints that survive SIGKILL, pass@k."""
 
+import itertools
 import json
 import math
 import os
@@ -15,9 +16,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from g2rpo_jax import alarms, evaluation, experiment, logging_utils, sharding, trainer
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import evaluation, experiment, logging_utils, sharding, trainer
 from g2rpo_jax.data import tokenization
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -138,6 +139,49 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert max(r["groups/zero_std"] for r in baseline) > 0  # the even rows' groups all fail
     assert all(r["effective_rows"] <= 16 and "truncated_fraction" in r for r in baseline)
     assert set(ties) <= tensorboard_tags(uninterrupted)
+    # Entropy and the sampler–trainer gap of every step too. Same weights and fp32: the gap
+    # (at the sampler's τ = 0.7) is the decode path's rounding only.
+    token_stats = ["entropy", "entropy_guided", "entropy_unguided", "rollout/logp_diff_mean",
+                   "rollout/logp_diff_max", "rollout/ratio_min", "rollout/ratio_max",
+                   "rollout/masked_fraction"]  # fmt: skip
+    assert all(r["entropy"] > 0 and r["rollout/logp_diff_max"] < 1e-3 for r in baseline)
+    assert set(token_stats) <= tensorboard_tags(uninterrupted)
+
+
+def short_budget_config(data_path: str, **train):
+    """8-token completions, the guided ones all trace: nearly every row hits the budget."""
+    c = smoke_config(data_path, alarm_steps=1, sample_every=0, **train)
+    c.data.max_completion_length = c.eval.max_completion_length = 8
+    c.guidance.initial_length = c.guidance.max_length = 8
+    return c
+
+
+def test_stop_on_alarm_saves_and_stops_and_a_resumed_run_keeps_the_streak(tmp_path, capsys):
+    data_file = write_rows(tmp_path / "train.jsonl")
+    workdir = tmp_path / "run"
+    # Step 1's metrics are read while step 2 runs: the run stops after step 2, saved.
+    with pytest.raises(alarms.TrainingAlarm, match=r"^alarm at step 1: .* \(now 8\) "
+                       r"\(train.stop_on_alarm: saved step 2\)$"):  # fmt: skip
+        trainer.train(short_budget_config(data_file, stop_on_alarm=True), str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+    assert "alarm at step 1" in capsys.readouterr().out  # the end-of-run report repeats it
+
+    # Resumed without stop_on_alarm: the streak goes on from the checkpoint's count, so the
+    # alarm is not raised again (a lost count would raise it at step 3), nor counted twice.
+    trainer.train(short_budget_config(data_file), str(workdir))
+    records = logging_utils.read_jsonl(workdir / logging_utils.METRICS_FILE)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["truncated_fraction"] >= alarms.TRUNCATED_AT for r in records)
+    raised = logging_utils.read_jsonl(workdir / logging_utils.ALARMS_FILE)
+    assert {a["step"] for a in raised} == {1}  # truncation, and ties if every group tied
+
+    def streak(hit) -> int:
+        return sum(1 for _ in itertools.takewhile(hit, reversed(records)))
+
+    checkpointer = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
+    assert checkpointer.meta(4)[alarms.META_KEY] == {
+        "truncation": 4, "ties": streak(lambda r: r["groups/zero_std"] >= 1)}  # fmt: skip
+    checkpointer.close()
 
 
 def tensorboard_tags(workdir: pathlib.Path) -> set[str]:

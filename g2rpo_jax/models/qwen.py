@@ -381,36 +381,3 @@ def abstract_model(config: ModelConfig, platform: str | None = None) -> Qwen:
 
 def param_count(model: Qwen) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-def token_log_probs(
-    model: Qwen,
-    hidden_BTD: jax.Array,
-    targets_BT: jax.Array,
-    temperature: float = 1.0,
-    chunk: int = 256,
-) -> jax.Array:
-    """log softmax(logits / temperature) at the target tokens: float32 [B, T].
-
-    Works through T in chunks, each rematerialized in the backward pass, so the float32
-    logits [B, T, V] never exist at once (Qwen's V is 151,936).
-    """
-    B, T, D = hidden_BTD.shape
-
-    @jax.checkpoint
-    def chunk_log_probs(h_BcD, t_Bc):
-        logits = model.logits(h_BcD) / temperature
-        picked = jnp.take_along_axis(logits, t_Bc[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
-
-    if T <= chunk:
-        return chunk_log_probs(hidden_BTD, targets_BT)
-    n = -(-T // chunk)
-    pad = n * chunk - T
-    h_nBcD = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D)
-    t_nBc = jnp.pad(targets_BT, ((0, 0), (0, pad))).reshape(B, n, chunk)
-    out = jax.lax.map(
-        lambda args: chunk_log_probs(*args),
-        (h_nBcD.transpose(1, 0, 2, 3), t_nBc.transpose(1, 0, 2)),
-    )
-    return out.transpose(1, 0, 2).reshape(B, n * chunk)[:, :T]
