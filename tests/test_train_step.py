@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from g2rpo_jax import advantages, grpo, guidance, optimization, sharding, train_step
+from g2rpo_jax import (
+    advantages,
+    completion_forward,
+    grpo,
+    guidance,
+    optimization,
+    sharding,
+    train_step,
+)
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig
 from tests import tiny_models
@@ -149,7 +157,7 @@ def test_groups_sharing_a_prompt_run_it_once_with_the_same_log_probs_and_gradien
     graphdef, params = nnx.split(model)
 
     def total(params, group_size):
-        lp = train_step.completion_log_probs(graphdef, params, batch, group_size=group_size)
+        lp = completion_forward.completion_log_probs(graphdef, params, batch, group_size=group_size)
         return (lp * batch["completion_mask"]).sum(), lp
 
     run = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)
