@@ -14,6 +14,7 @@ is removed when the next CheckpointManager opens the folder.
 """
 
 import dataclasses
+import logging as py_logging
 import os
 import re
 
@@ -168,3 +169,16 @@ def load_policy(path: str, device: jax.Device | None = None) -> tuple[Qwen, dict
     tokenizer_path = os.path.join(workdir, meta["tokenizer"])
     return nnx.merge(graphdef, params), meta | {"workdir": workdir, "step": step,
                                                 "tokenizer_path": tokenizer_path}  # fmt: skip
+
+
+class _QuietOrbax(py_logging.Filter):
+    """Drops orbax's per-save INFO lines (a dozen per checkpoint); warnings still show."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+    logger = py_logging.getLogger("absl")
+    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+        logger.addFilter(_QuietOrbax())

@@ -2,6 +2,7 @@
 the trainer runs every eval_every steps and scripts/evaluate.py runs on a checkpoint."""
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -9,13 +10,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from g2rpo_jax import config as config_lib
-from g2rpo_jax.data import DataConfig, DataError, Order
+from g2rpo_jax.data import DataConfig, DataError, FieldMap, Order
+from g2rpo_jax.data.load import TestsCheck, check_row_tests
 from g2rpo_jax.data.schema import to_row
 from g2rpo_jax.data.sources import read_records, resolve_format
 from g2rpo_jax.data.tokenization import Tokenizer, encode_prompts
-from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import Sampler
+from g2rpo_jax.rewards import RewardConfig, RewardPool
+from g2rpo_jax.rewards.code import check_tests
+from g2rpo_jax.sampling import Sampler, SamplingConfig
 
 
 def decode(tokenizer: Tokenizer, ids: np.ndarray, mask: np.ndarray) -> list[str]:
@@ -37,16 +39,45 @@ def repeat(values: Sequence, repeats: int) -> list:
     return [v for v in values for _ in range(repeats)]
 
 
-def load_eval_examples(exp: config_lib.Experiment, tokenizer: Tokenizer):
-    """Tokenized eval rows in file order (no curriculum), at most eval.max_rows."""
-    config = dataclasses.replace(exp.data, path=exp.eval.path, split=exp.eval.split,
-                                 fields=exp.eval.fields, order=Order.NONE, format="auto",
-                                 num_epochs=1, skip_bad_rows=False)  # fmt: skip
-    check = parse_gold if exp.accuracy_reward == "accuracy" else None
-    return eval_examples(config, tokenizer, check, exp.eval.max_rows)
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation decoding and scoring (SPEC §7): n samples per problem, pass@k."""
+
+    path: str
+    num_samples: int
+    pass_k: tuple[int, ...]
+    sampling: SamplingConfig  # eos/pad ids are filled in once the tokenizer is known
+    batch_size: int
+    max_rows: int
+    split: str = "train"
+    fields: FieldMap = FieldMap()
 
 
-def eval_examples(config: DataConfig, tokenizer: Tokenizer, answer_check=None, max_rows=0):
+def load_eval_examples(
+    config: EvalConfig, data: DataConfig, tokenizer: Tokenizer, answer_check=None, tests_check=None
+):
+    """Tokenized eval rows in file order (no curriculum), at most `config.max_rows`, with the
+    training data's prompt settings (`data`: template, system prompt, lengths)."""
+    data = dataclasses.replace(data, path=config.path, split=config.split, fields=config.fields,
+                               order=Order.NONE, format="auto", num_epochs=1,
+                               skip_bad_rows=False)  # fmt: skip
+    return eval_examples(data, tokenizer, answer_check, config.max_rows, tests_check)
+
+
+def tests_check(rewards: RewardConfig) -> TestsCheck | None:
+    """The load-time check of code rows' tests when the code reward is configured."""
+    if "code" not in dict(rewards.weights):
+        return None
+    return functools.partial(check_tests, trust_test_code=rewards.trust_test_code)
+
+
+def eval_examples(
+    config: DataConfig,
+    tokenizer: Tokenizer,
+    answer_check=None,
+    max_rows=0,
+    tests_check: TestsCheck | None = None,
+):
     """The problems of `config.path`, validated and tokenized, in file order. Evaluation
     rows need no reference trace: a placeholder fills a missing `guidance`."""
     fields = dataclasses.replace(config.fields, guidance_correctness=None)
@@ -58,8 +89,12 @@ def eval_examples(config: DataConfig, tokenizer: Tokenizer, answer_check=None, m
             raise value
         if isinstance(value, dict) and not isinstance(value.get(fields.guidance), str):
             value = value | {fields.guidance: "(none)"}
-        rows.append(to_row(value, index=record.index, where=record.where, fields=fields,
-                           answer_check=answer_check))  # fmt: skip
+        row = to_row(value, index=record.index, where=record.where, fields=fields,
+                     answer_check=answer_check)  # fmt: skip
+        warning = check_row_tests(row, record.where, fields.tests, tests_check)
+        if warning is not None:
+            logging.warning("%s: field 'tests': %s", record.where, warning)
+        rows.append(row)
     examples, too_long = encode_prompts(rows, tokenizer, config)
     if too_long:
         logging.warning("%s: %d eval rows with prompts over max_prompt_length=%d skipped",
@@ -119,7 +154,7 @@ def sample_and_score(params, sampler: Sampler, tokenizer: Tokenizer, examples, p
 
 
 def evaluate(params, sampler: Sampler, tokenizer: Tokenizer, examples, pool: RewardPool,
-             config: config_lib.EvalConfig, accuracy_reward: str, *, seed: int = 0) -> dict:  # fmt: skip
+             config: EvalConfig, accuracy_reward: str, *, seed: int = 0) -> dict:  # fmt: skip
     """pass@1 and pass@k over `examples`, n = config.num_samples completions each, with the
     evaluation decoding of `sampler`; a completion counts as correct when its accuracy
     reward is 1 (all tests passed for code). Returns the report with per-row results."""

@@ -10,9 +10,10 @@ import dataclasses
 
 import huggingface_hub
 
-from g2rpo_jax.config import BYTES_TOKENIZER, ConfigError, Experiment
+from g2rpo_jax.config import BYTES_TOKENIZER, ConfigError
 from g2rpo_jax.data import hub_id
 from g2rpo_jax.data.sources import load_hub_dataset
+from g2rpo_jax.experiment import Experiment
 from g2rpo_jax.models.hf import is_hub_id, resolve_model_dir
 
 _OFFLINE_ENV = "HF_HUB_OFFLINE"

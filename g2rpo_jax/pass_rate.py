@@ -26,12 +26,11 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from g2rpo_jax import config as config_lib
-from g2rpo_jax import evaluation, sharding, train_step, trainer
+from g2rpo_jax import evaluation, experiment, sampling, sharding, train_step
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data import difficulty
 from g2rpo_jax.data.schema import Row
-from g2rpo_jax.data.tokenization import Example, encode_prompts, pad_id
+from g2rpo_jax.data.tokenization import Example, encode_prompts, load_tokenizer, pad_id
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.rewards import RewardPool
 
@@ -136,13 +135,13 @@ class Estimator:
     `estimator(rows, split)` returns the rows that fit the prompt budget with `pass_rate`
     and difficulty = 1 − pass rate set, and how many did not fit."""
 
-    def __init__(self, exp: config_lib.Experiment, journal: Journal, batch_size: int,
+    def __init__(self, exp: experiment.Experiment, journal: Journal, batch_size: int,
                  *, progress: bool = True):  # fmt: skip
         if batch_size < 1:
             raise ConfigError(f"--batch_size={batch_size} must be >= 1")
         settings = journal.settings
         self.exp, self.journal, self.batch_size, self.progress = exp, journal, batch_size, progress
-        self.tokenizer = trainer.load_tokenizer(exp.tokenizer)
+        self.tokenizer = load_tokenizer(exp.tokenizer)
         mesh = sharding.make_mesh(exp.mesh_shape)
         model, model_config = from_pretrained(exp.model.path, dtype=exp.model.dtype,
                                               param_dtype=exp.model.param_dtype, mesh=mesh)  # fmt: skip
@@ -152,11 +151,11 @@ class Estimator:
         decoding = dataclasses.replace(
             exp.sampling, max_completion_length=settings.max_new_tokens,
             temperature=settings.temperature, batch_multiple=multiple,
-            eos_ids=trainer.stop_ids(self.tokenizer, model_config, exp.model.path
+            eos_ids=sampling.stop_ids(self.tokenizer, model_config, exp.model.path
                                      if os.path.isdir(exp.model.path) else ""),
             pad_id=pad_id(self.tokenizer),
         )  # fmt: skip
-        self.sampler = trainer.sampler_for(graphdef, decoding, train_step.batch_sharding(mesh))
+        self.sampler = sampling.sampler_for(graphdef, decoding, train_step.batch_sharding(mesh))
         # Only the accuracy reward decides a pass; the others would cost time for nothing.
         self.pool = RewardPool(dataclasses.replace(exp.rewards,
                                                    weights={exp.accuracy_reward: 1.0}))  # fmt: skip
@@ -167,7 +166,7 @@ class Estimator:
                     batch_size: int = 64, progress: bool = True) -> "Estimator":  # fmt: skip
         """Prompt template, decoding, seed and accuracy reward from the training config `c`;
         temperature / max_new_tokens override its sampling ones."""
-        exp = config_lib.build(c, num_devices=jax.device_count())
+        exp = experiment.build(c, num_devices=jax.device_count())
         settings = Settings(
             model=exp.model.path, samples=samples,
             temperature=exp.sampling.temperature if temperature is None else temperature,

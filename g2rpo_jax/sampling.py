@@ -27,7 +27,9 @@ decoding reports temperature-1 log-probs. Guidance tokens get theirs from the pr
 
 import dataclasses
 import functools
+import json
 import logging
+import os
 
 import flax.struct
 import jax
@@ -36,12 +38,14 @@ import numpy as np
 from flax import nnx
 
 from g2rpo_jax.models import xla_cpu
+from g2rpo_jax.models.config import ModelConfig
 from g2rpo_jax.models.log_probs import token_log_probs
 from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache
 
 log = logging.getLogger(__name__)
 
 FINISH_LENGTH, FINISH_EOS = 0, 1
+_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 ROLLOUT_PARAM_DTYPES = ("float32", "bfloat16")
 
 
@@ -232,18 +236,53 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
     # Sampling never differentiates, so remat buys nothing here; and nnx.remat'd layers of a
     # model merged outside the decode loop fail inside it (TraceContextError).
     model.config = model.config.replace(remat=False)
-    B, P = prompt_ids_BP.shape
-    L = guidance_ids_BL.shape[1]
-    budget = config.max_completion_length
-    C = budget if config.guidance_in_budget else budget + L
+    P, L = prompt_ids_BP.shape[1], guidance_ids_BL.shape[1]
     tokens_BW, mask_BW, positions_BW = assemble_prefix(
         prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B, config.pad_id
     )
-    W = P + L
+    init = _prefill(model, config, tokens_BW, mask_BW, positions_BW, guidance_len_B, L)
+    budget_B = jnp.full_like(guidance_len_B, config.max_completion_length)
+    if config.guidance_in_budget:
+        budget_B = budget_B - guidance_len_B
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
+    rows = _Rows(keys_B, guidance_len_B, budget_B)
+    s = _decode(model, config, rows, init.replace(done_B=rows.budget_B <= 0))
+    # The prompt sits just left of the guidance: shift each row's guidance out of the window.
+    shift_BP = jnp.arange(P)[None] + (L - guidance_len_B)[:, None]
+    prompt_ids_BP = jnp.take_along_axis(tokens_BW, shift_BP, axis=1)
+    prompt_mask_BP = jnp.take_along_axis(mask_BW, shift_BP, axis=1)
+    C = s.completion_BC.shape[1]
+    completion_mask_BC = jnp.arange(C)[None, :] < (guidance_len_B + s.num_generated_B)[:, None]
+    return SampleOutput(
+        prompt_ids=jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id),
+        prompt_mask=prompt_mask_BP,
+        completion_ids=s.completion_BC,
+        completion_mask=completion_mask_BC,
+        is_guidance=jnp.arange(C)[None, :] < guidance_len_B[:, None],
+        log_probs=jnp.where(completion_mask_BC, s.log_probs_BC, 0.0),
+        num_generated=s.num_generated_B,
+        finish_reason=jnp.where(s.eos_B, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
+    )
+
+
+@flax.struct.dataclass
+class _Rows:
+    """What stays fixed per row through the decode loop."""
+
+    keys_B: jax.Array  # the row's sampling stream
+    guidance_len_B: jax.Array  # ℓ_i: guidance tokens at the start of its completion
+    budget_B: jax.Array  # tokens it may generate
+
+
+def _prefill(model: Qwen, config: SamplingConfig, tokens_BW, mask_BW, positions_BW,
+             guidance_len_B, L: int) -> _LoopState:  # fmt: skip
+    """One forward over the prefixes [B, W]: the cache, the first token's logits, and the
+    completions started with each row's guidance tokens and their log-probs."""
+    B, W = tokens_BW.shape
+    C = config.max_completion_length + (0 if config.guidance_in_budget else L)
     cache = init_cache(model.config, B, W)
     # X = L + 1: only the outputs that predict the guidance tokens and the first new token.
     hidden_BXD, cache = model.hidden_states(tokens_BW, positions_BW, mask_BW, cache, last=L + 1)
-
     cols_C = jnp.arange(C)[None, :]
     is_guidance_BC = cols_C < guidance_len_B[:, None]
     completion_BC = jnp.full((B, C), config.pad_id, jnp.int32)
@@ -257,30 +296,42 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
         guidance_tokens_BC = jnp.take_along_axis(tokens_BW[:, W - L :], src_BC, axis=1)
         completion_BC = jnp.where(is_guidance_BC, guidance_tokens_BC, completion_BC)
         log_probs_BC = jnp.where(is_guidance_BC, jnp.take_along_axis(lp_BL, src_BC, 1), 0.0)
+    return _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        logits_BV=model.logits(hidden_BXD[:, -1:])[:, 0],
+        cache=cache,
+        positions_B=positions_BW[:, -1] + 1,
+        rotary=model.rotary(positions_BW[:, -1:] + 1),
+        done_B=jnp.zeros((B,), bool),
+        eos_B=jnp.zeros((B,), bool),
+        num_generated_B=jnp.zeros((B,), jnp.int32),
+        completion_BC=completion_BC,
+        log_probs_BC=log_probs_BC,
+    )
 
-    budget_B = budget - guidance_len_B if config.guidance_in_budget else jnp.full((B,), budget)
-    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
+
+def _decode(model: Qwen, config: SamplingConfig, rows: _Rows, s: _LoopState) -> _LoopState:
+    """Steps 0 … budget − 2 each choose a token and run the model on it, in phases whose cache
+    has just the slots that phase fills; the last step only chooses."""
+    B, C = s.completion_BC.shape
     rows_B = jnp.arange(B)
     eos_ids = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
 
     def choose(s: _LoopState) -> tuple[_LoopState, jax.Array]:
         """Each live row's next token, written into its completion."""
-        token_B, lp_B = sample_tokens(s.logits_BV, keys_B, s.step, config)
+        token_B, lp_B = sample_tokens(s.logits_BV, rows.keys_B, s.step, config)
         live_B = ~s.done_B
         token_B = jnp.where(live_B, token_B, config.pad_id)
-        column_B = jnp.where(live_B, guidance_len_B + s.num_generated_B, C)  # C: dropped
-        completion_BC = s.completion_BC.at[rows_B, column_B].set(token_B, mode="drop")
-        log_probs_BC = s.log_probs_BC.at[rows_B, column_B].set(lp_B, mode="drop")
+        column_B = jnp.where(live_B, rows.guidance_len_B + s.num_generated_B, C)  # C: dropped
         num_generated_B = s.num_generated_B + live_B
         hit_eos_B = live_B & jnp.isin(token_B, eos_ids)
-        done_B = s.done_B | hit_eos_B | (num_generated_B >= budget_B)
         return s.replace(
             step=s.step + 1,
-            done_B=done_B,
+            done_B=s.done_B | hit_eos_B | (num_generated_B >= rows.budget_B),
             eos_B=s.eos_B | hit_eos_B,
             num_generated_B=num_generated_B,
-            completion_BC=completion_BC,
-            log_probs_BC=log_probs_BC,
+            completion_BC=s.completion_BC.at[rows_B, column_B].set(token_B, mode="drop"),
+            log_probs_BC=s.log_probs_BC.at[rows_B, column_B].set(lp_B, mode="drop"),
         ), token_B
 
     def advance(s: _LoopState, token_B: jax.Array) -> _LoopState:
@@ -295,22 +346,8 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
             rotary=model.rotary(s.positions_B[:, None] + 1),
         )
 
-    init = _LoopState(
-        step=jnp.zeros((), jnp.int32),
-        logits_BV=model.logits(hidden_BXD[:, -1:])[:, 0],
-        cache=cache,
-        positions_B=positions_BW[:, -1] + 1,
-        rotary=model.rotary(positions_BW[:, -1:] + 1),
-        done_B=budget_B <= 0,
-        eos_B=jnp.zeros((B,), bool),
-        num_generated_B=jnp.zeros((B,), jnp.int32),
-        completion_BC=completion_BC,
-        log_probs_BC=log_probs_BC,
-    )
-    # Steps 0 … budget − 2 each choose a token and run the model on it, in phases whose
-    # cache has just the slots that phase fills; the last step only chooses.
-    s, filled = init, 0
-    for end in decode_phase_ends(budget, config.decode_phases):
+    filled = 0
+    for end in decode_phase_ends(config.max_completion_length, config.decode_phases):
         s = s.replace(cache=extend_cache(s.cache, end - filled))
         s = jax.lax.while_loop(
             lambda s, end=end: (s.step < end) & ~jnp.all(s.done_B),
@@ -318,25 +355,7 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
             s,
         )
         filled = end
-    s, _ = choose(s)
-    completion_mask_BC = cols_C < (guidance_len_B + s.num_generated_B)[:, None]
-    # The prompt sits just left of the guidance: shift each row's guidance out of the window.
-    prompt_ids_BP = jnp.take_along_axis(
-        tokens_BW, jnp.arange(P)[None] + (L - guidance_len_B)[:, None], axis=1
-    )
-    prompt_mask_BP = jnp.take_along_axis(
-        mask_BW, jnp.arange(P)[None] + (L - guidance_len_B)[:, None], axis=1
-    )
-    return SampleOutput(
-        prompt_ids=jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id),
-        prompt_mask=prompt_mask_BP,
-        completion_ids=s.completion_BC,
-        completion_mask=completion_mask_BC,
-        is_guidance=is_guidance_BC,
-        log_probs=jnp.where(completion_mask_BC, s.log_probs_BC, 0.0),
-        num_generated=s.num_generated_B,
-        finish_reason=jnp.where(s.eos_B, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
-    )
+    return choose(s)[0]
 
 
 class Sampler:
@@ -425,3 +444,28 @@ def _cast_floats(tree, dtype):
 def _first_rows(tree, rows: int):
     """Drops the padding rows on device (slicing outside jit would transfer the indices)."""
     return jax.tree.map(lambda x: x[:rows], tree)
+
+
+def stop_ids(tokenizer, model_config: ModelConfig, model_path: str = "") -> tuple:
+    """Token ids that end a completion: the tokenizer's and model's EOS, the generation
+    config's, and Qwen's end-of-turn / end-of-text tokens when the vocabulary has them."""
+    ids = {tokenizer.eos_token_id, model_config.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in _STOP_TOKENS if t in vocab}
+    generation = os.path.join(model_path, "generation_config.json") if model_path else ""
+    if generation and os.path.exists(generation):
+        with open(generation) as f:
+            eos = json.load(f).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos])
+    return tuple(sorted(i for i in ids if i is not None and i < model_config.vocab_size))
+
+
+# Samplers shared by every run in a process (tests, repeated evaluations): one compile each.
+_SAMPLERS: dict = {}
+
+
+def sampler_for(graphdef: nnx.GraphDef, config: SamplingConfig, sharding=None) -> Sampler:
+    """The Sampler of these settings, built once per process."""
+    if (graphdef, config, sharding) not in _SAMPLERS:
+        _SAMPLERS[graphdef, config, sharding] = Sampler(graphdef, config, sharding)
+    return _SAMPLERS[graphdef, config, sharding]

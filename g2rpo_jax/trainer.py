@@ -26,10 +26,8 @@ batch, so a run samples the same completions on any number of hosts. Only proces
 import dataclasses
 import functools
 import json
-import logging as py_logging
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +35,6 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
-import transformers
 from absl import logging
 from flax import nnx
 
@@ -46,6 +43,7 @@ from g2rpo_jax import (
     distributed,
     dynamic_sampling,
     evaluation,
+    experiment,
     guidance,
     hub,
     logging_utils,
@@ -56,88 +54,18 @@ from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
 from g2rpo_jax import lora as lora_lib
 from g2rpo_jax.data import make_dataset
-from g2rpo_jax.data.tokenization import Tokenizer, pad_id
+from g2rpo_jax.data.tokenization import TOKENIZER_DIR, Tokenizer, load_tokenizer, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
 from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig, rollout_params
+from g2rpo_jax.sampling import FINISH_LENGTH, rollout_params, sampler_for, stop_ids
 
-TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, copied into the workdir at the start
 BASE_MODEL = checkpoint_lib.BASE_MODEL
-_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 # --- Set-up: tokenizer, model, compiled functions ------------------------------------------
 
 
-class _QuietOrbax(py_logging.Filter):
-    """Drops orbax's per-save INFO lines (a dozen per checkpoint); warnings still show."""
-
-    def filter(self, record) -> bool:
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def quiet_orbax_logs() -> None:
-    logger = py_logging.getLogger("absl")
-    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
-        logger.addFilter(_QuietOrbax())
-
-
-def bytes_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    """Byte-level BPE without merges (any text round-trips), Qwen's special tokens and a
-    Qwen3-like chat template: what `:smoke` configs train with, no download needed."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {s: i for i, s in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True) for t in
-                                ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])  # fmt: skip
-    backend.add_tokens([AddedToken(t, special=False) for t in ("<think>", "</think>")])
-    template = (
-        "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + "
-        "message['content'] + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
-        "{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and "
-        "enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        chat_template=template,
-    )  # fmt: skip
-
-
-def load_tokenizer(spec: str, workdir: str | None = None) -> Tokenizer:
-    """The run's tokenizer; with a workdir it is saved there first (or read from there on
-    resume), so the workdir alone is enough to export and evaluate."""
-    saved = os.path.join(workdir, TOKENIZER_DIR) if workdir else None
-    if saved and os.path.exists(os.path.join(saved, "tokenizer_config.json")):
-        return transformers.AutoTokenizer.from_pretrained(saved)
-    if spec == config_lib.BYTES_TOKENIZER:
-        with tempfile.TemporaryDirectory() as folder:  # reload, as a saved folder would load
-            bytes_tokenizer().save_pretrained(folder)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    else:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
-    if saved and jax.process_index() == 0:
-        tokenizer.save_pretrained(saved)
-    return tokenizer
-
-
-def stop_ids(tokenizer: Tokenizer, model_config: ModelConfig, model_path: str = "") -> tuple:
-    """Token ids that end a completion: the tokenizer's and model's EOS, the generation
-    config's, and Qwen's end-of-turn / end-of-text tokens when the vocabulary has them."""
-    ids = {tokenizer.eos_token_id, model_config.eos_token_id}
-    vocab = tokenizer.get_vocab()
-    ids |= {vocab[t] for t in _STOP_TOKENS if t in vocab}
-    generation = os.path.join(model_path, "generation_config.json") if model_path else ""
-    if generation and os.path.exists(generation):
-        with open(generation) as f:
-            eos = json.load(f).get("eos_token_id")
-        ids |= set(eos if isinstance(eos, list) else [eos])
-    return tuple(sorted(i for i in ids if i is not None and i < model_config.vocab_size))
-
-
-def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
+def initial_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     """The policy to start from: the Hugging Face checkpoint, or a random init of the preset;
     with model.lora.rank > 0, that base with fresh adapters (B = 0: the same function)."""
     model = _base_model(exp, tokenizer, mesh)
@@ -146,7 +74,7 @@ def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwe
     return model
 
 
-def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
+def _base_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     source = exp.model
     if source.path:
         model, model_config = from_pretrained(source.path, dtype=source.dtype,
@@ -157,7 +85,7 @@ def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
             raise ValueError(f"{source.path}: vocab_size {model_config.vocab_size} < the "
                              f"tokenizer's {len(tokenizer)} tokens")  # fmt: skip
         if source.preset:  # the name in the config file should describe the weights
-            named = config_lib.preset_model_config(source)
+            named = experiment.preset_model_config(source)
             for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size"):
                 if getattr(named, field) != getattr(model_config, field):
                     logging.warning("%s: %s=%s, but config.model.preset=%r has %s", source.path,
@@ -165,13 +93,13 @@ def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
                                     getattr(named, field))  # fmt: skip
         return model
     vocab = len(tokenizer) if source.fit_vocab_to_tokenizer else None
-    model_config = config_lib.preset_model_config(source, vocab).replace(
+    model_config = experiment.preset_model_config(source, vocab).replace(
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id
     )
     return lora_lib.random_model(model_config, mesh, exp.seed)
 
 
-def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, mesh):
+def abstract_train_state(model_config: ModelConfig, exp: experiment.Experiment, mesh):
     """(graphdef, abstract TrainState with shardings) for restoring a checkpoint: what
     `TrainState.checkpointed` holds (under LoRA no base weights, `frozen` is None)."""
     graphdef, params = nnx.split(abstract_model(model_config))
@@ -181,23 +109,16 @@ def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, 
     return graphdef, checkpoint_lib.abstract_like(state, train_step.state_shardings(state, mesh))
 
 
-# Compiled functions shared by every run in a process (tests, repeated evaluations).
+# Compiled train steps shared by every run in a process (tests, repeated runs).
 _STEPS: dict = {}
-_SAMPLERS: dict = {}
 
 
-def _train_step(graphdef, exp: config_lib.Experiment, mesh, state):
+def _train_step(graphdef, exp: experiment.Experiment, mesh, state):
     key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh)
     if key not in _STEPS:
         _STEPS[key] = train_step.make_train_step(graphdef, exp.grpo, exp.optimizer, exp.guidance,
                                            exp.group_size, mesh, state)  # fmt: skip
     return _STEPS[key]
-
-
-def sampler_for(graphdef, config: SamplingConfig, sharding=None) -> Sampler:
-    if (graphdef, config, sharding) not in _SAMPLERS:
-        _SAMPLERS[graphdef, config, sharding] = Sampler(graphdef, config, sharding)
-    return _SAMPLERS[graphdef, config, sharding]
 
 
 # --- Rollouts and rewards ------------------------------------------------------------------
@@ -242,7 +163,7 @@ def train(
 ) -> TrainResult:
     """Trains (or resumes from the newest checkpoint in `workdir`) until the run's last step
     or a SIGTERM/SIGINT. `step_callback(step)` runs after each completed step."""
-    exp = config_lib.build(config, num_devices=jax.device_count(),
+    exp = experiment.build(config, num_devices=jax.device_count(),
                            process_count=jax.process_count())  # fmt: skip
     if jax.process_count() > 1 and exp.train.eval_every:
         raise config_lib.ConfigError(
@@ -254,7 +175,7 @@ def train(
             "config.grpo.filter_zero_std_groups: dynamic sampling refills batches on one host; "
             "multi-process runs need it off"
         )
-    quiet_orbax_logs()
+    checkpoint_lib.quiet_orbax_logs()
     os.makedirs(workdir, exist_ok=True)
     checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
                                                async_save=exp.train.async_checkpointing)  # fmt: skip
@@ -265,7 +186,8 @@ def train(
     mesh = sharding.make_mesh(exp.mesh_shape)
     names = dict(exp.rewards.weights)
     data = make_dataset(exp.data, tokenizer,
-                        answer_check=parse_gold if "accuracy" in names else None)  # fmt: skip
+                        answer_check=parse_gold if "accuracy" in names else None,
+                        tests_check=evaluation.tests_check(exp.rewards))  # fmt: skip
     total_steps = exp.train.num_steps or data.stats.num_batches
     if total_steps > data.stats.num_batches:
         raise config_lib.ConfigError(
@@ -309,7 +231,15 @@ def train(
     sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
                           train_step.batch_sharding(mesh))  # fmt: skip
     step_fn = _train_step(graphdef, exp, mesh, state)
-    eval_rows = evaluation.load_eval_examples(exp, tokenizer) if exp.train.eval_every else None
+    eval_rows = None
+    if exp.train.eval_every:
+        eval_rows = evaluation.load_eval_examples(
+            exp.eval,
+            exp.data,
+            tokenizer,
+            parse_gold if exp.accuracy_reward == "accuracy" else None,
+            evaluation.tests_check(exp.rewards),
+        )
     eval_sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
                                                              pad_id=pad))  # fmt: skip
     logger = logging_utils.RunLogger(
@@ -411,7 +341,7 @@ class _Rollout:
     """Guidance plan → sampling → decoding → rewards for one batch of B prompts; returns
     the train step's rows [B·G] (on the mesh), host-side numbers and a few samples."""
 
-    def __init__(self, exp: config_lib.Experiment, tokenizer, sampler, pool, mesh):
+    def __init__(self, exp: experiment.Experiment, tokenizer, sampler, pool, mesh):
         self.exp, self.tokenizer, self.sampler, self.pool = exp, tokenizer, sampler, pool
         self.G = exp.group_size
         self.n_guided = guidance.num_guided(exp.guidance.ratio, exp.group_size)  # ceil(α·G)

@@ -10,9 +10,12 @@ per-row completions and scores.
 a checkpoint brings its own tokenizer, prompt settings (chat template, system prompt) and
 reward (accuracy or code). Rows need `prompt` and `answer` (or `tests`); `guidance` is not
 used. A completion is correct when its reward is 1 (math-verify equal; all tests passed).
+Test code that is not call-based (HumanEval's `def check(candidate): ...`) scores 0 unless
+`--trust_test_code`, which runs it in the program's process (README "Code rewards").
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -20,11 +23,12 @@ import transformers
 from absl import app, flags
 from flax import nnx
 
-from g2rpo_jax import checkpoint, cli, config, evaluation, trainer
+from g2rpo_jax import checkpoint, cli, evaluation, sampling
 from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.rewards import RewardConfig, RewardPool, parse_gold
+from g2rpo_jax.rewards.code import check_tests
 from g2rpo_jax.sampling import SamplingConfig
 
 _MODEL = flags.DEFINE_string("model", None, "Hugging Face folder / hub id, or a workdir.")
@@ -47,6 +51,8 @@ _MAX_ROWS = flags.DEFINE_integer("max_rows", 0, "Evaluate the first rows only (0
 _REWARD = flags.DEFINE_enum("reward", None, ["accuracy", "code"],
                             "Scoring (default: the checkpoint's, else accuracy).")  # fmt: skip
 _WORKERS = flags.DEFINE_integer("workers", 4, "Reward processes (0: in this process).")
+_TRUST = flags.DEFINE_bool("trust_test_code", False, "Code: run test code that is not "
+                           "call-based in the program's own process (gameable).")  # fmt: skip
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flags_as_required(["model", "data"])
@@ -59,7 +65,7 @@ def _load(model_path: str):
         os.path.isdir(os.path.join(model_path, checkpoint.SUBDIR))
         or os.path.basename(os.path.dirname(os.path.abspath(model_path))) == checkpoint.SUBDIR
     ):
-        trainer.quiet_orbax_logs()
+        checkpoint.quiet_orbax_logs()
         model, meta = checkpoint.load_policy(model_path)
         saved = meta["config"]
         d = saved["data"]
@@ -90,10 +96,11 @@ def main(argv: list[str]) -> None:
     data = dataclasses.replace(data, path=_DATA.value, split=_SPLIT.value,
                                fields=source_fields(_DATA.value, data.fields),
                                max_prompt_length=_MAX_PROMPT_LENGTH.value or data.max_prompt_length)  # fmt: skip
+    tests_check = functools.partial(check_tests, trust_test_code=_TRUST.value)
     examples = evaluation.eval_examples(data, tokenizer, parse_gold if reward == "accuracy" else None,
-                                     _MAX_ROWS.value)  # fmt: skip
-    eos = trainer.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
-    sampling = SamplingConfig(
+                                     _MAX_ROWS.value, tests_check if reward == "code" else None)  # fmt: skip
+    eos = sampling.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
+    decoding = SamplingConfig(
         max_completion_length=_MAX_NEW_TOKENS.value or budget, eos_ids=eos,
         pad_id=pad_id(tokenizer), temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
         top_k=_TOP_K.value,
@@ -101,15 +108,17 @@ def main(argv: list[str]) -> None:
     pass_k = tuple(int(k) for k in _PASS_K.value)
     if any(not 1 <= k <= _NUM_SAMPLES.value for k in pass_k):
         raise app.UsageError(f"--pass_k={pass_k}: each k must be in [1, --num_samples]")
-    settings = config.EvalConfig(_DATA.value, _NUM_SAMPLES.value, pass_k, sampling,
+    settings = evaluation.EvalConfig(_DATA.value, _NUM_SAMPLES.value, pass_k, decoding,
                                  _BATCH_SIZE.value, _MAX_ROWS.value)  # fmt: skip
     graphdef, params = nnx.split(model)
-    sampler = trainer.sampler_for(graphdef, sampling)
-    with RewardPool(RewardConfig(weights={reward: 1.0}, workers=_WORKERS.value)) as pool:
+    sampler = sampling.sampler_for(graphdef, decoding)
+    rewards = RewardConfig(weights={reward: 1.0}, workers=_WORKERS.value,
+                           trust_test_code=_TRUST.value)  # fmt: skip
+    with RewardPool(rewards) as pool:
         report = evaluation.evaluate(params, sampler, tokenizer, examples, pool, settings, reward,
                                   seed=_SEED.value)  # fmt: skip
     header = {"model": _MODEL.value, "data": _DATA.value, "reward": reward,
-              "decoding": dataclasses.asdict(sampling)}  # fmt: skip
+              "decoding": dataclasses.asdict(decoding)}  # fmt: skip
     report = header | report
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w") as f:

@@ -16,7 +16,7 @@ import jax
 import transformers
 from absl import app, flags
 
-from g2rpo_jax import checkpoint, cli, lora, trainer
+from g2rpo_jax import checkpoint, cli, lora, sampling
 from g2rpo_jax.models import save_pretrained
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir or checkpoint step folder.")
@@ -28,13 +28,13 @@ flags.mark_flags_as_required(["checkpoint", "out"])
 
 def export(path: str, out: str, dtype: str | None = None) -> dict:
     """Exports; returns the checkpoint's meta (step, workdir, config)."""
-    trainer.quiet_orbax_logs()
+    checkpoint.quiet_orbax_logs()
     model, meta = checkpoint.load_policy(path, jax.devices("cpu")[0])
     save_pretrained(lora.merged(model), out, dtype=dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(meta["tokenizer_path"])
     tokenizer.save_pretrained(out)
     base = meta["config"]["model"]["path"]
-    eos = trainer.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
+    eos = sampling.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
     evaluation = meta["config"]["eval"]
     transformers.GenerationConfig(
         bos_token_id=model.config.bos_token_id, eos_token_id=list(eos),

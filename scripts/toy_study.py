@@ -16,8 +16,8 @@ import time
 
 from absl import app, flags
 
-from g2rpo_jax import cli
-from g2rpo_jax.toy import study
+from g2rpo_jax import cli, trainer
+from g2rpo_jax.toy import study, study_report
 
 _OUT = flags.DEFINE_string("out", "runs/toy_study", "Output folder.")
 _PART = flags.DEFINE_enum(
@@ -58,14 +58,16 @@ def main(argv: list[str]) -> None:
                                  one_epoch=_ONE_EPOCH.value)  # fmt: skip
     t0 = time.perf_counter()
     records = study.run_study(_OUT.value, demo_config(), variants,
-                              [int(s) for s in _SEEDS.value], budget)  # fmt: skip
+                              [int(s) for s in _SEEDS.value], budget, trainer.train)  # fmt: skip
     shown = [*variants, *(v for v in part if v not in variants)]
-    tables = study.table(records, shown)
+    tables = study_report.table(records, shown)
     if part is study.PART2:
-        tables += "".join("\n" + study.gaps(records, key) for key in ("greedy", "harder_greedy"))
+        tables += "".join(
+            "\n" + study_report.gaps(records, key) for key in ("greedy", "harder_greedy")
+        )
     with open(os.path.join(_OUT.value, "table.md"), "w") as f:
         f.write(tables)
-    plots = study.write_plots(records, _OUT.value, shown)
+    plots = study_report.write_plots(records, _OUT.value, shown)
     print(tables)
     print(f"plots: {', '.join(plots)}; this invocation took {time.perf_counter() - t0:.0f} s")
 

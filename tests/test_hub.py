@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import trainer
-from g2rpo_jax.data import FieldMap, load_rows, source_fields
+from g2rpo_jax import experiment
+from g2rpo_jax.data import FieldMap, load_rows, source_fields, tokenization
 from g2rpo_jax.data.tokenization import TraceEncoder, render_prompt
 from g2rpo_jax.rewards import parse_gold
 from g2rpo_jax.rewards.accuracy import accuracy_reward
@@ -73,7 +73,7 @@ def math500_copy(directory: pathlib.Path) -> str:
 
 def model_copy(directory: pathlib.Path) -> str:
     """A local copy of a Qwen3 checkpoint: tiny random weights with a byte-level tokenizer."""
-    tokenizer = trainer.bytes_tokenizer()
+    tokenizer = tokenization.bytes_tokenizer()
     config = tiny_models.qwen3_config(vocab_size=len(tokenizer),
                                       eos_token_id=tokenizer.eos_token_id,
                                       bos_token_id=tokenizer.pad_token_id)  # fmt: skip
@@ -129,8 +129,8 @@ def test_a_guided_candidate_given_the_whole_trace_earns_the_full_format_reward(t
     wrapped as the answer) is the format the rewards check, for guidance and policy alike."""
     c = runpy.run_path(str(REPO / _PAPER))["get_config"]()
     c.data.path = f"hf:{openr1_copy(tmp_path)}"  # a local copy, read as the hub set is
-    data = config_lib.build(c, num_devices=1).data
-    tokenizer = trainer.bytes_tokenizer()
+    data = experiment.build(c, num_devices=1).data
+    tokenizer = tokenization.bytes_tokenizer()
     rows = load_rows(data, parse_gold).rows
     assert (len(rows), rows[8].index) == (9, 8)  # the second judge's row is in
     prompts = [render_prompt(tokenizer, row.prompt, data) for row in rows]

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from g2rpo_jax import experiment
 from g2rpo_jax.models import ModelConfig, Qwen
 from g2rpo_jax.models.config import LoraConfig
 from g2rpo_jax.models.qwen import LoraParam
@@ -129,9 +130,9 @@ def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3
         optimization,
         sharding,
         train_step,
-        trainer,
     )
     from g2rpo_jax import config as config_lib
+    from g2rpo_jax.data import tokenization
     from g2rpo_jax.models import from_pretrained
     from tests import tiny_models
 
@@ -144,9 +145,9 @@ def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3
                                   optimization.OptimizerConfig(total_steps=2),
                                   guidance.GuidanceConfig(0.5, initial_length=8, max_length=8))  # fmt: skip
     workdir = tmp_path / "run"
-    trainer.bytes_tokenizer().save_pretrained(workdir / trainer.TOKENIZER_DIR)
+    tokenization.bytes_tokenizer().save_pretrained(workdir / tokenization.TOKENIZER_DIR)
     meta = {"config": json.loads(config_lib.default_config().to_json_best_effort()),
-            "tokenizer": trainer.TOKENIZER_DIR, "step": 1,
+            "tokenizer": tokenization.TOKENIZER_DIR, "step": 1,
             "model_config": checkpoint.model_config_to_json(model.config),
             checkpoint.BASE_MODEL: lora.base_location(hf_qwen3_dir, seed=0)}  # fmt: skip
     saver = checkpoint.Checkpointer(str(workdir), async_save=False)
@@ -182,14 +183,15 @@ def test_lora_config_keys_are_checked_and_round_trip_through_checkpoint_meta():
     c = config_lib.smoke(config_lib.default_config())
     c.data.path = "rows.jsonl"
     c.model.lora.rank, c.model.lora.targets = 8, ("q", "v")
-    exp = config_lib.build(c, num_devices=1)
+    exp = experiment.build(c, num_devices=1)
     assert exp.model.lora == LoraConfig(rank=8, alpha=16.0, targets=("q", "v"))
     config = LORA.replace(lora=exp.model.lora)
     as_json = json.loads(json.dumps(checkpoint.model_config_to_json(config)))  # as in meta
     assert checkpoint.model_config_from_json(as_json) == config
-    c.model.lora.dropout = 0.1
-    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora\.dropout"):
-        config_lib.build(c, num_devices=1)
-    c.model.lora.dropout, c.model.lora.targets = 0.0, ("q", "qkv")
+    c.model.lora.dropout = 0.0  # an old config naming the removed key
+    with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora\.dropout: removed"):
+        experiment.build(c, num_devices=1)
+    del c.model.lora["dropout"]
+    c.model.lora.targets = ("q", "qkv")
     with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora"):
-        config_lib.build(c, num_devices=1)
+        experiment.build(c, num_devices=1)

@@ -8,7 +8,7 @@ import torch
 from flax import nnx
 
 from g2rpo_jax.models import from_pretrained, init_cache
-from g2rpo_jax.models.qwen import rope_frequencies
+from g2rpo_jax.models.rope import rope_frequencies
 from tests import tiny_models
 
 

@@ -136,8 +136,12 @@ def test_assert_tests(sandbox: SandboxConfig, program: str, expected: float) -> 
 def test_other_test_formats(sandbox: SandboxConfig) -> None:
     program = "def add(a, b):\n    return a + b"
     test_code = "def check(f):\n    assert f(2, 3) == 5\n\ncheck(add)"
-    assert run_tests(program, test_code, sandbox) == 1.0
-    assert run_tests(program, "check = 1\nassert add(2, 3) == 6", sandbox) == 0.0
+    # Test code the grader cannot judge outside the program runs only when trusted.
+    assert run_tests(program, test_code, sandbox) == 0.0
+    assert run_tests(program, test_code, sandbox, trust_test_code=True) == 1.0
+    assert (
+        run_tests(program, "check = 1\nassert add(2, 3) == 6", sandbox, trust_test_code=True) == 0.0
+    )
     # Cases stored as a JSON string are decoded, not run as an always-passing literal.
     assert run_tests("print(7)", '[{"input": "", "output": "8"}]', sandbox) == 0.0
     assert run_tests("print(8)", '[{"input": "", "output": "8"}]', sandbox) == 1.0

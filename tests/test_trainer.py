@@ -16,9 +16,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from g2rpo_jax import alarms, evaluation, logging_utils, sharding, trainer
+from g2rpo_jax import alarms, evaluation, experiment, logging_utils, sharding, trainer
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
+from g2rpo_jax.data import tokenization
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -52,7 +53,7 @@ def final_state(workdir):
     workdir, step = checkpoint_lib.locate(str(workdir))
     checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
     meta = checkpointer.meta(step)
-    exp = config_lib.build(
+    exp = experiment.build(
         ml_collections.ConfigDict(meta["config"]), num_devices=jax.device_count()
     )
     exp = exp.with_total_steps(exp.train.num_steps)
@@ -74,7 +75,7 @@ def check_outputs(workdir: pathlib.Path) -> None:
     samples = logging_utils.read_jsonl(workdir / logging_utils.SAMPLES_FILE)
     assert [s["step"] for s in samples] == [2, 2, 4, 4]
     assert os.listdir(workdir / logging_utils.TB_DIR)
-    assert (workdir / trainer.TOKENIZER_DIR / "tokenizer.json").exists()
+    assert (workdir / tokenization.TOKENIZER_DIR / "tokenizer.json").exists()
     evaluations = logging_utils.read_jsonl(workdir / logging_utils.EVAL_FILE)
     assert [e["step"] for e in evaluations] == [2, 4]
     assert all(e["num_rows"] == 8 and 0 <= e["pass@1"] <= e["pass@2"] <= 1 for e in evaluations)

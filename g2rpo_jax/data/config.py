@@ -70,6 +70,20 @@ class FieldMap:
         )
 
     @classmethod
+    def verifiable_coding_cot(cls) -> "FieldMap":
+        """Blancy/verifiable-coding-problems-CoT, the paper recipe's code set: the problem in
+        `problem_statement`, a reference trace in `generations`, the tests in
+        `verification_info` (schema.py unpacks its test_cases); no answer column. What
+        follows a trace's `</think>` becomes its answer block, as for OpenR1."""
+        return cls(
+            prompt="problem_statement",
+            guidance="generations",
+            difficulty=None,
+            tests="verification_info",
+            guidance_answer_tags=True,
+        )
+
+    @classmethod
     def math500(cls) -> "FieldMap":
         """MATH-500: `problem`, `answer`, and a worked `solution` (the reference trace)."""
         return cls(prompt="problem", guidance="solution", difficulty=None, tests=None)
@@ -82,6 +96,7 @@ HUB_PREFIX = "hf:"
 _KNOWN_HUB_FIELDS = {
     "OpenR1-Math-220k": FieldMap.openr1_math(),
     "MATH-500": FieldMap.math500(),
+    "verifiable-coding-problems-CoT": FieldMap.verifiable_coding_cot(),
 }
 
 

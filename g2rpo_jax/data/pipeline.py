@@ -34,7 +34,7 @@ from g2rpo_jax.data.curriculum import (
     difficulty_keys,
     epoch_order,
 )
-from g2rpo_jax.data.load import load_rows
+from g2rpo_jax.data.load import TestsCheck, load_rows
 from g2rpo_jax.data.schema import AnswerCheck
 from g2rpo_jax.data.tokenization import Example, Tokenizer, TraceEncoder, encode_prompts, pad_id
 
@@ -71,6 +71,7 @@ def make_dataset(
     tokenizer: Tokenizer,
     *,
     answer_check: AnswerCheck | None = None,
+    tests_check: TestsCheck | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     read_options: grain.ReadOptions = _READ_OPTIONS,
@@ -81,7 +82,7 @@ def make_dataset(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
 
-    loaded = load_rows(config, answer_check)
+    loaded = load_rows(config, answer_check, tests_check)
     examples, too_long = encode_prompts(loaded.rows, tokenizer, config)
     if too_long:
         logging.warning(

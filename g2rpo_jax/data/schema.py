@@ -6,6 +6,7 @@ find the bad row without reading our code.
 """
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -76,12 +77,14 @@ def to_row(
         raise DataError(f"{where}: the row is a {type(record).__name__}, not an object")
     rec = _Record(record, where)
     prompt = _prompt(rec, fields.prompt)
-    answer = rec.get("answer", fields.answer, required=True)
+    tests = _tests(rec, fields.tests)
+    # A code row is scored by its tests; hub code sets have no answer column.
+    answer = rec.get("answer", fields.answer, required=tests is None)
+    answer = "" if answer is None else answer
     if not isinstance(answer, str):
         raise rec.error("answer", fields.answer, f"expected a string, got {type(answer).__name__}")
     guidance = _guidance(rec, fields)
     difficulty = _difficulty(rec, fields.difficulty)
-    tests = _tests(rec, fields.tests)
     pass_rate = _pass_rate(rec)
     if answer_check is not None and tests is None:
         try:
@@ -198,8 +201,37 @@ def _tests(rec: _Record, column: str | None) -> Tests | None:
     value = rec.get("tests", column, required=False)
     if value is None:
         return None
+    if _is_verification_info(value):
+        value = _verification_info_cases(rec, column, value)
     if not isinstance(value, list | str):
         raise rec.error("tests", column, f"expected a list or a string, got {type(value).__name__}")
     if not value:
         raise rec.error("tests", column, "empty")
     return value
+
+
+# --- verification_info: the tests of the hub code sets (issue 31) ---------------------------
+# open-r1/verifiable-coding-problems-python and Blancy/verifiable-coding-problems-CoT keep a
+# row's tests as {"language": ..., "test_cases": [{"input", "output", "type", "fn_name"}]},
+# a dict or its JSON string. The cases become the row's tests; a row in another language is
+# a bad row (the sandbox runs Python only).
+
+
+def _is_verification_info(value: Any) -> bool:
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return False
+    return isinstance(value, Mapping) and "test_cases" in value
+
+
+def _verification_info_cases(rec: _Record, column: str | None, value: Any) -> list:
+    info = json.loads(value) if isinstance(value, str) else value
+    language = info.get("language", "python")
+    if not isinstance(language, str) or language.lower() not in ("python", "python3"):
+        raise rec.error("tests", column, f"tests in {language!r}; only Python runs in the sandbox")
+    cases = info["test_cases"]
+    if not isinstance(cases, list):
+        raise rec.error("tests", column, f"test_cases is a {type(cases).__name__}, not a list")
+    return cases

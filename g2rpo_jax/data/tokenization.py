@@ -7,8 +7,11 @@ only for the rows a host reads; the sampler receives these ids and never re-toke
 """
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 import tokenizers
 import transformers
@@ -17,6 +20,8 @@ from g2rpo_jax.data.config import DataConfig
 from g2rpo_jax.data.schema import Prompt, Row
 
 Tokenizer = transformers.PreTrainedTokenizerBase
+BYTES_TOKENIZER = "builtin:bytes"  # a byte-level Qwen-style tokenizer written to the workdir
+TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, copied into the workdir at the start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +101,44 @@ def pad_id(tokenizer: Tokenizer) -> int:
         if token_id is not None:
             return int(token_id)
     raise ValueError("the tokenizer has neither a pad nor an EOS token")
+
+
+def bytes_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """Byte-level BPE without merges (any text round-trips), Qwen's special tokens and a
+    Qwen3-like chat template: what `:smoke` configs train with, no download needed."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {s: i for i, s in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True) for t in
+                                ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])  # fmt: skip
+    backend.add_tokens([AddedToken(t, special=False) for t in ("<think>", "</think>")])
+    template = (
+        "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + "
+        "message['content'] + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
+        "{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and "
+        "enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        chat_template=template,
+    )  # fmt: skip
+
+
+def load_tokenizer(spec: str, workdir: str | None = None) -> Tokenizer:
+    """The run's tokenizer; with a workdir it is saved there first (or read from there on
+    resume), so the workdir alone is enough to export and evaluate."""
+    saved = os.path.join(workdir, TOKENIZER_DIR) if workdir else None
+    if saved and os.path.exists(os.path.join(saved, "tokenizer_config.json")):
+        return transformers.AutoTokenizer.from_pretrained(saved)
+    if spec == BYTES_TOKENIZER:
+        with tempfile.TemporaryDirectory() as folder:  # reload, as a saved folder would load
+            bytes_tokenizer().save_pretrained(folder)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
+    if saved and jax.process_index() == 0:
+        tokenizer.save_pretrained(saved)
+    return tokenizer

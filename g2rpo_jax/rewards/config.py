@@ -28,6 +28,8 @@ class RewardConfig:
     )
     workers: int = 4
     sandbox: SandboxConfig = SandboxConfig()
+    # Run test code that is not call-based in the program's process (code.py): gameable.
+    trust_test_code: bool = False
 
     def __post_init__(self) -> None:
         pairs = tuple((str(n), float(w)) for n, w in dict(self.weights).items())

@@ -37,7 +37,9 @@ class Rewards:
 
 def _bind(name: str, config: RewardConfig) -> RewardFn:
     if name == "code":
-        return functools.partial(REWARD_FUNCTIONS[name], sandbox=config.sandbox)
+        return functools.partial(
+            REWARD_FUNCTIONS[name], sandbox=config.sandbox, trust_test_code=config.trust_test_code
+        )
     return REWARD_FUNCTIONS[name]
 
 
@@ -77,6 +79,11 @@ class RewardPool:
             _log.warning(
                 "code sandbox without network/PID namespaces: network blocked only at Python's "
                 "socket level, escaped processes may outlive a run (see rewards/sandbox.py)"
+            )
+        if self._config.trust_test_code:
+            _log.warning(
+                "rewards.code.trust_test_code: test code that is not call-based runs in the "
+                "program's own process, where a program can forge its verdict"
             )
 
     def compute(

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from g2rpo_jax import evaluation, trainer
+from g2rpo_jax import evaluation, sampling
 from g2rpo_jax.models import Qwen
 from g2rpo_jax.sampling import SamplingConfig
 from g2rpo_jax.toy import sft, task
@@ -27,7 +27,7 @@ def completions(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem],
                 config: SamplingConfig, seed: int = 0, chunk: int = 512) -> list[str]:  # fmt: skip
     """The decoded unguided completion of each problem (special tokens dropped)."""
     graphdef, params = nnx.split(model)
-    sampler = trainer.sampler_for(graphdef, config)
+    sampler = sampling.sampler_for(graphdef, config)
     texts = []
     for start in range(0, len(problems), chunk):
         part = problems[start : start + chunk]

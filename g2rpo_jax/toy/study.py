@@ -23,7 +23,7 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from g2rpo_jax import checkpoint, trainer
+from g2rpo_jax import checkpoint
 from g2rpo_jax.logging_utils import METRICS_FILE, append_jsonl, read_jsonl
 from g2rpo_jax.models import from_pretrained, save_pretrained
 from g2rpo_jax.report import eval_history
@@ -174,13 +174,19 @@ def _final(model, held_out: HeldOut, seed: int) -> dict:
             "examples": [p.prompt + t for p, t in zip(problems, examples, strict=False)]}  # fmt: skip
 
 
-def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str) -> tuple[dict, object]:
+# The trainer's `train(config, workdir)`: the study runs above the training loop, which
+# scripts/toy_study.py hands in (the library never imports the trainer).
+Train = Callable[[ml_collections.ConfigDict, str], object]
+
+
+def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str,
+           train: Train) -> tuple[dict, object]:  # fmt: skip
     """One RL run from base.model.path; the record (without the final evaluation) and the
     trained policy."""
     config = rl_config(base, variant, seed, budget)
     config.lock()
     t0 = time.perf_counter()
-    result = trainer.train(config, workdir)
+    result = train(config, workdir)
     wall = time.perf_counter() - t0
     if result.step != budget.steps:  # stopped by a signal: no record, rerun to redo it
         raise RuntimeError(f"{workdir}: stopped at step {result.step} of {budget.steps}")
@@ -245,7 +251,7 @@ def run_sft(base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
 
 
 def run_sft_then_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str,
-                    held_out: HeldOut) -> tuple[dict, object]:  # fmt: skip
+                    held_out: HeldOut, train: Train) -> tuple[dict, object]:  # fmt: skip
     """SFT for round(sft_share · steps) steps, then RL from that model for the rest."""
     sft_steps = round(variant.sft_share * budget.steps)
     first, model = run_sft(base, variant, seed, dataclasses.replace(budget, steps=sft_steps),
@@ -257,7 +263,8 @@ def run_sft_then_rl(base, variant: Variant, seed: int, budget: Budget, workdir: 
     rl_base = copy.deepcopy(base)
     rl_base.model.path = model_dir
     rest, model = run_rl(rl_base, variant, seed,
-                         dataclasses.replace(budget, steps=budget.steps - sft_steps), workdir)  # fmt: skip
+                         dataclasses.replace(budget, steps=budget.steps - sft_steps), workdir,
+                         train)  # fmt: skip
     return {"wall_s": first["wall_s"] + rest["wall_s"], "sft_steps": sft_steps,
             "during": first["during"] + [(sft_steps + s, a) for s, a in rest["during"]],
             "ell": rest["ell"], "skipped_steps": rest["skipped_steps"]}, model  # fmt: skip
@@ -278,7 +285,7 @@ def training_files(train_file: str, out_dir: str) -> dict[Traces, str]:
 
 
 def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, budget: Budget,
-              log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
+              train: Train, log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
     """Runs every (seed, variant) not yet in OUT/results.jsonl, seed by seed, appending one
     record per run; returns all records."""
     os.makedirs(out_dir, exist_ok=True)
@@ -308,10 +315,10 @@ def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, bu
                 record, model = run_sft(run_base, variant, seed, budget, held_out)
             elif variant.sft_share > 0.0:
                 record, model = run_sft_then_rl(run_base, variant, seed, budget, workdir,
-                                                held_out)  # fmt: skip
+                                                held_out, train)  # fmt: skip
             else:
                 shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
-                record, model = run_rl(run_base, variant, seed, budget, workdir)
+                record, model = run_rl(run_base, variant, seed, budget, workdir, train)
             record = {"variant": variant.name, "seed": seed, "steps": budget.steps,
                       "traces": str(variant.traces), **record, **_final(model, held_out, seed)}  # fmt: skip
             done.append(_append(path, record))
@@ -335,132 +342,3 @@ def train_subset(path: str, rows: int, out: str, seed: int = 0) -> str:
 def _append(path: str, record: dict) -> dict:
     append_jsonl(path, record)
     return record
-
-
-# --- Table and plots -----------------------------------------------------------------------
-
-
-def _stats(values) -> str:
-    values = np.asarray(values, float)
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-
-def table(records: list[dict], variants=VARIANTS) -> str:
-    """Markdown: one row per variant, mean ± sample std over seeds, and the per-seed values;
-    the harder set's columns where the records have them (part 2)."""
-    harder = all("harder_greedy" in r for r in records)
-    extra = " harder greedy | harder sampled |" if harder else ""
-    lines = [f"| variant | greedy | sampled (T = 1) |{extra} greedy per seed | wall s / run | "
-             "seeds |", "| --- " * (6 + 2 * harder) + "|"]  # fmt: skip
-    names = ["base"] + [v.name for v in variants]
-    labels = {"base": "base model (before RL)"} | {v.name: v.label for v in variants}
-    for name in names:
-        rows = sorted((r for r in records if r["variant"] == name), key=lambda r: r["seed"])
-        if not rows:
-            continue
-        keys = ("greedy", "sampled") + (("harder_greedy", "harder_sampled") if harder else ())
-        stats = " | ".join(_stats([r[k] for r in rows]) for k in keys)
-        per_seed = ", ".join(f"{r['greedy']:.3f}" for r in rows)
-        wall = "–" if name == "base" else f"{np.mean([r['wall_s'] for r in rows]):.0f}"
-        lines.append(f"| {labels[name]} (`{name}`) | {stats} | {per_seed} | {wall} | "
-                     f"{len(rows)} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-# Part 2's settings: the SFT control of each and the RL variants that compete with it.
-SETTINGS = {
-    "clean traces": ("sft", ("grpo", "fixed_full", "g2rpo_a")),
-    f"noisy ({NOISY_FRACTION:.0%} wrong)": ("sft_noisy", ("fixed_full_noisy", "g2rpo_a_noisy",
-                                            "g2rpo_a_noisy_T1", "g2rpo_a_noisy_T4",
-                                            "g2rpo_a_noisy_official")),
-    f"coverage ({COVERAGE:.0%})": ("sft_coverage", ("grpo_coverage", "g2rpo_a_coverage")),
-    "SFT, then RL": ("sft", ("sft_then_grpo", "sft_then_g2rpo_a")),
-}  # fmt: skip
-
-
-def gaps(records: list[dict], key: str = "greedy") -> str:
-    """Markdown: per setting, the best RL variant (by mean `key`) minus its SFT control, with
-    the standard error of that difference over seeds, √(s²_RL/n + s²_SFT/n), and the range of
-    the per-seed differences (seed k of one against seed k of the other)."""
-    lines = [f"| setting | SFT | best RL | RL − SFT ({key}) | ± s.e. | per-seed range |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    for setting, (control, contenders) in SETTINGS.items():
-        by_seed = {n: {r["seed"]: r[key] for r in records if r["variant"] == n}
-                   for n in (control, *contenders)}  # fmt: skip
-        ran = [n for n in contenders if by_seed[n]]
-        if not by_seed[control] or not ran:
-            continue
-        best = max(ran, key=lambda n: np.mean(list(by_seed[n].values())))
-        rl, sft_values = (np.asarray(list(by_seed[n].values())) for n in (best, control))
-        se = np.sqrt(np.var(rl, ddof=1) / len(rl) + np.var(sft_values, ddof=1) / len(sft_values))
-        paired = [by_seed[best][k] - by_seed[control][k] for k in by_seed[best]
-                  if k in by_seed[control]]  # fmt: skip
-        lines.append(f"| {setting} | `{control}` {sft_values.mean():.3f} | `{best}` "
-                     f"{rl.mean():.3f} | {rl.mean() - sft_values.mean():+.3f} | {se:.3f} | "
-                     f"{min(paired):+.3f} … {max(paired):+.3f} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def write_plots(records: list[dict], out_dir: str, variants=VARIANTS) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [v.name for v in variants if any(r["variant"] == v.name for r in records)]
-    base = [r for r in records if r["variant"] == "base"]
-    written = []
-
-    keys = ["greedy", "sampled"] + ["harder_greedy"] * all("harder_greedy" in r for r in records)
-    width = 0.8 / len(keys)
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(names)), 4), dpi=110)
-    x = np.arange(len(names))
-    for k, key in enumerate(keys):
-        offset = (k - (len(keys) - 1) / 2) * width
-        values = [[r[key] for r in records if r["variant"] == n] for n in names]
-        means = [np.mean(v) for v in values]
-        stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
-        ax.bar(x + offset, means, width, yerr=stds, capsize=3, label=key)
-        for i, v in enumerate(values):
-            ax.scatter([x[i] + offset] * len(v), v, color="k", s=6, zorder=3)
-    if base:
-        ax.axhline(base[0]["greedy"], color="gray", linestyle="--", linewidth=1,
-                   label="base model, greedy")  # fmt: skip
-    ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set(ylabel="held-out accuracy (unguided)", title="Final accuracy: mean ± std over seeds")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(os.path.join(out_dir, "final_accuracy.png"))
-    fig.savefig(written[-1])
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    colors = {v.name: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}
-    for name in names:
-        runs = [r for r in records if r["variant"] == name]
-        steps = [s for s, _ in runs[0]["during"]]
-        if all([s for s, _ in r["during"]] == steps for r in runs) and steps:
-            mean = np.mean([[a for _, a in r["during"]] for r in runs], axis=0)
-            axes[0].plot(steps, mean, marker="o", markersize=3, label=name, color=colors[name])
-        ells = [r["ell"] for r in runs if r["ell"]]
-        if ells and not name.startswith("grpo"):  # α = 0: ℓ guides nobody
-            axes[1].plot(
-                np.arange(1, len(ells[0]) + 1),
-                np.mean(ells, axis=0),
-                label=name,
-                color=colors[name],
-                linestyle="--" if name == "alpha1_half" else "-",
-            )
-    axes[0].set(xlabel="step", ylabel="greedy accuracy (held-out subset)",
-                title="During training (mean over seeds)")  # fmt: skip
-    axes[1].set(xlabel="step", ylabel="ℓ (tokens)", title="Guidance length (mean over seeds)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(os.path.join(out_dir, "curves.png"))
-    fig.savefig(written[-1])
-    plt.close(fig)
-    return written
