@@ -1,5 +1,6 @@
-"""Where a run's numbers go: TensorBoard events, `metrics.jsonl`, sample completions, alarms, a
-progress bar, and Weights & Biases when asked for and installed. Only process 0 writes."""
+"""Where a run's numbers go: TensorBoard events, `metrics.jsonl`, sample completions,
+alarms, a progress bar, and Weights & Biases when asked for and installed. Only process 0
+writes. `StepLogs` writes each step's record one step late and counts it into the alarms."""
 
 import dataclasses
 import json
