@@ -125,6 +125,12 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.wait_until_finished()
+        # Orbax removes an interrupted save's temporary folder in a background thread and
+        # waits for it only in save(): a run that opens and closes without saving would
+        # leave it racing the exit.
+        await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
         self._manager.close()
 
 

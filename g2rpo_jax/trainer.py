@@ -24,7 +24,6 @@ batch, so a run samples the same completions on any number of hosts. Only proces
 """
 
 import dataclasses
-import functools
 import json
 import os
 import signal
@@ -155,6 +154,25 @@ class TrainResult:
     preempted: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A run as set up before its first step: what the loop reads and never replaces."""
+
+    exp: experiment.Experiment
+    workdir: str
+    start: int  # the step resumed from (0: a new run)
+    total_steps: int
+    checkpointer: checkpoint_lib.Checkpointer
+    tokenizer: Tokenizer
+    meta: dict  # written into every checkpoint
+    step_fn: Callable  # the jitted train step
+    rollout: "_Rollout"
+    sample: Callable  # (policy, batch, ℓ, k) -> (rows, host numbers, samples)
+    evaluate: Callable | None  # policy -> report, when the run evaluates
+    logger: logging_utils.RunLogger
+    logs: logging_utils.StepLogs
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -163,8 +181,144 @@ def train(
 ) -> TrainResult:
     """Trains (or resumes from the newest checkpoint in `workdir`) until the run's last step
     or a SIGTERM/SIGINT. `step_callback(step)` runs after each completed step."""
+    run, state, iterator = _setup(config, workdir)
+    exp, logs = run.exp, run.logs
+    step = saved = run.start
+    preemption = _Preemption()
+    if run.evaluate and run.start == 0 and exp.train.eval_at_start:  # the step-0 baseline
+        run.logger.evaluation(0, run.evaluate(state.policy()))
+    with preemption:
+        try:
+            for k in range(run.start, run.total_steps):
+                t0 = time.perf_counter()
+                batch = next(iterator, None)
+                if batch is None:  # only when dynamic sampling drew extra batches
+                    logging.warning(
+                        "the data ran out after step %d of %d: grpo.filter_zero_std_groups "
+                        "drew extra batches; raise data.num_epochs to train longer", k,
+                        run.total_steps)  # fmt: skip
+                    if saved < step:
+                        saved = _save(run, step, state, iterator)
+                    break
+                state, host, samples = _step(run, state, batch, k, t0)
+                step = k + 1
+                if exp.train.sample_every and step % exp.train.sample_every == 0:
+                    run.logger.samples(step, samples[: exp.train.num_logged_samples])
+                if run.evaluate and step % exp.train.eval_every == 0:
+                    t_eval = time.perf_counter()
+                    run.logger.evaluation(step, run.evaluate(state.policy()))
+                    host["time/eval_s"] = time.perf_counter() - t_eval
+                if step_callback is not None:
+                    step_callback(step)
+                stop = _stop_requested(preemption) or logs.stop
+                if step % exp.train.save_every == 0 or step == run.total_steps or stop:
+                    t_save = time.perf_counter()
+                    saved = _save(run, step, state, iterator)
+                    host["time/checkpoint_s"] = time.perf_counter() - t_save
+                if stop:
+                    break
+            jax.block_until_ready(state.step)
+            logs.finished()
+            logs.write()
+        finally:
+            run.checkpointer.close()  # waits for the last save
+            run.rollout.pool.close()
+            run.logger.close()
+    if jax.process_index() == 0:  # before → after, the run's alarms, plots
+        from g2rpo_jax import report
+
+        report.finish(workdir, write_plots=exp.train.plots)
+    if logs.stop:
+        raise alarms.TrainingAlarm(f"{logs.raised[0]} (train.stop_on_alarm: saved step {saved})")
+    return TrainResult(step=saved, total_steps=run.total_steps,
+                       preempted=bool(preemption.requested))  # fmt: skip
+
+
+def _step(run: _Run, state, batch: dict, k: int, t0: float):
+    """Step k: ℓ, the rollout, the train step dispatched (not waited for); the previous
+    step's numbers go to the logs. Returns (state, host numbers of this step, samples)."""
+    t_data = time.perf_counter()
+    # Reading ℓ waits for the previous train step: the plan depends on it.
+    ell = int(jax.device_get(state.controller.length))
+    run.logs.finished()
+    t_ell = time.perf_counter()
+    policy = rollout_params(state.policy(), run.exp.sampling)  # once per step
+    rows, host, samples = run.sample(policy, batch, ell, k)
+    del policy
+    if jax.process_count() > 1:  # which rows each host read, for audits and tests
+        logging_utils.append_jsonl(
+            os.path.join(run.workdir, f"rows.process{jax.process_index()}.jsonl"),
+            {"step": k + 1, "rows": batch["index"].tolist()},
+        )
+    host["time/data_s"], host["time/wait_train_s"] = t_data - t0, t_ell - t_data
+    t_train = time.perf_counter()
+    state, metrics = run.step_fn(state, rows)
+    host["time/train_dispatch_s"] = time.perf_counter() - t_train
+    host["start"] = t0
+    run.logs.push(k + 1, metrics, host)  # writes the previous step's
+    return state, host, samples
+
+
+def _save(run: _Run, step: int, state, iterator) -> int:
+    """Checkpoints step `step` (under LoRA without the base) with the alarm streaks through it
+    (reading them waits for the step, as the save does); returns the step saved."""
+    meta = run.meta | {"step": step, alarms.META_KEY: run.logs.streaks()}
+    run.checkpointer.save(step, state.checkpointed(), iterator.get_state(), meta)
+    return step
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str):
+    """The run (`_Run`), its train state and its data iterator, at the step it resumes from."""
     exp = experiment.build(config, num_devices=jax.device_count(),
                            process_count=jax.process_count())  # fmt: skip
+    _check_processes(exp)
+    checkpoint_lib.quiet_orbax_logs()
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
+                                               async_save=exp.train.async_checkpointing)  # fmt: skip
+    start = checkpointer.latest_step() or 0
+    # A LoRA run reads its base weights again on resume.
+    hub.fetch(hub.run_sources(exp, needs_weights=not start or exp.model.lora.rank > 0))
+    tokenizer = load_tokenizer(exp.tokenizer, workdir)
+    mesh = sharding.make_mesh(exp.mesh_shape)
+    data = make_dataset(exp.data, tokenizer,
+                        answer_check=parse_gold if "accuracy" in dict(exp.rewards.weights) else None,
+                        tests_check=evaluation.tests_check(exp.rewards))  # fmt: skip
+    total_steps = exp.train.num_steps or data.stats.num_batches
+    if total_steps > data.stats.num_batches:
+        raise config_lib.ConfigError(
+            f"config.train.num_steps={total_steps}: the data holds {data.stats.num_batches} "
+            f"batches over data.num_epochs={exp.data.num_epochs}"
+        )
+    exp = exp.with_total_steps(total_steps)
+    iterator = iter(data.batches)
+    monitor = alarms.AlarmMonitor(exp.train.alarm_steps, exp.data.max_completion_length,
+                                  exp.guidance.ratio)  # fmt: skip
+    graphdef, state, model_config, base = _restore_or_init(
+        exp, config, checkpointer, start, tokenizer, mesh, iterator, monitor
+    )
+    meta = {"config": json.loads(config.to_json_best_effort()), "tokenizer": TOKENIZER_DIR,
+            "model_config": checkpoint_lib.model_config_to_json(model_config)}  # fmt: skip
+    if base is not None:  # a LoRA run's base location, kept in every checkpoint's meta
+        meta[BASE_MODEL] = base
+    eos, pad = stop_ids(tokenizer, model_config, exp.model.path), pad_id(tokenizer)
+    sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
+                          train_step.batch_sharding(mesh))  # fmt: skip
+    logger = logging_utils.RunLogger(
+        workdir, total_steps=total_steps, start_step=start, progress_bar=exp.train.progress_bar,
+        wandb_project=exp.train.wandb_project, config=meta["config"],
+        enabled=jax.process_index() == 0,
+    )  # fmt: skip
+    rollout = _Rollout(exp, tokenizer, sampler, RewardPool(exp.rewards), mesh)
+    run = _Run(exp, workdir, start, total_steps, checkpointer, tokenizer, meta,
+               _train_step(graphdef, exp, mesh, state), rollout,
+               _sampling(exp, rollout, iterator, pad),
+               _evaluation(exp, tokenizer, graphdef, eos, pad, rollout.pool), logger,
+               logging_utils.StepLogs(logger, monitor, exp.train.stop_on_alarm))  # fmt: skip
+    return run, state, iterator
+
+
+def _check_processes(exp: experiment.Experiment) -> None:
     if jax.process_count() > 1 and exp.train.eval_every:
         raise config_lib.ConfigError(
             "config.train.eval_every: periodic evaluation runs in single-process jobs only; "
@@ -175,166 +329,64 @@ def train(
             "config.grpo.filter_zero_std_groups: dynamic sampling refills batches on one host; "
             "multi-process runs need it off"
         )
-    checkpoint_lib.quiet_orbax_logs()
-    os.makedirs(workdir, exist_ok=True)
-    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
-                                               async_save=exp.train.async_checkpointing)  # fmt: skip
-    start = checkpointer.latest_step() or 0
-    # A LoRA run reads its base weights again on resume.
-    hub.fetch(hub.run_sources(exp, needs_weights=not start or exp.model.lora.rank > 0))
-    tokenizer = load_tokenizer(exp.tokenizer, workdir)
-    mesh = sharding.make_mesh(exp.mesh_shape)
-    names = dict(exp.rewards.weights)
-    data = make_dataset(exp.data, tokenizer,
-                        answer_check=parse_gold if "accuracy" in names else None,
-                        tests_check=evaluation.tests_check(exp.rewards))  # fmt: skip
-    total_steps = exp.train.num_steps or data.stats.num_batches
-    if total_steps > data.stats.num_batches:
-        raise config_lib.ConfigError(
-            f"config.train.num_steps={total_steps}: the data holds {data.stats.num_batches} "
-            f"batches over data.num_epochs={exp.data.num_epochs}"
-        )
-    exp = exp.with_total_steps(total_steps)
 
-    iterator = iter(data.batches)
-    base = None  # a LoRA run's base location, kept in every checkpoint's meta
-    monitor = alarms.AlarmMonitor(exp.train.alarm_steps, exp.data.max_completion_length,
-                                  exp.guidance.ratio)  # fmt: skip
-    if start:
-        saved_meta = checkpointer.meta(start)
-        model_config = checkpoint_lib.model_config_from_json(saved_meta["model_config"])
-        graphdef, abstract_state = abstract_train_state(model_config, exp, mesh)
-        state, data_state, _ = checkpointer.restore(start, abstract_state)
-        if model_config.lora.rank:
-            base = saved_meta[BASE_MODEL]
-            state = state.replace(frozen=lora_lib.load_base(base, model_config, mesh))
-        iterator.set_state(data_state)
-        monitor.restore(saved_meta.get(alarms.META_KEY))
-        logging.info("resumed from %s at step %d", checkpointer.directory, start)
-        _warn_config_changes(saved_meta["config"], json.loads(config.to_json_best_effort()))
-    else:
+
+def _restore_or_init(exp, config, checkpointer, start, tokenizer, mesh, iterator, monitor):
+    """(graphdef, state, model config, LoRA base location or None): restored from checkpoint
+    `start` (the iterator and alarm streaks with it), or a new run's initial policy."""
+    if not start:
         model = initial_model(exp, tokenizer, mesh)
-        model_config = model.config
-        graphdef = nnx.graphdef(model)
         state = train_step.init_train_state(model, exp.grpo, exp.optimizer, exp.guidance)
         state = jax.device_put(state, train_step.state_shardings(state, mesh))
-        del model
-        if model_config.lora.rank:
+        base = None
+        if model.config.lora.rank:
             base = lora_lib.base_location(exp.model.path, exp.seed)
-    meta = {"config": json.loads(config.to_json_best_effort()), "tokenizer": TOKENIZER_DIR,
-            "model_config": checkpoint_lib.model_config_to_json(model_config)}  # fmt: skip
-    if base is not None:
-        meta[BASE_MODEL] = base
+        return nnx.graphdef(model), state, model.config, base
+    saved_meta = checkpointer.meta(start)
+    model_config = checkpoint_lib.model_config_from_json(saved_meta["model_config"])
+    graphdef, abstract_state = abstract_train_state(model_config, exp, mesh)
+    state, data_state, _ = checkpointer.restore(start, abstract_state)
+    base = None
+    if model_config.lora.rank:
+        base = saved_meta[BASE_MODEL]
+        state = state.replace(frozen=lora_lib.load_base(base, model_config, mesh))
+    iterator.set_state(data_state)
+    monitor.restore(saved_meta.get(alarms.META_KEY))
+    logging.info("resumed from %s at step %d", checkpointer.directory, start)
+    _warn_config_changes(saved_meta["config"], json.loads(config.to_json_best_effort()))
+    return graphdef, state, model_config, base
 
-    eos = stop_ids(tokenizer, model_config, exp.model.path)
-    pad = pad_id(tokenizer)
-    sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
-                          train_step.batch_sharding(mesh))  # fmt: skip
-    step_fn = _train_step(graphdef, exp, mesh, state)
-    eval_rows = None
-    if exp.train.eval_every:
-        eval_rows = evaluation.load_eval_examples(
-            exp.eval,
-            exp.data,
-            tokenizer,
-            parse_gold if exp.accuracy_reward == "accuracy" else None,
-            evaluation.tests_check(exp.rewards),
-        )
-    eval_sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
-                                                             pad_id=pad))  # fmt: skip
-    logger = logging_utils.RunLogger(
-        workdir, total_steps=total_steps, start_step=start, progress_bar=exp.train.progress_bar,
-        wandb_project=exp.train.wandb_project, config=meta["config"],
-        enabled=jax.process_index() == 0,
-    )  # fmt: skip
-    pool = RewardPool(exp.rewards)
-    rollout = _Rollout(exp, tokenizer, sampler, pool, mesh)
-    if exp.grpo.filter_zero_std_groups:
-        filtered = functools.partial(
-            dynamic_sampling.sample_filtered, rollout, next_batch=lambda: next(iterator, None),
+
+def _sampling(exp, rollout: "_Rollout", iterator, pad: int) -> Callable:
+    """The step's rollout: one sampler call, or DAPO's dynamic sampling over extra batches."""
+    if not exp.grpo.filter_zero_std_groups:
+        return rollout
+
+    def filtered(policy, batch, ell, k):
+        rows, host, samples = dynamic_sampling.sample_filtered(
+            rollout, policy, batch, ell, k, next_batch=lambda: next(iterator, None),
             config=exp.grpo, group_size=exp.group_size, pad_id=pad,
         )  # fmt: skip
-    logs = logging_utils.StepLogs(logger, monitor, exp.train.stop_on_alarm)
-    step = saved = start
-    preemption = _Preemption()
-    if eval_rows and start == 0 and exp.train.eval_at_start:  # the step-0 baseline (issue 9)
-        logger.evaluation(0, evaluation.evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
-                                      exp.eval, exp.accuracy_reward, seed=exp.seed))  # fmt: skip
-    with preemption:
-        try:
-            for k in range(start, total_steps):
-                t0 = time.perf_counter()
-                batch = next(iterator, None)
-                if batch is None:  # only when dynamic sampling drew extra batches
-                    logging.warning(
-                        "the data ran out after step %d of %d: grpo.filter_zero_std_groups "
-                        "drew extra batches; raise data.num_epochs to train longer", k,
-                        total_steps)  # fmt: skip
-                    if saved < step:
-                        streaks = logs.streaks()
-                        checkpointer.save(step, state, iterator.get_state(),
-                                          meta | {"step": step, alarms.META_KEY: streaks})  # fmt: skip
-                        saved = step
-                    break
-                t_data = time.perf_counter()
-                # Reading ℓ waits for the previous train step: the plan depends on it.
-                ell = int(jax.device_get(state.controller.length))
-                logs.finished()
-                t_ell = time.perf_counter()
-                policy = rollout_params(state.policy(), exp.sampling)  # once per step
-                if exp.grpo.filter_zero_std_groups:
-                    rows, host, samples = filtered(policy, batch, ell, k)
-                    rows = distributed.global_batch(rows, rollout.sharding)
-                else:
-                    rows, host, samples = rollout(policy, batch, ell, k)
-                del policy
-                if jax.process_count() > 1:  # which rows each host read, for audits and tests
-                    logging_utils.append_jsonl(
-                        os.path.join(workdir, f"rows.process{jax.process_index()}.jsonl"),
-                        {"step": k + 1, "rows": batch["index"].tolist()},
-                    )
-                host["time/data_s"], host["time/wait_train_s"] = t_data - t0, t_ell - t_data
-                t_train = time.perf_counter()
-                state, metrics = step_fn(state, rows)
-                host["time/train_dispatch_s"] = time.perf_counter() - t_train
-                step = k + 1
-                host["start"] = t0
-                logs.push(step, metrics, host)  # writes the previous step's
-                if exp.train.sample_every and step % exp.train.sample_every == 0:
-                    logger.samples(step, samples[: exp.train.num_logged_samples])
-                if eval_rows and step % exp.train.eval_every == 0:
-                    t_eval = time.perf_counter()
-                    report = evaluation.evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
-                                      exp.eval, exp.accuracy_reward, seed=exp.seed)  # fmt: skip
-                    logger.evaluation(step, report)
-                    host["time/eval_s"] = time.perf_counter() - t_eval
-                if step_callback is not None:
-                    step_callback(step)
-                stop = _stop_requested(preemption) or logs.stop
-                if step % exp.train.save_every == 0 or step == total_steps or stop:
-                    t_save = time.perf_counter()
-                    # The streaks through this step (it waits for the step, as the save does).
-                    streaks = logs.streaks()
-                    checkpointer.save(step, state.checkpointed(), iterator.get_state(),
-                                      meta | {"step": step, alarms.META_KEY: streaks})  # fmt: skip
-                    host["time/checkpoint_s"] = time.perf_counter() - t_save
-                    saved = step
-                if stop or logs.stop:
-                    break
-            jax.block_until_ready(state.step)
-            logs.finished()
-            logs.write()
-        finally:
-            checkpointer.close()  # waits for the last save
-            pool.close()
-            logger.close()
-    if jax.process_index() == 0:  # before → after, the run's alarms, plots
-        from g2rpo_jax import report
+        return distributed.global_batch(rows, rollout.sharding), host, samples
 
-        report.finish(workdir, write_plots=exp.train.plots)
-    if logs.stop:
-        raise alarms.TrainingAlarm(f"{logs.raised[0]} (train.stop_on_alarm: saved step {saved})")
-    return TrainResult(step=saved, total_steps=total_steps, preempted=bool(preemption.requested))
+    return filtered
+
+
+def _evaluation(exp, tokenizer, graphdef, eos, pad: int, pool) -> Callable | None:
+    """policy -> the periodic evaluation's report, or None when the run does not evaluate."""
+    if not exp.train.eval_every:
+        return None
+    rows = evaluation.load_eval_examples(
+        exp.eval,
+        exp.data,
+        tokenizer,
+        parse_gold if exp.accuracy_reward == "accuracy" else None,
+        evaluation.tests_check(exp.rewards),
+    )
+    sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
+                                                        pad_id=pad))  # fmt: skip
+    return lambda policy: evaluation.evaluate(policy, sampler, tokenizer, rows, pool, exp.eval,
+                                              exp.accuracy_reward, seed=exp.seed)  # fmt: skip
 
 
 class _Rollout:
