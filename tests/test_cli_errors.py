@@ -246,10 +246,10 @@ def test_the_traceback_env_var_shows_the_traceback_of_our_errors(tmp_path, monke
 # One real process per script: the exit code and stderr as a user sees them.
 
 
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+def run_script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     # JAX_LOG_COMPILES: every jit compile logs "Compiling ..."; none may happen before the
     # data is validated.
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_LOG_COMPILES="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_LOG_COMPILES="1", **env)
     env.pop(cli.TRACEBACK_ENV, None)
     command = [sys.executable, str(REPO / "scripts" / name), *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
