@@ -34,11 +34,25 @@ from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig, rollout_params
 
 CONFIGS = {
-    "tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=64),
-    "large": dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                  num_attention_heads=8, num_key_value_heads=4, head_dim=64),
-}  # fmt: skip
+    "tiny": dict(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+    ),
+    "large": dict(
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+    ),
+}
 BATCH, PROMPT_LEN, NEW_TOKENS = 64, 32, 64
 GUIDED_ROWS, GUIDANCE_LEN = BATCH // 2, 32  # α = 1/2 of the rows get ℓ = 32 trace tokens
 
@@ -52,8 +66,13 @@ def sampler_flops(hf_config, prompt_len: int, new_tokens: int) -> float:
     tokens, the decode `new_tokens - 1` (the first comes from the prefill's last logits).
     """
     c = hf_config
-    D, F, N, K, H = (c.hidden_size, c.intermediate_size, c.num_attention_heads,
-                     c.num_key_value_heads, c.head_dim)  # fmt: skip
+    D, F, N, K, H = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    )
     layer_params = D * (N + 2 * K) * H + N * H * D + 3 * D * F
     tokens = prompt_len + new_tokens - 1
     keys_seen = tokens * (tokens + 1) // 2  # token t (from 0) sees t + 1 keys
@@ -73,11 +92,16 @@ def wall_and_cpu_s(fn) -> tuple[float, float]:
 
 def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) -> dict:
     hf_config = transformers.Qwen3Config(
-        **CONFIGS[name], tie_word_embeddings=True, rms_norm_eps=1e-6,
+        **CONFIGS[name],
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        max_position_embeddings=4096, attention_bias=False, pad_token_id=0,
-        eos_token_id=None, bos_token_id=None,
-    )  # fmt: skip
+        max_position_embeddings=4096,
+        attention_bias=False,
+        pad_token_id=0,
+        eos_token_id=None,
+        bos_token_id=None,
+    )
     torch.manual_seed(0)
     hf = transformers.Qwen3ForCausalLM(hf_config).eval()
     with tempfile.TemporaryDirectory() as directory:
@@ -105,11 +129,17 @@ def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) ->
     def theirs():
         with torch.inference_mode():
             out = hf.generate(
-                input_ids=prompts_pt, attention_mask=torch.ones_like(prompts_pt),
-                do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS,
-                pad_token_id=0, eos_token_id=None,
-            )  # fmt: skip
+                input_ids=prompts_pt,
+                attention_mask=torch.ones_like(prompts_pt),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                min_new_tokens=NEW_TOKENS,
+                max_new_tokens=NEW_TOKENS,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
         assert out.shape == (BATCH, PROMPT_LEN + NEW_TOKENS), out.shape
 
     log(f"[{name}] matmul peak, then warm-up (compiles)")
@@ -128,9 +158,12 @@ def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) ->
     theirs()
     keys = ("ours", "theirs", *(["guided"] if guided else []), *(["bf16"] if bf16 else []))
     times, cpu_times = {key: [] for key in keys}, {key: [] for key in keys}
-    calls = {"ours": lambda: ours(unguided), "theirs": theirs,
-             "bf16": lambda: ours(unguided, bf16_params),
-             "guided": lambda: ours(half_guided)}  # fmt: skip
+    calls = {
+        "ours": lambda: ours(unguided),
+        "theirs": theirs,
+        "bf16": lambda: ours(unguided, bf16_params),
+        "guided": lambda: ours(half_guided),
+    }
     load = {}
     with CpuMonitor().measure(load):
         for i in range(runs):
@@ -176,7 +209,7 @@ def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) ->
             torch=torch.__version__,
             transformers=transformers.__version__,
             torch_threads=torch.get_num_threads(),
-        ),  # fmt: skip
+        ),
     )
     return result
 
@@ -184,11 +217,20 @@ def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) ->
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=[*CONFIGS, "all"], default="tiny")
-    parser.add_argument("--guided", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time the guided batch (α = 1/2, ℓ = 32)")  # fmt: skip
+    parser.add_argument(
+        "--guided",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the guided batch (α = 1/2, ℓ = 32)",
+    )
     parser.add_argument("--runs", type=int, default=5, help="timed passes (median)")
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                        help="before each config, wait up to S s for other processes to idle")  # fmt: skip
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each config, wait up to S s for other processes to idle",
+    )
     parser.add_argument(
         "--bf16-weights",
         action="store_true",

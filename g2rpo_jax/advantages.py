@@ -96,13 +96,19 @@ def group_ties(
     guided = jnp.reshape(is_guided, shape).astype(bool)
     counted = jnp.ones_like(guided) if rows is None else jnp.reshape(rows, shape).astype(bool)
     out = {}
-    for prefix, members in (("", counted), ("guided_", counted & guided),
-                            ("unguided_", counted & ~guided)):  # fmt: skip
+    for prefix, members in (
+        ("", counted),
+        ("guided_", counted & guided),
+        ("unguided_", counted & ~guided),
+    ):
         tied = zero_std_groups(rewards, group_size, members)
         correct = tied & jnp.all(~members | (acc >= 1), axis=1)
         wrong = tied & jnp.all(~members | (acc <= 0), axis=1)
         groups = jnp.maximum(jnp.sum(jnp.any(members, axis=1)), 1)
-        for name, x in (("zero_std", tied), ("zero_std_all_correct", correct),
-                        ("zero_std_all_wrong", wrong)):  # fmt: skip
+        for name, x in (
+            ("zero_std", tied),
+            ("zero_std_all_correct", correct),
+            ("zero_std_all_wrong", wrong),
+        ):
             out[prefix + name] = jnp.sum(x) / groups
     return out

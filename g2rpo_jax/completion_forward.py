@@ -77,8 +77,12 @@ def log_probs_shared_prompt(graphdef, params, batch, rows, head: Head, group_siz
     hidden_prompt, cache = model.hidden_states(
         pin(first(batch["prompt_ids"])), pin(first(positions[:, :P])), prompt_mask, cache
     )
-    cache = KVCache(k=tuple(map(expand, cache.k)), v=tuple(map(expand, cache.v)),
-                    mask=expand(cache.mask), index=cache.index)  # fmt: skip
+    cache = KVCache(
+        k=tuple(map(expand, cache.k)),
+        v=tuple(map(expand, cache.v)),
+        mask=expand(cache.mask),
+        index=cache.index,
+    )
     completion_ids = pin(batch["completion_ids"])
     hidden, _ = model.hidden_states(
         completion_ids, pin(positions[:, P:]), pin(batch["completion_mask"]), cache

@@ -213,9 +213,16 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.path = ""
     c.model.preset = c.model.preset or "qwen3-0.6b"
     c.model.overrides = ml_collections.ConfigDict(
-        dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-             head_dim=16, max_position_embeddings=1024)
-    )  # fmt: skip
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+        )
+    )
     c.model.fit_vocab_to_tokenizer = True
     c.model.dtype = c.model.param_dtype = "float32"
     c.model.remat = False

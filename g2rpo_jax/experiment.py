@@ -110,31 +110,53 @@ def build(c: ml_collections.ConfigDict, *, num_devices: int, process_count: int 
     group_size = c.grpo.group_size
     if group_size < 2:
         fail("grpo.group_size", f"G={group_size}: a group needs at least 2 candidates")
-    mesh_shape = _make("mesh.shape", resolve_mesh_shape, shape=c.mesh.shape,
-                       num_devices=num_devices)  # fmt: skip
+    mesh_shape = _make(
+        "mesh.shape", resolve_mesh_shape, shape=c.mesh.shape, num_devices=num_devices
+    )
     _check_rows(c, mesh_shape, num_devices, process_count)
     data = _data(c.data)
     d, s = c.data, c.sampling
     sampling = _make(
-        "sampling", SamplingConfig, max_completion_length=d.max_completion_length,
-        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-        guidance_in_budget=s.guidance_in_budget, batch_multiple=s.batch_multiple,
-        decode_phases=s.decode_phases, param_dtype=s.param_dtype,
-    )  # fmt: skip
+        "sampling",
+        SamplingConfig,
+        max_completion_length=d.max_completion_length,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        guidance_in_budget=s.guidance_in_budget,
+        batch_multiple=s.batch_multiple,
+        decode_phases=s.decode_phases,
+        param_dtype=s.param_dtype,
+    )
     grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
     # Greedy rollouts report temperature-1 log-probs.
-    grpo = _make("grpo", GRPOConfig, **grpo_kw, max_completion_length=d.max_completion_length,
-                 sampling_temperature=s.temperature if s.temperature > 0 else 1.0)  # fmt: skip
+    grpo = _make(
+        "grpo",
+        GRPOConfig,
+        **grpo_kw,
+        max_completion_length=d.max_completion_length,
+        sampling_temperature=s.temperature if s.temperature > 0 else 1.0,
+    )
     train = _train_loop(c)
     # Until the data says how many steps there are, a stand-in that any warmup fits.
     steps = train.num_steps or (c.optimizer.warmup_steps or 0) + 1
     optimizer = _make("optimizer", OptimizerConfig, total_steps=steps, **c.optimizer.to_dict())
     return Experiment(
-        seed=c.seed, model=model, tokenizer=c.tokenizer or model.path, mesh_shape=mesh_shape,
-        data=data, sampling=sampling, grpo=grpo, group_size=group_size, optimizer=optimizer,
-        guidance=_guidance(c, steps), rewards=_rewards(c.rewards),
-        accuracy_reward=c.rewards.accuracy_reward, train=train, eval=_evaluation(c, data),
-    )  # fmt: skip
+        seed=c.seed,
+        model=model,
+        tokenizer=c.tokenizer or model.path,
+        mesh_shape=mesh_shape,
+        data=data,
+        sampling=sampling,
+        grpo=grpo,
+        group_size=group_size,
+        optimizer=optimizer,
+        guidance=_guidance(c, steps),
+        rewards=_rewards(c.rewards),
+        accuracy_reward=c.rewards.accuracy_reward,
+        train=train,
+        eval=_evaluation(c, data),
+    )
 
 
 def _model_source(m: ml_collections.ConfigDict) -> ModelSource:
@@ -145,8 +167,9 @@ def _model_source(m: ml_collections.ConfigDict) -> ModelSource:
     overrides = dict(m.overrides.to_dict())
     # overrides.attention and model.attention name the same field, which any model takes.
     _make("model", check_attention, implementation=m.attention)
-    attention = _make("model.overrides", check_attention,
-                      implementation=overrides.pop("attention", m.attention))  # fmt: skip
+    attention = _make(
+        "model.overrides", check_attention, implementation=overrides.pop("attention", m.attention)
+    )
     if overrides and m.path:
         fail("model.overrides", "only apply to a random init (model.path is set)")
     if m.fit_vocab_to_tokenizer and m.path:
@@ -158,8 +181,17 @@ def _model_source(m: ml_collections.ConfigDict) -> ModelSource:
         except (ValueError, TypeError) as e:
             fail("model", str(e))
     lora = _make("model.lora", LoraConfig, **m.lora.to_dict())
-    return ModelSource(m.path, m.preset, overrides, m.fit_vocab_to_tokenizer, m.dtype,
-                       m.param_dtype, m.remat, lora, attention)  # fmt: skip
+    return ModelSource(
+        m.path,
+        m.preset,
+        overrides,
+        m.fit_vocab_to_tokenizer,
+        m.dtype,
+        m.param_dtype,
+        m.remat,
+        lora,
+        attention,
+    )
 
 
 def _check_rows(c, mesh_shape: tuple[int, int, int], num_devices: int, process_count: int):
@@ -208,8 +240,14 @@ def _rewards(r: ml_collections.ConfigDict) -> RewardConfig:
     box = r.sandbox.to_dict() | {"user": r.sandbox.user or None}
     box["python"] = r.sandbox.python or SandboxConfig.python
     sandbox = _make("rewards.sandbox", SandboxConfig, **box)
-    rewards = _make("rewards", RewardConfig, weights=r.weights.to_dict(), workers=r.workers,
-                    sandbox=sandbox, trust_test_code=r.code.trust_test_code)  # fmt: skip
+    rewards = _make(
+        "rewards",
+        RewardConfig,
+        weights=r.weights.to_dict(),
+        workers=r.workers,
+        sandbox=sandbox,
+        trust_test_code=r.code.trust_test_code,
+    )
     if r.accuracy_reward not in r.weights:
         fail("rewards.accuracy_reward", f"{r.accuracy_reward!r} is not in rewards.weights")
     return rewards
@@ -240,13 +278,26 @@ def _evaluation(c: ml_collections.ConfigDict, data: DataConfig) -> EvalConfig:
     if e.batch_size < 1:
         fail("eval.batch_size", f"{e.batch_size} must be >= 1")
     sampling = _make(
-        "eval", SamplingConfig, max_completion_length=e.max_completion_length or
-        data.max_completion_length, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
-        batch_multiple=s.batch_multiple, decode_phases=s.decode_phases,
-    )  # fmt: skip
+        "eval",
+        SamplingConfig,
+        max_completion_length=e.max_completion_length or data.max_completion_length,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        top_k=e.top_k,
+        batch_multiple=s.batch_multiple,
+        decode_phases=s.decode_phases,
+    )
     fields = _make("data.fields", FieldMap, **c.data.fields.to_dict())
-    return EvalConfig(e.path, e.num_samples, pass_k, sampling, e.batch_size, e.max_rows,
-                      e.split or data.split, source_fields(e.path, fields))  # fmt: skip
+    return EvalConfig(
+        e.path,
+        e.num_samples,
+        pass_k,
+        sampling,
+        e.batch_size,
+        e.max_rows,
+        e.split or data.split,
+        source_fields(e.path, fields),
+    )
 
 
 def preset_model_config(source: ModelSource, vocab_size: int | None = None) -> ModelConfig:
@@ -254,6 +305,11 @@ def preset_model_config(source: ModelSource, vocab_size: int | None = None) -> M
     overrides = dict(source.overrides)
     if vocab_size is not None:
         overrides["vocab_size"] = vocab_size
-    return preset(source.preset, **overrides, dtype=source.dtype,
-                  param_dtype=source.param_dtype, remat=source.remat,
-                  attention=source.attention)  # fmt: skip
+    return preset(
+        source.preset,
+        **overrides,
+        dtype=source.dtype,
+        param_dtype=source.param_dtype,
+        remat=source.remat,
+        attention=source.attention,
+    )

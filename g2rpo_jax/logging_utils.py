@@ -21,8 +21,13 @@ EVAL_FILE = "eval.jsonl"
 ALARMS_FILE = "alarms.jsonl"
 TB_DIR = "tensorboard"
 # Progress-bar fields: (label, metric).
-_POSTFIX = (("reward", "reward"), ("acc", "accuracy"), ("ℓ", "guidance_length"), ("kl", "kl"),
-            ("tok/s", "tokens_per_s"))  # fmt: skip
+_POSTFIX = (
+    ("reward", "reward"),
+    ("acc", "accuracy"),
+    ("ℓ", "guidance_length"),
+    ("kl", "kl"),
+    ("tok/s", "tokens_per_s"),
+)
 
 
 def _plain(value):
@@ -39,8 +44,17 @@ def _plain(value):
 class RunLogger:
     """One per run. `scalars(step, {...})` each step, `samples(step, rows)` now and then."""
 
-    def __init__(self, workdir: str, *, total_steps: int, start_step: int, progress_bar: bool,
-                 wandb_project: str = "", config: dict | None = None, enabled: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        total_steps: int,
+        start_step: int,
+        progress_bar: bool,
+        wandb_project: str = "",
+        config: dict | None = None,
+        enabled: bool = True,
+    ):
         self.enabled = enabled
         self._bar = None
         self._tb = None
@@ -58,16 +72,22 @@ class RunLogger:
 
         self._tb = SummaryWriter(os.path.join(workdir, TB_DIR), purge_step=start_step + 1)
         if progress_bar:
-            self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
-                                  dynamic_ncols=True, desc="train")  # fmt: skip
+            self._bar = tqdm.tqdm(
+                total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc="train"
+            )
         if wandb_project:
             try:
                 import wandb
             except ImportError:
                 logging.warning("train.wandb_project is set but wandb is not installed")
             else:
-                self._wandb = wandb.init(project=wandb_project, dir=workdir, config=config,
-                                         resume="allow", id=_wandb_id(workdir))  # fmt: skip
+                self._wandb = wandb.init(
+                    project=wandb_project,
+                    dir=workdir,
+                    config=config,
+                    resume="allow",
+                    id=_wandb_id(workdir),
+                )
         self._start = time.time()
 
     def scalars(self, step: int, values: dict[str, float], extra: dict | None = None) -> None:

@@ -19,9 +19,11 @@ def before_after(workdir: str, metric: str = "pass@1") -> str | None:
     if len(history) < 2 or history[0]["step"] != 0:
         return None
     first, last = history[0], history[-1]
-    line = (f"held-out unguided {metric} ({last['num_rows']} problems): "
-            f"before {first[metric]:.3f} (step 0) → after {last[metric]:.3f} "
-            f"(step {last['step']})")  # fmt: skip
+    line = (
+        f"held-out unguided {metric} ({last['num_rows']} problems): "
+        f"before {first[metric]:.3f} (step 0) → after {last[metric]:.3f} "
+        f"(step {last['step']})"
+    )
     if first[metric] > 0:
         line += f", ×{last[metric] / first[metric]:.1f}"
     return line

@@ -88,8 +88,9 @@ class SamplingConfig:
         if self.decode_phases < 1:
             raise ValueError(f"decode_phases={self.decode_phases} must be ≥ 1")
         if self.param_dtype not in ROLLOUT_PARAM_DTYPES:
-            raise ValueError(f"param_dtype={self.param_dtype!r} must be one of "
-                             f"{', '.join(ROLLOUT_PARAM_DTYPES)}")  # fmt: skip
+            raise ValueError(
+                f"param_dtype={self.param_dtype!r} must be one of {', '.join(ROLLOUT_PARAM_DTYPES)}"
+            )
 
     @property
     def is_greedy(self) -> bool:
@@ -175,8 +176,17 @@ def assemble_prefix(prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B
     return tokens.astype(jnp.int32), mask, jnp.maximum(k_BW, 0).astype(jnp.int32)
 
 
-def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_BL,
-            guidance_len_B, row_ids_B, rng):  # fmt: skip
+def _sample(
+    graphdef,
+    config,
+    params,
+    prompt_ids_BP,
+    prompt_len_B,
+    guidance_ids_BL,
+    guidance_len_B,
+    row_ids_B,
+    rng,
+):
     model: Qwen = nnx.merge(graphdef, params)
     # Sampling never differentiates, so remat buys nothing here; and nnx.remat'd layers of a
     # model merged outside the decode loop fail inside it (TraceContextError).
@@ -219,8 +229,9 @@ class _Rows:
     budget_B: jax.Array  # tokens it may generate
 
 
-def _prefill(model: Qwen, config: SamplingConfig, tokens_BW, mask_BW, positions_BW,
-             guidance_len_B, L: int) -> _LoopState:  # fmt: skip
+def _prefill(
+    model: Qwen, config: SamplingConfig, tokens_BW, mask_BW, positions_BW, guidance_len_B, L: int
+) -> _LoopState:
     """One forward over the prefixes [B, W]: the cache, the first token's logits, and the
     completions started with each row's guidance tokens and their log-probs."""
     B, W = tokens_BW.shape
@@ -327,8 +338,9 @@ class Sampler:
         """How many programs this sampler has compiled (one per shape bucket seen)."""
         return self._sample._cache_size()
 
-    def __call__(self, params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng,
-                 row_ids=None):  # fmt: skip
+    def __call__(
+        self, params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng, row_ids=None
+    ):
         cfg = self.config
         prompt_lengths = np.asarray(prompt_lengths, np.int32)
         guidance_lengths = np.asarray(guidance_lengths, np.int32)
@@ -349,8 +361,10 @@ class Sampler:
             return np.concatenate([lengths, np.full(batch - rows, fill, np.int32)])
 
         if batch != rows and jax.process_count() > 1:
-            raise ValueError(f"{rows} rows per process: a multi-process batch needs a multiple "
-                             f"of batch_multiple={cfg.batch_multiple} on every process")  # fmt: skip
+            raise ValueError(
+                f"{rows} rows per process: a multi-process batch needs a multiple "
+                f"of batch_multiple={cfg.batch_multiple} on every process"
+            )
         row_ids = np.arange(rows) if row_ids is None else np.asarray(row_ids)
         # Padding rows: a one-token prompt, no guidance; their outputs are dropped.
         args = (

@@ -44,9 +44,18 @@ from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make
 # (no EOS); is_filler: [R] bool, a row of a tied group kept only to fill a filtered batch.
 # A row is guided when it received trace tokens (any `is_guidance`): not every planned slot
 # does (a row without a trace, ℓ = 0), so the plan alone would misattribute them.
-BATCH_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
-                "is_guidance", "sampler_log_probs", "rewards", "accuracy", "truncated",
-                "is_filler")  # fmt: skip
+BATCH_FIELDS = (
+    "prompt_ids",
+    "prompt_mask",
+    "completion_ids",
+    "completion_mask",
+    "is_guidance",
+    "sampler_log_probs",
+    "rewards",
+    "accuracy",
+    "truncated",
+    "is_filler",
+)
 
 
 @flax.struct.dataclass
@@ -154,8 +163,15 @@ def make_train_step(
 ):
     """`train_step(state, batch) -> (state, metrics)` jitted once over `mesh`, with the
     state's shardings (`state` gives them) and the state donated."""
-    settings = StepSettings(graphdef, grpo, optimizer, guidance_config, group_size,
-                            batch_sharding(mesh), mesh.shape["data"] * mesh.shape["fsdp"])  # fmt: skip
+    settings = StepSettings(
+        graphdef,
+        grpo,
+        optimizer,
+        guidance_config,
+        group_size,
+        batch_sharding(mesh),
+        mesh.shape["data"] * mesh.shape["fsdp"],
+    )
     state_sharding = state_shardings(state, mesh)
     return jax.jit(
         functools.partial(train_step, settings=settings),
@@ -172,8 +188,9 @@ def train_step(state: TrainState, batch: dict, *, settings: StepSettings):
     grpo = settings.grpo
     advantages = group_advantages(batch["rewards"], settings.group_size, grpo.advantage_std)
     rows_in_loss = loss_rows(batch, grpo)
-    loss_mask = token_loss_mask(batch["completion_mask"], batch["is_guidance"],
-                                grpo.guidance_loss, rows_in_loss)  # fmt: skip
+    loss_mask = token_loss_mask(
+        batch["completion_mask"], batch["is_guidance"], grpo.guidance_loss, rows_in_loss
+    )
     is_guided = jnp.any(batch["is_guidance"], axis=-1)
     ref_lp = None
     if grpo.beta > 0:
@@ -187,9 +204,16 @@ def train_step(state: TrainState, batch: dict, *, settings: StepSettings):
     def update(carry, _):
         params, opt_state = carry
         grads, loss, metrics, (old_sampling, entropy) = _gradients(
-            settings, params, state.frozen, batch, advantages, rows_in_loss, loss_mask, old,
+            settings,
+            params,
+            state.frozen,
+            batch,
+            advantages,
+            rows_in_loss,
+            loss_mask,
+            old,
             ref_lp,
-        )  # fmt: skip
+        )
         updates, opt_state = tx.update(grads, opt_state, params)
         metrics |= _by_guidance("entropy", entropy, loss_mask, is_guided)
         metrics |= {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -203,8 +227,7 @@ def train_step(state: TrainState, batch: dict, *, settings: StepSettings):
     metrics |= rollout_metrics(old_sampling[0], batch["sampler_log_probs"], loss_mask, grpo)
     skipped = skip_update(advantages, grpo, rows_in_loss)
     keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
-    signal = guidance.step_signal(batch["accuracy"], batch["rewards"], is_guided,
-                                  settings.guidance)  # fmt: skip
+    signal = guidance.step_signal(batch["accuracy"], batch["rewards"], is_guided, settings.guidance)
     metrics |= _batch_metrics(settings, state, batch, advantages, rows_in_loss, is_guided)
     metrics |= {"skipped": skipped.astype(jnp.float32), "signal": signal}
     new_state = state.replace(
@@ -236,7 +259,9 @@ def _forward_no_grad(settings: StepSettings, params, batch, head: Head = token_l
     # outer trace cannot run nnx.remat'd layers (TraceContextError with remat on).
     b = _block(settings, batch)
     forward = lambda p, mb: (
-        p, completion_log_probs(settings.graphdef, p, mb, settings.rows, b, head))  # fmt: skip
+        p,
+        completion_log_probs(settings.graphdef, p, mb, settings.rows, b, head),
+    )
     _, per_mb = jax.lax.scan(forward, params, _split(batch, settings.optimizer.micro_batches, b))
     return jax.tree.map(lambda x: _merge(x, b), per_mb)
 
@@ -292,10 +317,17 @@ def _micro_loss_and_grad(settings: StepSettings, mb, forward, params, frozen):
             (jax.lax.stop_gradient(lp), stats.sampling_log_probs) if mb_old is None else mb_old
         )
         loss, metrics = policy_loss(
-            lp, old, mb_adv, mb_batch["completion_mask"], mb_batch["is_guidance"], grpo,
-            mb_ref, mb_rows, sampler_logp=mb_batch["sampler_log_probs"],
+            lp,
+            old,
+            mb_adv,
+            mb_batch["completion_mask"],
+            mb_batch["is_guidance"],
+            grpo,
+            mb_ref,
+            mb_rows,
+            sampler_logp=mb_batch["sampler_log_probs"],
             old_sampling_logp=old_sampling,
-        )  # fmt: skip
+        )
         return weight * loss, (metrics, (old_sampling, stats.entropy))
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params, frozen)
@@ -321,8 +353,13 @@ def _batch_metrics(settings, state, batch, advantages, rows_in_loss, is_guided) 
         "effective_rows": jnp.sum((advantages != 0) * rows_in_loss),
         "truncated_fraction": jnp.mean(batch["truncated"].astype(jnp.float32)),
     }
-    ties = group_ties(batch["rewards"], accuracy, is_guided, settings.group_size,
-                      jnp.logical_not(batch["is_filler"]))  # fmt: skip
+    ties = group_ties(
+        batch["rewards"],
+        accuracy,
+        is_guided,
+        settings.group_size,
+        jnp.logical_not(batch["is_filler"]),
+    )
     return metrics | {f"groups/{name}": value for name, value in ties.items()}
 
 
@@ -332,8 +369,11 @@ def _by_guidance(
     """Means of x [R, C] over the `mask` [R, C] tokens: all rows, guided rows, unguided rows."""
     guided = is_guided.astype(jnp.float32)[:, None]
     mean = lambda m: jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
-    return {name: mean(mask), f"{name}_guided": mean(mask * guided),
-            f"{name}_unguided": mean(mask * (1 - guided))}  # fmt: skip
+    return {
+        name: mean(mask),
+        f"{name}_guided": mean(mask * guided),
+        f"{name}_unguided": mean(mask * (1 - guided)),
+    }
 
 
 def _combine_micro_batches(metrics: dict, loss_weights: jax.Array) -> dict:

@@ -26,14 +26,11 @@ batch, so a run samples the same completions on any number of hosts. Only proces
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -43,7 +40,6 @@ from g2rpo_jax import (
     dynamic_sampling,
     evaluation,
     experiment,
-    guidance,
     hub,
     logging_utils,
     sharding,
@@ -52,11 +48,13 @@ from g2rpo_jax import (
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
 from g2rpo_jax import lora as lora_lib
+from g2rpo_jax.batch_rollout import BatchRollout
 from g2rpo_jax.data import make_dataset
 from g2rpo_jax.data.tokenization import TOKENIZER_DIR, Tokenizer, load_tokenizer, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
+from g2rpo_jax.preemption import Preemption, stop_requested
 from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import FINISH_LENGTH, rollout_params, sampler_for, stop_ids
+from g2rpo_jax.sampling import rollout_params, sampler_for, stop_ids
 
 BASE_MODEL = checkpoint_lib.BASE_MODEL
 
@@ -76,20 +74,31 @@ def initial_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwe
 def _base_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     source = exp.model
     if source.path:
-        model, model_config = from_pretrained(source.path, dtype=source.dtype,
-                                              param_dtype=source.param_dtype, mesh=mesh,
-                                              remat=source.remat,
-                                              attention=source.attention)  # fmt: skip
+        model, model_config = from_pretrained(
+            source.path,
+            dtype=source.dtype,
+            param_dtype=source.param_dtype,
+            mesh=mesh,
+            remat=source.remat,
+            attention=source.attention,
+        )
         if model_config.vocab_size < len(tokenizer):
-            raise ValueError(f"{source.path}: vocab_size {model_config.vocab_size} < the "
-                             f"tokenizer's {len(tokenizer)} tokens")  # fmt: skip
+            raise ValueError(
+                f"{source.path}: vocab_size {model_config.vocab_size} < the "
+                f"tokenizer's {len(tokenizer)} tokens"
+            )
         if source.preset:  # the name in the config file should describe the weights
             named = experiment.preset_model_config(source)
             for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size"):
                 if getattr(named, field) != getattr(model_config, field):
-                    logging.warning("%s: %s=%s, but config.model.preset=%r has %s", source.path,
-                                    field, getattr(model_config, field), source.preset,
-                                    getattr(named, field))  # fmt: skip
+                    logging.warning(
+                        "%s: %s=%s, but config.model.preset=%r has %s",
+                        source.path,
+                        field,
+                        getattr(model_config, field),
+                        source.preset,
+                        getattr(named, field),
+                    )
         return model
     vocab = len(tokenizer) if source.fit_vocab_to_tokenizer else None
     model_config = experiment.preset_model_config(source, vocab).replace(
@@ -103,8 +112,11 @@ def abstract_train_state(model_config: ModelConfig, exp: experiment.Experiment, 
     `TrainState.checkpointed` holds (under LoRA no base weights, `frozen` is None)."""
     graphdef, params = nnx.split(abstract_model(model_config))
     state = jax.eval_shape(
-        lambda p: train_step.init_train_state(nnx.merge(graphdef, p), exp.grpo, exp.optimizer,
-                                        exp.guidance).checkpointed(), params)  # fmt: skip
+        lambda p: train_step.init_train_state(
+            nnx.merge(graphdef, p), exp.grpo, exp.optimizer, exp.guidance
+        ).checkpointed(),
+        params,
+    )
     return graphdef, checkpoint_lib.abstract_like(state, train_step.state_shardings(state, mesh))
 
 
@@ -115,36 +127,13 @@ _STEPS: dict = {}
 def _train_step(graphdef, exp: experiment.Experiment, mesh, state):
     key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh)
     if key not in _STEPS:
-        _STEPS[key] = train_step.make_train_step(graphdef, exp.grpo, exp.optimizer, exp.guidance,
-                                           exp.group_size, mesh, state)  # fmt: skip
+        _STEPS[key] = train_step.make_train_step(
+            graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh, state
+        )
     return _STEPS[key]
 
 
 # --- Rollouts and rewards ------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Preemption:
-    """SIGTERM/SIGINT → `requested` (read between steps); a second SIGINT interrupts."""
-
-    requested: int = 0
-
-    def __enter__(self):
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        logging.warning("signal %d: saving a checkpoint after this step, then exiting", signum)
-        self.requested = signum
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +155,7 @@ class _Run:
     tokenizer: Tokenizer
     meta: dict  # written into every checkpoint
     step_fn: Callable  # the jitted train step
-    rollout: "_Rollout"
+    rollout: "BatchRollout"
     sample: Callable  # (policy, batch, ℓ, k) -> (rows, host numbers, samples)
     evaluate: Callable | None  # policy -> report, when the run evaluates
     logger: logging_utils.RunLogger
@@ -184,7 +173,7 @@ def train(
     run, state, iterator = _setup(config, workdir)
     exp, logs = run.exp, run.logs
     step = saved = run.start
-    preemption = _Preemption()
+    preemption = Preemption()
     if run.evaluate and run.start == 0 and exp.train.eval_at_start:  # the step-0 baseline
         run.logger.evaluation(0, run.evaluate(state.policy()))
     with preemption:
@@ -195,8 +184,10 @@ def train(
                 if batch is None:  # only when dynamic sampling drew extra batches
                     logging.warning(
                         "the data ran out after step %d of %d: grpo.filter_zero_std_groups "
-                        "drew extra batches; raise data.num_epochs to train longer", k,
-                        run.total_steps)  # fmt: skip
+                        "drew extra batches; raise data.num_epochs to train longer",
+                        k,
+                        run.total_steps,
+                    )
                     if saved < step:
                         saved = _save(run, step, state, iterator)
                     break
@@ -210,7 +201,7 @@ def train(
                     host["time/eval_s"] = time.perf_counter() - t_eval
                 if step_callback is not None:
                     step_callback(step)
-                stop = _stop_requested(preemption) or logs.stop
+                stop = stop_requested(preemption) or logs.stop
                 if step % exp.train.save_every == 0 or step == run.total_steps or stop:
                     t_save = time.perf_counter()
                     saved = _save(run, step, state, iterator)
@@ -230,8 +221,9 @@ def train(
         report.finish(workdir, write_plots=exp.train.plots)
     if logs.stop:
         raise alarms.TrainingAlarm(f"{logs.raised[0]} (train.stop_on_alarm: saved step {saved})")
-    return TrainResult(step=saved, total_steps=run.total_steps,
-                       preempted=bool(preemption.requested))  # fmt: skip
+    return TrainResult(
+        step=saved, total_steps=run.total_steps, preempted=bool(preemption.requested)
+    )
 
 
 def _step(run: _Run, state, batch: dict, k: int, t0: float):
@@ -269,21 +261,26 @@ def _save(run: _Run, step: int, state, iterator) -> int:
 
 def _setup(config: ml_collections.ConfigDict, workdir: str):
     """The run (`_Run`), its train state and its data iterator, at the step it resumes from."""
-    exp = experiment.build(config, num_devices=jax.device_count(),
-                           process_count=jax.process_count())  # fmt: skip
+    exp = experiment.build(
+        config, num_devices=jax.device_count(), process_count=jax.process_count()
+    )
     _check_processes(exp)
     checkpoint_lib.quiet_orbax_logs()
     os.makedirs(workdir, exist_ok=True)
-    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
-                                               async_save=exp.train.async_checkpointing)  # fmt: skip
+    checkpointer = checkpoint_lib.Checkpointer(
+        workdir, keep=exp.train.keep_checkpoints, async_save=exp.train.async_checkpointing
+    )
     start = checkpointer.latest_step() or 0
     # A LoRA run reads its base weights again on resume.
     hub.fetch(hub.run_sources(exp, needs_weights=not start or exp.model.lora.rank > 0))
     tokenizer = load_tokenizer(exp.tokenizer, workdir)
     mesh = sharding.make_mesh(exp.mesh_shape)
-    data = make_dataset(exp.data, tokenizer,
-                        answer_check=parse_gold if "accuracy" in dict(exp.rewards.weights) else None,
-                        tests_check=evaluation.tests_check(exp.rewards))  # fmt: skip
+    data = make_dataset(
+        exp.data,
+        tokenizer,
+        answer_check=parse_gold if "accuracy" in dict(exp.rewards.weights) else None,
+        tests_check=evaluation.tests_check(exp.rewards),
+    )
     total_steps = exp.train.num_steps or data.stats.num_batches
     if total_steps > data.stats.num_batches:
         raise config_lib.ConfigError(
@@ -292,29 +289,50 @@ def _setup(config: ml_collections.ConfigDict, workdir: str):
         )
     exp = exp.with_total_steps(total_steps)
     iterator = iter(data.batches)
-    monitor = alarms.AlarmMonitor(exp.train.alarm_steps, exp.data.max_completion_length,
-                                  exp.guidance.ratio)  # fmt: skip
+    monitor = alarms.AlarmMonitor(
+        exp.train.alarm_steps, exp.data.max_completion_length, exp.guidance.ratio
+    )
     graphdef, state, model_config, base = _restore_or_init(
         exp, config, checkpointer, start, tokenizer, mesh, iterator, monitor
     )
-    meta = {"config": json.loads(config.to_json_best_effort()), "tokenizer": TOKENIZER_DIR,
-            "model_config": checkpoint_lib.model_config_to_json(model_config)}  # fmt: skip
+    meta = {
+        "config": json.loads(config.to_json_best_effort()),
+        "tokenizer": TOKENIZER_DIR,
+        "model_config": checkpoint_lib.model_config_to_json(model_config),
+    }
     if base is not None:  # a LoRA run's base location, kept in every checkpoint's meta
         meta[BASE_MODEL] = base
     eos, pad = stop_ids(tokenizer, model_config, exp.model.path), pad_id(tokenizer)
-    sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
-                          train_step.batch_sharding(mesh))  # fmt: skip
+    sampler = sampler_for(
+        graphdef,
+        dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
+        train_step.batch_sharding(mesh),
+    )
     logger = logging_utils.RunLogger(
-        workdir, total_steps=total_steps, start_step=start, progress_bar=exp.train.progress_bar,
-        wandb_project=exp.train.wandb_project, config=meta["config"],
+        workdir,
+        total_steps=total_steps,
+        start_step=start,
+        progress_bar=exp.train.progress_bar,
+        wandb_project=exp.train.wandb_project,
+        config=meta["config"],
         enabled=jax.process_index() == 0,
-    )  # fmt: skip
-    rollout = _Rollout(exp, tokenizer, sampler, RewardPool(exp.rewards), mesh)
-    run = _Run(exp, workdir, start, total_steps, checkpointer, tokenizer, meta,
-               _train_step(graphdef, exp, mesh, state), rollout,
-               _sampling(exp, rollout, iterator, pad),
-               _evaluation(exp, tokenizer, graphdef, eos, pad, rollout.pool), logger,
-               logging_utils.StepLogs(logger, monitor, exp.train.stop_on_alarm))  # fmt: skip
+    )
+    rollout = BatchRollout(exp, tokenizer, sampler, RewardPool(exp.rewards), mesh)
+    run = _Run(
+        exp,
+        workdir,
+        start,
+        total_steps,
+        checkpointer,
+        tokenizer,
+        meta,
+        _train_step(graphdef, exp, mesh, state),
+        rollout,
+        _sampling(exp, rollout, iterator, pad),
+        _evaluation(exp, tokenizer, graphdef, eos, pad, rollout.pool),
+        logger,
+        logging_utils.StepLogs(logger, monitor, exp.train.stop_on_alarm),
+    )
     return run, state, iterator
 
 
@@ -357,16 +375,23 @@ def _restore_or_init(exp, config, checkpointer, start, tokenizer, mesh, iterator
     return graphdef, state, model_config, base
 
 
-def _sampling(exp, rollout: "_Rollout", iterator, pad: int) -> Callable:
+def _sampling(exp, rollout: "BatchRollout", iterator, pad: int) -> Callable:
     """The step's rollout: one sampler call, or DAPO's dynamic sampling over extra batches."""
     if not exp.grpo.filter_zero_std_groups:
         return rollout
 
     def filtered(policy, batch, ell, k):
         rows, host, samples = dynamic_sampling.sample_filtered(
-            rollout, policy, batch, ell, k, next_batch=lambda: next(iterator, None),
-            config=exp.grpo, group_size=exp.group_size, pad_id=pad,
-        )  # fmt: skip
+            rollout,
+            policy,
+            batch,
+            ell,
+            k,
+            next_batch=lambda: next(iterator, None),
+            config=exp.grpo,
+            group_size=exp.group_size,
+            pad_id=pad,
+        )
         return distributed.global_batch(rows, rollout.sharding), host, samples
 
     return filtered
@@ -383,74 +408,10 @@ def _evaluation(exp, tokenizer, graphdef, eos, pad: int, pool) -> Callable | Non
         parse_gold if exp.accuracy_reward == "accuracy" else None,
         evaluation.tests_check(exp.rewards),
     )
-    sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
-                                                        pad_id=pad))  # fmt: skip
-    return lambda policy: evaluation.evaluate(policy, sampler, tokenizer, rows, pool, exp.eval,
-                                              exp.accuracy_reward, seed=exp.seed)  # fmt: skip
-
-
-class _Rollout:
-    """Guidance plan → sampling → decoding → rewards for one batch of B prompts; returns
-    the train step's rows [B·G] (on the mesh), host-side numbers and a few samples."""
-
-    def __init__(self, exp: experiment.Experiment, tokenizer, sampler, pool, mesh):
-        self.exp, self.tokenizer, self.sampler, self.pool = exp, tokenizer, sampler, pool
-        self.G = exp.group_size
-        self.n_guided = guidance.num_guided(exp.guidance.ratio, exp.group_size)  # ceil(α·G)
-        self.names = tuple(name for name, _ in exp.rewards.weights)
-        self.accuracy_column = self.names.index(exp.accuracy_reward)
-        self.key = jax.random.key(exp.seed)
-        self.sharding = train_step.batch_sharding(mesh)
-
-    def __call__(self, params, batch: dict, ell: int, k: int, draw: int = 0):
-        """`draw` > 0: the step's extra sampler calls of dynamic sampling, keyed apart."""
-        G, t0 = self.G, time.perf_counter()
-        key = jax.random.fold_in(self.key, k)
-        key = jax.random.fold_in(key, draw) if draw else key
-        lengths = np.asarray(jax.device_get(
-            guidance.guidance_lengths(batch["guidance_length"], ell, G, self.n_guided)))  # fmt: skip
-        # Guided = received trace tokens: a planned slot of a trace-less row, or any slot at
-        # ℓ = 0, samples unguided and is counted so (metrics, the unguided-accuracy signal).
-        is_guided = lengths > 0
-        # Candidate j of source row i keys its sampling on i·G + j: the same on any host count.
-        row_ids = (
-            batch["index"].astype(np.uint32)[:, None] * G + np.arange(G, dtype=np.uint32)
-        ).reshape(-1)
-        out = self.sampler(
-            params, np.repeat(batch["prompt_ids"], G, 0), np.repeat(batch["prompt_length"], G, 0),
-            np.repeat(batch["guidance_ids"], G, 0), lengths, key, row_ids=row_ids,
-        )  # fmt: skip
-        ids, mask, generated, finish = (distributed.local_rows(x) for x in (
-            out.completion_ids, out.completion_mask, out.num_generated, out.finish_reason))  # fmt: skip
-        t_sample = time.perf_counter()
-        texts = evaluation.decode(self.tokenizer, ids, mask)
-        prompts = evaluation.repeat(batch["prompt_text"], G)
-        t_decode = time.perf_counter()
-        rewards = self.pool.compute(prompts, texts, **evaluation.row_fields(batch, G))
-        accuracy = rewards.per_function[:, self.accuracy_column].astype(np.float32)
-        t_reward = time.perf_counter()
-
-        fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_guidance")
-        rows = {f: getattr(out, f) for f in fields}  # already global, rows over the mesh
-        rows["sampler_log_probs"] = out.log_probs
-        host_rows = {"rewards": rewards.total.astype(np.float32), "accuracy": accuracy,
-                     "truncated": finish == FINISH_LENGTH,
-                     "is_filler": np.zeros(len(texts), bool)}  # fmt: skip
-        rows |= distributed.global_batch(host_rows, self.sharding)
-        host = {
-            "time/sample_s": t_sample - t0, "time/decode_s": t_decode - t_sample,
-            "time/reward_s": t_reward - t_decode, "generated_tokens": float(generated.sum()),
-            "guidance_tokens": float(lengths.sum()), "rows": batch["index"].tolist(),
-            **{f"reward/{n}": float(v) for n, v in
-               zip(self.names, rewards.per_function.mean(0), strict=True)},
-        }  # fmt: skip
-        samples = [
-            {"prompt": prompts[i], "completion": texts[i], "reward": float(rewards.total[i]),
-             "accuracy": float(accuracy[i]), "guided": bool(is_guided[i]),
-             "guidance_tokens": int(lengths[i])}
-            for i in range(min(len(texts), self.exp.train.num_logged_samples))
-        ]  # fmt: skip
-        return rows, host, samples
+    sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos, pad_id=pad))
+    return lambda policy: evaluation.evaluate(
+        policy, sampler, tokenizer, rows, pool, exp.eval, exp.accuracy_reward, seed=exp.seed
+    )
 
 
 def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
@@ -459,15 +420,6 @@ def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
         if isinstance(old, dict) and isinstance(new, dict):
             _warn_config_changes(old, new, f"{prefix}{key}.")
         elif old != new:
-            logging.warning("resuming with config.%s%s = %r (the checkpoint ran with %r)",
-                            prefix, key, new, old)  # fmt: skip
-
-
-def _stop_requested(preemption: _Preemption) -> bool:
-    """Every host stops at the same step when any host was signalled."""
-    stop = bool(preemption.requested)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        stop = bool(multihost_utils.process_allgather(np.asarray(stop)).any())
-    return stop
+            logging.warning(
+                "resuming with config.%s%s = %r (the checkpoint ran with %r)", prefix, key, new, old
+            )

@@ -29,10 +29,17 @@ def launch(
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
     procs = [
-        subprocess.Popen(command + [f"--coordinator_address={address}",
-                                    f"--num_processes={num_processes}", f"--process_id={i}"], env=env)
+        subprocess.Popen(
+            command
+            + [
+                f"--coordinator_address={address}",
+                f"--num_processes={num_processes}",
+                f"--process_id={i}",
+            ],
+            env=env,
+        )
         for i in range(num_processes)
-    ]  # fmt: skip
+    ]
     deadline = time.monotonic() + timeout_s
     code = 0
     while any(p.poll() is None for p in procs):
