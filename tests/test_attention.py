@@ -24,6 +24,8 @@ from g2rpo_jax.models.hf import config_to_hf
 from tests.tiny_models import left_padded_batch
 
 BOUND = 1e-5
+# One pytest-xdist worker runs the file, so `_reference` compiles once per model.
+pytestmark = pytest.mark.xdist_group("attention")
 B, N, K, H = 3, 4, 2, 16
 
 

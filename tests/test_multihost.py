@@ -46,6 +46,10 @@ def losses(workdir):
     return [r["loss"] for r in read_jsonl(workdir / METRICS_FILE)]
 
 
+# The tests reading `runs` share one pytest-xdist worker, so its launches happen once.
+one_set_of_runs = pytest.mark.xdist_group("multihost_runs")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
@@ -65,6 +69,7 @@ def runs(tmp_path_factory):
     return one, two
 
 
+@one_set_of_runs
 def test_two_processes_train_like_one(runs):
     one, two = runs
     np.testing.assert_allclose(losses(two)[-2:], losses(one), atol=1e-5)
@@ -77,6 +82,7 @@ def test_two_processes_train_like_one(runs):
     np.testing.assert_array_equal(state_two.controller.length, state_one.controller.length)
 
 
+@one_set_of_runs
 def test_each_host_reads_only_its_own_rows(runs):
     one, two = runs
     with open(one / "metrics.jsonl") as f:

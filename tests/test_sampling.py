@@ -29,6 +29,8 @@ from g2rpo_jax.sampling import (
 )
 from tests import tiny_models
 
+# One pytest-xdist worker runs the whole file, so its compiled Samplers are shared.
+pytestmark = pytest.mark.xdist_group("sampling")
 PROMPT_LENGTHS = np.array([5, 11, 3, 8])
 
 

@@ -27,6 +27,8 @@ from g2rpo_jax import config as config_lib
 from g2rpo_jax import evaluation, logging_utils, sharding, trainer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# One pytest-xdist worker runs the file: runs of one model reuse trainer's compiled steps.
+pytestmark = pytest.mark.xdist_group("trainer")
 
 
 def write_rows(path, n: int = 16) -> str:
