@@ -111,7 +111,7 @@ def resume_from_checkpoint(make_config, workdir: pathlib.Path, step: int, into: 
     """A fresh workdir holding only `workdir`'s checkpoint `step` and its tokenizer: what a
     run preempted after `step` leaves. Trains it to the end; returns its metrics records."""
     shutil.copytree(workdir / "checkpoints" / str(step), into / "checkpoints" / str(step))
-    shutil.copytree(workdir / trainer.TOKENIZER_DIR, into / trainer.TOKENIZER_DIR)
+    shutil.copytree(workdir / tokenization.TOKENIZER_DIR, into / tokenization.TOKENIZER_DIR)
     result = trainer.train(make_config(), str(into))
     assert result == trainer.TrainResult(step=4, total_steps=4, preempted=False)
     return logging_utils.read_jsonl(into / logging_utils.METRICS_FILE)
