@@ -105,7 +105,8 @@ def test_train_step_lowers_with_auto_attention(platform):
     rows, prompt, completion = 8, 32, 96
     spec = {"prompt_ids": (prompt, jnp.int32), "prompt_mask": (prompt, jnp.bool_),
             "completion_ids": (completion, jnp.int32), "completion_mask": (completion, jnp.bool_),
-            "is_guidance": (completion, jnp.bool_), "rewards": (None, jnp.float32),
+            "is_guidance": (completion, jnp.bool_),
+        "sampler_log_probs": (completion, jnp.float32), "rewards": (None, jnp.float32),
             "accuracy": (None, jnp.float32),
             "truncated": (None, jnp.bool_), "is_filler": (None, jnp.bool_)}  # fmt: skip
     batch = {k: jax.ShapeDtypeStruct((rows,) if w is None else (rows, w), dt)
