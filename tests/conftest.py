@@ -3,13 +3,9 @@
 import os
 
 # Must precede the first jax import: sharding tests need several devices on CPU.
-# Compiling dominates these tiny programs, and LLVM's optimization passes most of that
-# (a random init of a 2-layer model: 10 s of CPU at the default level, 1.7 s at 0). The
-# level changes how fast the machine code runs, not what it computes (no fast-math either
-# way), so every numeric claim holds as at the default. Subprocesses inherit the flags.
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-)
+# (XLA's backend optimization level 0 compiles faster but did change results: the shared-prompt
+# gradient test moved by 1e-3 relative. Tests keep the default level.)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
