@@ -24,8 +24,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# loadgroup: tests marked with one xdist_group (files whose module fixtures or compiled
+# functions are shared) run on one worker, the largest groups first; the rest spread singly.
 test: lint
-	$(PY) -m pytest -n 2 --durations=15 tests
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) scripts/train.py --config=configs/demo.py --workdir=$${WORKDIR:-runs/demo}

@@ -65,8 +65,9 @@ def forward_flops(config, rows: int, length: int, head_tokens: int) -> float:
     return layers + attention + 2 * c.vocab_size * D * head_tokens
 
 
-def grpo_forward_flops(config, rows: int, group: int, prompt: int, completion: int,
-                       shared_prompt: bool) -> float:  # fmt: skip
+def grpo_forward_flops(
+    config, rows: int, group: int, prompt: int, completion: int, shared_prompt: bool
+) -> float:
     """Model FLOPs of one forward of a GRPO batch (log-probs of the completion tokens).
 
     Per row: `prompt + completion` tokens, attention over that square, the LM head on the

@@ -78,15 +78,29 @@ def main():
     result = {}
     for name in names:
         ms = 1e3 * statistics.median(times[name])
-        gap = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
-                  for a, b in zip(outputs[name], reference, strict=True))  # fmt: skip
+        gap = max(
+            float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+            for a, b in zip(outputs[name], reference, strict=True)
+        )
         result[name] = {"fwd_bwd_ms": round(ms, 3), "max_abs_diff": gap}
     base_ms = result["xla"]["fwd_bwd_ms"]
     for name in names:
         result[name]["speedup_vs_xla"] = round(base_ms / result[name]["fwd_bwd_ms"], 3)
-    print(json.dumps({"bench": "attention", "machine": machine(), "platform": platform,
-                      "batch": args.batch, "tokens": args.tokens, "dtype": args.dtype,
-                      "heads": [HEADS, KV_HEADS, HEAD_DIM], "runs": args.runs, **result}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "attention",
+                "machine": machine(),
+                "platform": platform,
+                "batch": args.batch,
+                "tokens": args.tokens,
+                "dtype": args.dtype,
+                "heads": [HEADS, KV_HEADS, HEAD_DIM],
+                "runs": args.runs,
+                **result,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -64,15 +64,21 @@ def main() -> None:
     args = parser.parse_args()
     box = sandbox()
     isolation = sorted(run_python("pass", config=box).isolation)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=g2rpo_jax.__path__[0]).stdout.strip()  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=g2rpo_jax.__path__[0],
+    ).stdout.strip()
     tests = {"asserts": ASSERTS, "stdin": CASES}
     work = {
         kind: [f"```python\n{programs[i % len(programs)]}\n```" for i in range(COMPLETIONS)]
         for kind, programs in PROGRAMS.items()
     }
-    expected = {kind: sum(code_reward([""] * 4, work[kind][:4], [tests[kind]] * 4, sandbox=box))
-                for kind in work}  # fmt: skip
+    expected = {
+        kind: sum(code_reward([""] * 4, work[kind][:4], [tests[kind]] * 4, sandbox=box))
+        for kind in work
+    }
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)
     times: dict[str, list[float]] = {kind: [] for kind in work}
@@ -80,21 +86,37 @@ def main() -> None:
     for run in range(args.runs):
         for kind, completions in work.items():
             load: dict = {}
-            score = functools.partial(code_reward, [""] * COMPLETIONS, completions,
-                                      [tests[kind]] * COMPLETIONS, sandbox=box)  # fmt: skip
+            score = functools.partial(
+                code_reward,
+                [""] * COMPLETIONS,
+                completions,
+                [tests[kind]] * COMPLETIONS,
+                sandbox=box,
+            )
             with CpuMonitor().measure(load):
                 times[kind].append(timed(score))
             others[kind].append(load["others_cpu_frac"])
             log(f"run {run}: {kind} {times[kind][-1]:.2f} s")
     for kind in work:
         seconds = statistics.median(times[kind])
-        print(json.dumps({
-            "bench": "code_reward", "kind": kind, "completions": COMPLETIONS, "tests": TESTS,
-            "rows_per_s": round(COMPLETIONS / seconds, 2), "seconds": round(seconds, 3),
-            "runs": args.runs, "reward_of_four_programs": expected[kind],
-            "others_cpu_frac": max(others[kind]), "isolation": isolation,
-            "code": g2rpo_jax.__path__[0], "commit": commit,
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "bench": "code_reward",
+                    "kind": kind,
+                    "completions": COMPLETIONS,
+                    "tests": TESTS,
+                    "rows_per_s": round(COMPLETIONS / seconds, 2),
+                    "seconds": round(seconds, 3),
+                    "runs": args.runs,
+                    "reward_of_four_programs": expected[kind],
+                    "others_cpu_frac": max(others[kind]),
+                    "isolation": isolation,
+                    "code": g2rpo_jax.__path__[0],
+                    "commit": commit,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

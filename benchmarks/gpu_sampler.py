@@ -46,14 +46,22 @@ def main():
     c = PRESETS[args.model]
     V = c.vocab_size
     hf_config = transformers.Qwen3Config(
-        vocab_size=V, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
-        tie_word_embeddings=c.tie_word_embeddings, rms_norm_eps=1e-6,
+        vocab_size=V,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        tie_word_embeddings=c.tie_word_embeddings,
+        rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        max_position_embeddings=c.max_position_embeddings, attention_bias=False,
-        pad_token_id=0, eos_token_id=None, bos_token_id=None,
-    )  # fmt: skip
+        max_position_embeddings=c.max_position_embeddings,
+        attention_bias=False,
+        pad_token_id=0,
+        eos_token_id=None,
+        bos_token_id=None,
+    )
     log("building the random model")
     torch.manual_seed(0)
     hf = transformers.Qwen3ForCausalLM(hf_config).to(torch.bfloat16).eval()
@@ -84,10 +92,17 @@ def main():
     def theirs():
         with torch.inference_mode():
             out = hf.generate(
-                input_ids=prompts_pt, attention_mask=torch.ones_like(prompts_pt),
-                do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                min_new_tokens=N, max_new_tokens=N, pad_token_id=0, eos_token_id=None,
-            )  # fmt: skip
+                input_ids=prompts_pt,
+                attention_mask=torch.ones_like(prompts_pt),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                min_new_tokens=N,
+                max_new_tokens=N,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
         torch.cuda.synchronize()
         assert out.shape == (B, P + N), out.shape
 
@@ -124,8 +139,9 @@ def main():
         )
     else:
         result["transformers_skipped"] = "no CUDA torch" if not cuda else "--no-transformers"
-    result["machine"] = machine(torch=torch.__version__, torch_cuda=cuda,
-                                transformers=transformers.__version__)  # fmt: skip
+    result["machine"] = machine(
+        torch=torch.__version__, torch_cuda=cuda, transformers=transformers.__version__
+    )
     print(json.dumps(result), flush=True)
 
 

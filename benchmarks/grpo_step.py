@@ -34,9 +34,19 @@ from g2rpo_jax.models import ModelConfig, Qwen
 from g2rpo_jax.rewards import RewardConfig, RewardPool
 from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig
 
-TINY = ModelConfig(model_type="qwen3", qk_norm=True, vocab_size=1024, hidden_size=256,
-                   intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2,
-                   head_dim=64, tie_word_embeddings=True, rms_norm_eps=1e-6)  # fmt: skip
+TINY = ModelConfig(
+    model_type="qwen3",
+    qk_norm=True,
+    vocab_size=1024,
+    hidden_size=256,
+    intermediate_size=768,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=64,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+)
 PROMPTS, G, PROMPT_LEN, COMPLETION_LEN = 8, 8, 32, 64
 GUIDANCE = guidance.GuidanceConfig(ratio=0.5, initial_length=32, min_length=1, max_length=64)
 GRPO = grpo.GRPOConfig(beta=0.04)
@@ -52,8 +62,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation)")
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                        help="first wait up to S s for other processes to idle")  # fmt: skip
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S s for other processes to idle",
+    )
     args = parser.parse_args()
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)
@@ -79,10 +94,17 @@ def main():
         t0 = time.perf_counter()
         # Guidance plan: ℓ comes from the controller the previous train step updated.
         ell = int(jax.device_get(state.controller.length))
-        lengths = jax.device_get(guidance.guidance_lengths(
-            np.full(PROMPTS, COMPLETION_LEN), ell, G, n_guided))  # fmt: skip
-        out = sampler(state.params, np.repeat(prompts, G, 0), np.full(PROMPTS * G, PROMPT_LEN),
-                      np.repeat(traces, G, 0), lengths, jax.random.key(k))  # fmt: skip
+        lengths = jax.device_get(
+            guidance.guidance_lengths(np.full(PROMPTS, COMPLETION_LEN), ell, G, n_guided)
+        )
+        out = sampler(
+            state.params,
+            np.repeat(prompts, G, 0),
+            np.full(PROMPTS * G, PROMPT_LEN),
+            np.repeat(traces, G, 0),
+            lengths,
+            jax.random.key(k),
+        )
         ids, mask = jax.device_get((out.completion_ids, out.completion_mask))
         t1 = time.perf_counter()
         texts = decode(ids, mask)
@@ -91,14 +113,24 @@ def main():
         accuracy = rewards.per_function[:, rewards.names.index("accuracy")]
         t2 = time.perf_counter()
         batch = {f: getattr(out, f) for f in train_step.BATCH_FIELDS[:5]}
-        batch |= {"rewards": rewards.total, "accuracy": accuracy,
-                  "truncated": out.finish_reason == FINISH_LENGTH,
-                  "is_filler": np.zeros(PROMPTS * G, bool)}  # fmt: skip
+        batch |= {
+            "sampler_log_probs": out.log_probs,
+            "rewards": rewards.total,
+            "accuracy": accuracy,
+            "truncated": out.finish_reason == FINISH_LENGTH,
+            "is_filler": np.zeros(PROMPTS * G, bool),
+        }
         state, metrics = update(state, batch)
         jax.block_until_ready(state)
         t3 = time.perf_counter()
-        return dict(rollout=t1 - t0, rewards=t2 - t1, update=t3 - t2, step=t3 - t0, ell=ell,
-                    generated=int(jax.device_get(out.num_generated).sum()))  # fmt: skip
+        return dict(
+            rollout=t1 - t0,
+            rewards=t2 - t1,
+            update=t3 - t2,
+            step=t3 - t0,
+            ell=ell,
+            generated=int(jax.device_get(out.num_generated).sum()),
+        )
 
     log("warm-up (compiles)")
     warm = [step(k)["step"] for k in range(args.warmup)]
@@ -121,12 +153,10 @@ def main():
             beta=GRPO.beta,
             alpha=GUIDANCE.ratio,
             ell=times[-1]["ell"],
-        ),  # fmt: skip
+        ),
         rewards="accuracy (math-verify) 1.0 + format 0.1, in-process, on id text (all 0)",
         step_s=median("step"),
-        phase_s=dict(
-            rollout=median("rollout"), rewards=median("rewards"), update=median("update")
-        ),  # fmt: skip
+        phase_s=dict(rollout=median("rollout"), rewards=median("rewards"), update=median("update")),
         generated_tokens=times[-1]["generated"],
         rollout_tokens_per_s=round(times[-1]["generated"] / median("rollout"), 1),
         warmup_s=[round(t, 2) for t in warm],

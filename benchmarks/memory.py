@@ -115,6 +115,7 @@ def abstract_batch(rows: int, prompt: int, completion: int, mesh) -> dict:
         "completion_ids": ((rows, completion), jnp.int32),
         "completion_mask": ((rows, completion), jnp.bool_),
         "is_guidance": ((rows, completion), jnp.bool_),
+        "sampler_log_probs": ((rows, completion), jnp.float32),
         "rewards": ((rows,), jnp.float32),
         "accuracy": ((rows,), jnp.float32),
         "truncated": ((rows,), jnp.bool_),
@@ -123,8 +124,16 @@ def abstract_batch(rows: int, prompt: int, completion: int, mesh) -> dict:
     return {k: jax.ShapeDtypeStruct(shape, dt, sharding=s) for k, (shape, dt) in spec.items()}
 
 
-def analyse(config: ModelConfig, beta: float, rows: int, group: int, prompt: int,
-            completion: int, micro: int, mesh) -> dict:  # fmt: skip
+def analyse(
+    config: ModelConfig,
+    beta: float,
+    rows: int,
+    group: int,
+    prompt: int,
+    completion: int,
+    micro: int,
+    mesh,
+) -> dict:
     """Compile train_step on abstract inputs; the per-device memory analysis in bytes."""
     grpo_config = grpo.GRPOConfig(beta=beta)
     optimizer = optimization.OptimizerConfig(total_steps=1000, micro_batches=micro)
@@ -164,8 +173,10 @@ def estimate(config: ModelConfig, full: bool, *args) -> dict:
     low, high = (analyse(config.replace(num_layers=n), *args) for n in (2, 4))
     per_layer = {k: (high[k] - low[k]) / 2 for k in _FIELDS}
     out = {k: int(high[k] + per_layer[k] * (config.num_layers - 4)) for k in _FIELDS}
-    return out | {"compile_s": round(low["compile_s"] + high["compile_s"], 1),
-                  "compiled_layers": [2, 4]}  # fmt: skip
+    return out | {
+        "compile_s": round(low["compile_s"] + high["compile_s"], 1),
+        "compiled_layers": [2, 4],
+    }
 
 
 def hidden_states_temp(config: ModelConfig, tokens: int) -> dict:
@@ -183,8 +194,10 @@ def hidden_states_temp(config: ModelConfig, tokens: int) -> dict:
 
 def compare_attention(config: ModelConfig, tokens: int) -> list[dict]:
     """`hidden_states_temp` per implementation that compiles here, and without attention."""
-    rows = [dict(attention=name, **hidden_states_temp(config.replace(attention=name), tokens))
-            for name in ("xla", "chunked")]  # fmt: skip
+    rows = [
+        dict(attention=name, **hidden_states_temp(config.replace(attention=name), tokens))
+        for name in ("xla", "chunked")
+    ]
     attend = attention.attend
     # The floor: every other buffer of the layers; q·Σk·Σv keeps k and v in the graph.
     attention.attend = lambda q, k, v, *_, **__: q * jnp.sum(k[:, :1]) * jnp.sum(v[:, :1])
@@ -196,10 +209,14 @@ def compare_attention(config: ModelConfig, tokens: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | attention | remat | β (reference) | state GiB | temp GiB | "
-            "peak GiB / device |\n| --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
-    label = lambda r: r["model"] + (f" LoRA r={r['lora_rank']}, {r['param_dtype']} base"
-                                    if r.get("lora_rank") else "")  # fmt: skip
+    head = (
+        "| model | attention | remat | β (reference) | state GiB | temp GiB | "
+        "peak GiB / device |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )
+    label = lambda r: (
+        r["model"]
+        + (f" LoRA r={r['lora_rank']}, {r['param_dtype']} base" if r.get("lora_rank") else "")
+    )
     held = lambda r: "no copy" if r.get("lora_rank") else "yes"  # LoRA: adapters zeroed
     lines = [
         f"| {label(r)} | {r['attention']} | {'yes' if r['remat'] else 'no'} | {r['beta']} "
@@ -221,8 +238,9 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def validate(name: str, config: ModelConfig, rows: int, group: int, prompt: int,
-             completion: int, beta: float) -> dict:  # fmt: skip
+def validate(
+    name: str, config: ModelConfig, rows: int, group: int, prompt: int, completion: int, beta: float
+) -> dict:
     """Run the step on one device; compare the measured peak growth with the compiler's."""
     from g2rpo_jax.models import Qwen
 
@@ -244,6 +262,7 @@ def validate(name: str, config: ModelConfig, rows: int, group: int, prompt: int,
         "completion_ids": rng.integers(1, config.vocab_size, (rows, completion), dtype=np.int32),
         "completion_mask": np.ones((rows, completion), bool),
         "is_guidance": np.zeros((rows, completion), bool),
+        "sampler_log_probs": np.zeros((rows, completion), np.float32),
         "rewards": rng.random(rows).astype(np.float32),
         "accuracy": np.zeros(rows, np.float32),
         "truncated": np.zeros(rows, bool),
@@ -276,11 +295,23 @@ def validate(name: str, config: ModelConfig, rows: int, group: int, prompt: int,
 
 
 SMALL = {
-    "tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_layers=4,
-                 num_heads=4, num_kv_heads=2),
-    "large": dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_layers=8,
-                  num_heads=8, num_kv_heads=4),
-}  # fmt: skip
+    "tiny": dict(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+    ),
+    "large": dict(
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=4,
+    ),
+}
 
 
 def main():
@@ -310,20 +341,29 @@ def main():
         action="store_true",
         help="attention implementations compared on 2 layers' temporaries",
     )
-    parser.add_argument("--full", action="store_true",
-                        help="compile every layer (slow: ~2 min per 28-layer model on 2 cores) "
-                        "instead of extrapolating from 2 and 4 layers")  # fmt: skip
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="compile every layer (slow: ~2 min per 28-layer model on 2 cores) "
+        "instead of extrapolating from 2 and 4 layers",
+    )
     parser.add_argument("--validate", action="store_true", help="predicted vs measured, small")
     args = parser.parse_args()
 
     if args.validate:
         results = []
         for name, rows, prompt, completion in (("tiny", 64, 32, 64), ("large", 16, 64, 192)):
-            config = ModelConfig(model_type="qwen3", qk_norm=True, head_dim=64,
-                                 tie_word_embeddings=True, **SMALL[name])  # fmt: skip
+            config = ModelConfig(
+                model_type="qwen3",
+                qk_norm=True,
+                head_dim=64,
+                tie_word_embeddings=True,
+                **SMALL[name],
+            )
             log(f"validate {name}")
-            results.append(validate(name, config, rows, 8 if name == "tiny" else 4, prompt,
-                                    completion, 0.04))  # fmt: skip
+            results.append(
+                validate(name, config, rows, 8 if name == "tiny" else 4, prompt, completion, 0.04)
+            )
             log(json.dumps(results[-1]))
         print(json.dumps(dict(bench="memory_validate", results=results, machine=machine())))
         return
@@ -335,9 +375,21 @@ def main():
         tokens = args.prompt + args.completion
         results = compare_attention(config, tokens)
         log("\n".join(f"{r['attention']}: {r['temp_gib']} GiB" for r in results))
-        print(json.dumps(dict(bench="memory_attention", model=name, layers=config.num_layers,
-                              tokens=tokens, dtype=config.dtype, remat=True, results=results,
-                              scheduler=_scheduler(), machine=machine())))  # fmt: skip
+        print(
+            json.dumps(
+                dict(
+                    bench="memory_attention",
+                    model=name,
+                    layers=config.num_layers,
+                    tokens=tokens,
+                    dtype=config.dtype,
+                    remat=True,
+                    results=results,
+                    scheduler=_scheduler(),
+                    machine=machine(),
+                )
+            )
+        )
         return
 
     mesh = sharding.make_mesh(tuple(int(x) for x in args.mesh.split(",")))
@@ -352,27 +404,49 @@ def main():
             config = config.replace(lora=LoraConfig(rank=args.lora_rank), attention=args.attention)
             for beta in (float(b) for b in args.betas.split(",")):
                 log(f"{name} remat={remat} beta={beta}")
-                r = estimate(config, args.full, beta, rows, args.group, args.prompt,
-                             args.completion, args.micro_batches, mesh)  # fmt: skip
-                results.append(dict(model=name, attention=args.attention, remat=remat, beta=beta,
-                                    lora_rank=args.lora_rank,
-                                    param_dtype=args.param_dtype, **r))  # fmt: skip
+                r = estimate(
+                    config,
+                    args.full,
+                    beta,
+                    rows,
+                    args.group,
+                    args.prompt,
+                    args.completion,
+                    args.micro_batches,
+                    mesh,
+                )
+                results.append(
+                    dict(
+                        model=name,
+                        attention=args.attention,
+                        remat=remat,
+                        beta=beta,
+                        lora_rank=args.lora_rank,
+                        param_dtype=args.param_dtype,
+                        **r,
+                    )
+                )
                 log(f"  peak {r['peak'] / GIB:.2f} GiB (compile {r['compile_s']} s)")
     log(table(results))
-    print(json.dumps(dict(
-        bench="memory",
-        mesh=dict(mesh.shape),
-        rows=rows,
-        rows_per_device_micro_batch=rows / dp / args.micro_batches,
-        tokens_per_row=args.prompt + args.completion,
-        micro_batches=args.micro_batches,
-        dtype=args.dtype,
-        param_dtype=args.param_dtype,
-        scheduler=_scheduler(),
-        results=results,
-        table=table(results),
-        machine=machine(),
-    )), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            dict(
+                bench="memory",
+                mesh=dict(mesh.shape),
+                rows=rows,
+                rows_per_device_micro_batch=rows / dp / args.micro_batches,
+                tokens_per_row=args.prompt + args.completion,
+                micro_batches=args.micro_batches,
+                dtype=args.dtype,
+                param_dtype=args.param_dtype,
+                scheduler=_scheduler(),
+                results=results,
+                table=table(results),
+                machine=machine(),
+            )
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -52,11 +52,27 @@ from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
 from g2rpo_jax.models import PRESETS, from_pretrained
 
 ANCHORS = {  # ../shared/anchors' sizes
-    "tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True),
-    "large": dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                  num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True),
-}  # fmt: skip
+    "tiny": dict(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        tie_word_embeddings=True,
+    ),
+    "large": dict(
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        tie_word_embeddings=True,
+    ),
+}
 SHAPES = {  # rows, group size G, prompt length, completion length
     "default": (16, 4, 64, 192),
     "anchors": (64, 8, 32, 64),
@@ -70,19 +86,31 @@ def hf_config(model: str) -> transformers.Qwen3Config:
         dims = ANCHORS[model]
     else:
         c = PRESETS[model]
-        dims = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-                    intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
-                    num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-                    head_dim=c.head_dim, tie_word_embeddings=c.tie_word_embeddings)  # fmt: skip
+        dims = dict(
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_hidden_layers=c.num_layers,
+            num_attention_heads=c.num_heads,
+            num_key_value_heads=c.num_kv_heads,
+            head_dim=c.head_dim,
+            tie_word_embeddings=c.tie_word_embeddings,
+        )
     return transformers.Qwen3Config(
-        **dims, rms_norm_eps=1e-6, max_position_embeddings=4096, attention_bias=False,
+        **dims,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=4096,
+        attention_bias=False,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        pad_token_id=0, eos_token_id=None, bos_token_id=None,
-    )  # fmt: skip
+        pad_token_id=0,
+        eos_token_id=None,
+        bos_token_id=None,
+    )
 
 
-def make_batch(rows: int, group: int, prompt: int, completion: int, vocab: int,
-               shared_prompts: bool = True) -> dict:  # fmt: skip
+def make_batch(
+    rows: int, group: int, prompt: int, completion: int, vocab: int, shared_prompts: bool = True
+) -> dict:
     """Full prompts (one per group of G rows, as GRPO samples them, unless not
     shared_prompts), completions of random length (½ to all of `completion`), random rewards."""
     rng = np.random.default_rng(0)
@@ -103,6 +131,7 @@ def make_batch(rows: int, group: int, prompt: int, completion: int, vocab: int,
         ).astype(np.int32),
         "completion_mask": completion_mask,
         "is_guidance": np.zeros((rows, completion), bool),
+        "sampler_log_probs": np.zeros((rows, completion), np.float32),
         "rewards": rewards,
         "accuracy": (rewards > 0.5).astype(np.float32),
         "truncated": np.zeros(rows, bool),
@@ -154,13 +183,26 @@ def main():
     parser.add_argument("--shape", choices=SHAPES, default="default")
     parser.add_argument("--dtype", default="float32", help="compute dtype (params stay fp32)")
     parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time transformers + torch")  # fmt: skip
+    parser.add_argument(
+        "--torch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time transformers + torch",
+    )
     parser.add_argument("--runs", type=int, default=5, help="timed passes (median)")
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                        help="first wait up to S s for other processes to idle")  # fmt: skip
-    parser.add_argument("--shared-prompts", action=argparse.BooleanOptionalAction, default=True,
-                        help="the G rows of a group share their prompt (a real GRPO batch)")  # fmt: skip
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S s for other processes to idle",
+    )
+    parser.add_argument(
+        "--shared-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the G rows of a group share their prompt (a real GRPO batch)",
+    )
     args = parser.parse_args()
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)
@@ -185,8 +227,13 @@ def main():
 
     batch = make_batch(rows, group, prompt, completion, config.vocab_size, args.shared_prompts)
     grpo_config = grpo.GRPOConfig(beta=BETA)
-    opt_config = optimization.OptimizerConfig(total_steps=1000, learning_rate=LR, warmup_steps=0,
-                                      final_lr_fraction=1.0, max_grad_norm=CLIP)  # fmt: skip
+    opt_config = optimization.OptimizerConfig(
+        total_steps=1000,
+        learning_rate=LR,
+        warmup_steps=0,
+        final_lr_fraction=1.0,
+        max_grad_norm=CLIP,
+    )
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     state = train_step.init_train_state(model, grpo_config, opt_config, GUIDANCE)
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
@@ -210,8 +257,9 @@ def main():
     if args.torch:
         policy = hf.to(device).train()
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
-                                      weight_decay=0.0)  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            policy.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+        )
 
         def theirs():
             out = torch_update(policy, reference, optimizer, batch, group, device, torch_dtype)
@@ -235,8 +283,9 @@ def main():
 
     tokens = rows * (prompt + completion)
     # 3 forwards' worth for the policy's forward + backward, 1 for the reference forward.
-    flops = lambda shared: 4 * grpo_forward_flops(model_config, rows, group, prompt,
-                                                  completion, shared)  # fmt: skip
+    flops = lambda shared: (
+        4 * grpo_forward_flops(model_config, rows, group, prompt, completion, shared)
+    )
     step_flops = flops(args.shared_prompts)  # what ours computes
     gflops = step_flops / seconds["ours"] / 1e9
     result = dict(
@@ -270,9 +319,12 @@ def main():
             torch_seconds=[round(t, 3) for t in times["torch"]],
         )
     result["machine"] = machine(
-        torch=torch.__version__, transformers=transformers.__version__,
-        torch_threads=torch.get_num_threads(), torch_device=str(device), **load,
-    )  # fmt: skip
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        torch_threads=torch.get_num_threads(),
+        torch_device=str(device),
+        **load,
+    )
     print(json.dumps(result), flush=True)
 
 

@@ -61,8 +61,14 @@ def model_config_from_json(d: dict) -> ModelConfig:
 class Checkpointer:
     """Saves and restores a run's checkpoints under `WORKDIR/checkpoints`; keeps the last `keep`."""
 
-    def __init__(self, workdir: str, *, keep: int | None = 3, async_save: bool = True,
-                 read_only: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        keep: int | None = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = os.path.join(os.path.abspath(workdir), SUBDIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep,
@@ -125,6 +131,12 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.wait_until_finished()
+        # Orbax removes an interrupted save's temporary folder in a background thread and
+        # waits for it only in save(): a run that opens and closes without saving would
+        # leave it racing the exit.
+        await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
         self._manager.close()
 
 
@@ -159,16 +171,20 @@ def load_policy(path: str, device: jax.Device | None = None) -> tuple[Qwen, dict
     if model_config.lora.rank:
         abstract = nnx.state(abstract, LoraParam)  # what the checkpoint holds as params
     placed = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-    shardings = jax.tree.map(lambda _: placed, abstract,
-                             is_leaf=lambda x: isinstance(x, nnx.Variable))  # fmt: skip
+    shardings = jax.tree.map(
+        lambda _: placed, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
     params = checkpointer.restore_params(step, abstract_like(abstract, shardings))
     checkpointer.close()
     if model_config.lora.rank:
         mesh = sharding.make_mesh((1, 1, 1), devices=[device or jax.devices()[0]])
         params = nnx.merge_state(params, lora_lib.load_base(meta[BASE_MODEL], model_config, mesh))
     tokenizer_path = os.path.join(workdir, meta["tokenizer"])
-    return nnx.merge(graphdef, params), meta | {"workdir": workdir, "step": step,
-                                                "tokenizer_path": tokenizer_path}  # fmt: skip
+    return nnx.merge(graphdef, params), meta | {
+        "workdir": workdir,
+        "step": step,
+        "tokenizer_path": tokenizer_path,
+    }
 
 
 class _QuietOrbax(py_logging.Filter):

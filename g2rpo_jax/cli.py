@@ -1,12 +1,12 @@
 """How scripts/*.py report the errors we raise on purpose: one line, exit code 2.
 
-A `ConfigError`, a `DataError` (or a subclass of either) or a missing / existing path the
-user named is a message for the user, already naming the config key or `file:row` and
-field; a traceback under it only hides it. So is a mistake in the flags themselves (an
-unknown flag or config key, a bad value, a missing config file or variant). Any other
-exception is a bug and keeps its traceback. `--traceback` or `G2RPO_TRACEBACK=1` shows the
-traceback for ours too (only the variable while flags are parsed: `--traceback` is not read
-yet then).
+A `ConfigError`, a `DataError` (or a subclass of either), a missing / existing path the
+user named, or a `TrainingAlarm` that stopped a run (train.stop_on_alarm) is a message for
+the user, already naming the config key or `file:row` and field; a traceback under it only
+hides it. So is a mistake in the flags themselves (an unknown flag or config key, a bad
+value, a missing config file or variant). Any other exception is a bug and keeps its
+traceback. `--traceback` or `G2RPO_TRACEBACK=1` shows the traceback for ours too (only the
+variable while flags are parsed: `--traceback` is not read yet then).
 
     if __name__ == "__main__":
         cli.run(main)
@@ -25,6 +25,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
+from g2rpo_jax.alarms import TrainingAlarm
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data.schema import DataError
 
@@ -36,6 +37,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     FileNotFoundError,
     FileExistsError,
+    TrainingAlarm,
 )
 TRACEBACK_ENV = "G2RPO_TRACEBACK"
 

@@ -3,26 +3,20 @@ the small frozen dataclasses each module takes (STYLE §2).
 
 `default_config()` is the schema: every option, its default (SPEC §7 paper scale) and a
 comment. Config files in configs/ start from it and change what they need; `variant(c, arg)`
-applies `get_config(arg)` variants such as `smoke`. `build(c)` validates everything before
-any model is loaded or compiled and raises `ConfigError` naming the field.
+applies `get_config(arg)` variants such as `smoke`; `check_keys(c)` refuses keys the schema
+does not have. experiment.py turns a config into the typed `Experiment`.
 """
 
 import dataclasses
-import math
 
 import ml_collections
 from ml_collections import config_dict
 
-from g2rpo_jax.data import HUB_PREFIX, DataConfig, FieldMap, source_fields
+from g2rpo_jax.data import HUB_PREFIX
 from g2rpo_jax.data.tokenization import BYTES_TOKENIZER
-from g2rpo_jax.grpo import GRPOConfig
-from g2rpo_jax.guidance import GuidanceConfig
-from g2rpo_jax.models import PRESETS, ModelConfig, preset
-from g2rpo_jax.models.attention import check as check_attention
-from g2rpo_jax.models.config import LORA_TARGETS, LoraConfig
-from g2rpo_jax.optimization import OptimizerConfig
-from g2rpo_jax.rewards import REWARD_FUNCTIONS, RewardConfig, SandboxConfig
-from g2rpo_jax.sampling import SamplingConfig
+from g2rpo_jax.models import ModelConfig
+from g2rpo_jax.models.config import LORA_TARGETS
+from g2rpo_jax.rewards import REWARD_FUNCTIONS
 
 VARIANTS = ("smoke",)
 OPENR1_MATH = "hf:open-r1/OpenR1-Math-220k"
@@ -109,6 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.guidance_in_budget = True  # max_completion_length counts guidance tokens
     c.sampling.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
     c.sampling.decode_phases = 4  # decode loops, each over a cache grown to what it fills
+    c.sampling.param_dtype = "float32"  # float32 | bfloat16: a copy the rollouts read
 
     c.grpo = ml_collections.ConfigDict()  # SPEC §2–3
     c.grpo.group_size = 12  # G
@@ -123,6 +118,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.grpo.mask_truncated = False  # rows cut at the length budget leave the loss (TRL)
     c.grpo.filter_zero_std_groups = False  # drop groups whose rewards tie, refill (DAPO)
     c.grpo.filter_max_extra_batches = 3  # at most this many extra sampler calls a step
+    c.grpo.kl_estimator = "k3"  # k3 | k1 | k2
+    c.grpo.importance_level = "token"  # token | sequence (GSPO)
+    # Sampler–trainer mismatch: none | token_truncate | token_mask | sequence_truncate |
+    # sequence_mask, with its bounds on π_old / π_sampler (None: unbounded).
+    c.grpo.rollout_correction = "none"
+    c.grpo.rollout_correction_max = config_dict.FieldReference(3.0, field_type=float)
+    c.grpo.rollout_correction_min = config_dict.placeholder(float)
 
     c.optimizer = ml_collections.ConfigDict()  # AdamW, warmup + cosine (SPEC §7)
     c.optimizer.learning_rate = 1e-5
@@ -173,6 +175,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.wandb_project = ""  # log to Weights & Biases too when set and installed
     c.train.eval_at_start = False  # evaluate before the first step too (the step-0 baseline)
     c.train.plots = False  # at the end: PNG plots and the before → after line (report.py)
+    # Warn when ≥ 90% of completions are truncated, or every group ties, this many steps in
+    # a row (0 = never); stop_on_alarm then saves and stops (exit code 2).
+    c.train.alarm_steps = 20
+    c.train.stop_on_alarm = False
 
     c.eval = ml_collections.ConfigDict()  # periodic eval and scripts/evaluate.py (SPEC §7)
     c.eval.path = ""  # problems, in any data.path form; known hub sets bring their fields
@@ -207,9 +213,16 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.path = ""
     c.model.preset = c.model.preset or "qwen3-0.6b"
     c.model.overrides = ml_collections.ConfigDict(
-        dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-             head_dim=16, max_position_embeddings=1024)
-    )  # fmt: skip
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+        )
+    )
     c.model.fit_vocab_to_tokenizer = True
     c.model.dtype = c.model.param_dtype = "float32"
     c.model.remat = False
@@ -250,96 +263,8 @@ def variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Con
     raise ConfigError(f"unknown config variant {arg!r}: use one of {VARIANTS} or none")
 
 
-# --- The checked, typed form ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """Where the initial policy comes from: `path` (weights) or `preset` + overrides."""
-
-    path: str
-    preset: str
-    overrides: tuple[tuple[str, object], ...]
-    fit_vocab_to_tokenizer: bool
-    dtype: str
-    param_dtype: str
-    remat: bool
-    lora: LoraConfig = LoraConfig()
-    attention: str = "auto"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainLoopConfig:
-    num_steps: int  # 0 = every batch of the data's epochs
-    sample_every: int
-    num_logged_samples: int
-    eval_every: int
-    save_every: int
-    keep_checkpoints: int
-    async_checkpointing: bool
-    progress_bar: bool
-    wandb_project: str
-    eval_at_start: bool
-    plots: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation decoding and scoring (SPEC §7): n samples per problem, pass@k."""
-
-    path: str
-    num_samples: int
-    pass_k: tuple[int, ...]
-    sampling: SamplingConfig  # eos/pad ids are filled in once the tokenizer is known
-    batch_size: int
-    max_rows: int
-    split: str = "train"
-    fields: FieldMap = FieldMap()
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """Everything a run needs, checked; built once by `build` from the ConfigDict."""
-
-    seed: int
-    model: ModelSource
-    tokenizer: str
-    mesh_shape: tuple[int, int, int]  # resolved: no -1
-    data: DataConfig
-    sampling: SamplingConfig  # eos/pad ids are filled in once the tokenizer is known
-    grpo: GRPOConfig
-    group_size: int  # G
-    optimizer: OptimizerConfig
-    guidance: GuidanceConfig
-    rewards: RewardConfig
-    accuracy_reward: str
-    train: TrainLoopConfig
-    eval: EvalConfig
-
-    def with_total_steps(self, total_steps: int) -> "Experiment":
-        """The optimizer's and the guidance schedules' run length, once the data is known."""
-        optimizer = _replace("optimizer", self.optimizer, total_steps=total_steps)
-        guidance_config = _replace("guidance", self.guidance, total_steps=total_steps)
-        return dataclasses.replace(self, optimizer=optimizer, guidance=guidance_config)
-
-
-def _fail(field: str, message: str):
+def fail(field: str, message: str):
     raise ConfigError(f"config.{field}: {message}")
-
-
-def _make(group: str, cls, **kwargs):
-    """cls(**kwargs), with the dataclass's own validation error prefixed by the group."""
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"config.{group}: {e}") from None
-
-
-def _replace(group: str, instance, **changes):
-    try:
-        return dataclasses.replace(instance, **changes)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"config.{group}: {e}") from None
 
 
 def check_keys(c: ml_collections.ConfigDict) -> None:
@@ -350,181 +275,22 @@ def check_keys(c: ml_collections.ConfigDict) -> None:
         for key in given.keys():
             name = f"{prefix}{key}"
             if name in _REMOVED_KEYS:
-                _fail(name, _REMOVED_KEYS[name])
+                fail(name, _REMOVED_KEYS[name])
             if key not in schema:
                 group = f"config.{prefix[:-1]}" if prefix else "config"
-                _fail(name, f"unknown key (the keys of {group}: {', '.join(sorted(schema))})")
+                fail(name, f"unknown key (the keys of {group}: {', '.join(sorted(schema))})")
             if name in _FREE_KEYS:
                 continue
             if isinstance(schema[key], ml_collections.ConfigDict):
                 if not isinstance(given[key], ml_collections.ConfigDict):
-                    _fail(name, "must be a group of options")
+                    fail(name, "must be a group of options")
                 walk(given[key], schema[key], f"{name}.")
 
     walk(c, default_config(), "")
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     for key in c.model.overrides.keys():
         if key not in model_fields:
-            _fail(f"model.overrides.{key}", f"not a ModelConfig field ({sorted(model_fields)})")
+            fail(f"model.overrides.{key}", f"not a ModelConfig field ({sorted(model_fields)})")
     for key in c.rewards.weights.keys():
         if key not in REWARD_FUNCTIONS:
-            _fail(f"rewards.weights.{key}", f"unknown reward; known: {sorted(REWARD_FUNCTIONS)}")
-
-
-def resolve_mesh_shape(shape, num_devices: int) -> tuple[int, int, int]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        _fail("mesh.shape", f"{shape}: three sizes (data, fsdp, tensor), at most one -1")
-    known = math.prod(s for s in shape if s != -1)
-    if -1 in shape:
-        if num_devices % known:
-            _fail("mesh.shape", f"{shape}: {num_devices} devices are not divisible by {known}")
-        shape = tuple(num_devices // known if s == -1 else s for s in shape)
-    if math.prod(shape) != num_devices:
-        _fail("mesh.shape", f"{shape} needs {math.prod(shape)} devices, {num_devices} exist")
-    return shape
-
-
-def build(
-    c: ml_collections.ConfigDict,
-    *,
-    num_devices: int,
-    process_count: int = 1,
-) -> Experiment:
-    """Checks `c` and returns the typed Experiment; raises ConfigError naming the field.
-
-    The optimizer and schedules run for train.num_steps, or a stand-in until the data says
-    how many steps there are (`Experiment.with_total_steps`).
-    """
-    check_keys(c)
-    m = c.model
-    if not m.path and not m.preset:
-        _fail("model.path", "set model.path (a Hugging Face folder or hub id) or model.preset")
-    if m.preset and m.preset not in PRESETS:
-        _fail("model.preset", f"{m.preset!r} is not one of {sorted(PRESETS)}")
-    overrides = dict(m.overrides.to_dict())
-    # overrides.attention and model.attention name the same field, which any model takes.
-    _make("model", check_attention, implementation=m.attention)
-    attention = _make("model.overrides", check_attention,
-                      implementation=overrides.pop("attention", m.attention))  # fmt: skip
-    if overrides and m.path:
-        _fail("model.overrides", "only apply to a random init (model.path is set)")
-    if m.fit_vocab_to_tokenizer and m.path:
-        _fail("model.fit_vocab_to_tokenizer", "only applies to a random init")
-    overrides = tuple(sorted(overrides.items()))
-    if m.preset:  # the architecture must build (dtype names, head counts)
-        try:
-            preset(m.preset, **dict(overrides), dtype=m.dtype, param_dtype=m.param_dtype)
-        except (ValueError, TypeError) as e:
-            _fail("model", str(e))
-    lora = _make("model.lora", LoraConfig, **m.lora.to_dict())
-    model = ModelSource(m.path, m.preset, overrides, m.fit_vocab_to_tokenizer, m.dtype,
-                        m.param_dtype, m.remat, lora, attention)  # fmt: skip
-    if not (c.tokenizer or m.path):
-        _fail("tokenizer", "set a tokenizer folder or hub id (or model.path, whose it is)")
-
-    group_size = c.grpo.group_size
-    if group_size < 2:
-        _fail("grpo.group_size", f"G={group_size}: a group needs at least 2 candidates")
-    if not 0.0 <= c.guidance.ratio <= 1.0:
-        _fail("guidance.ratio", f"α={c.guidance.ratio} must be in [0, 1]")
-
-    mesh_shape = resolve_mesh_shape(c.mesh.shape, num_devices)
-    data_parallel = mesh_shape[0] * mesh_shape[1]
-    d = c.data
-    if not d.path:
-        _fail("data.path", "set the training data (--config.data.path=FILE or hf:HUB_ID)")
-    rows = d.batch_size * process_count * group_size
-    if d.batch_size < 1:
-        _fail("data.batch_size", f"{d.batch_size} must be >= 1")
-    if rows % data_parallel:
-        _fail(
-            "data.batch_size",
-            f"B={d.batch_size} × {process_count} hosts × G={group_size} = {rows} rows per "
-            f"step are not divisible by the mesh's data × fsdp = {data_parallel} "
-            f"(config.mesh.shape={tuple(c.mesh.shape)} on {num_devices} devices)",
-        )
-    if rows % c.optimizer.micro_batches:
-        _fail("optimizer.micro_batches", f"{c.optimizer.micro_batches} does not divide {rows} rows")
-
-    fields = _make("data.fields", FieldMap, **c.data.fields.to_dict())
-    data_kw = {k: v for k, v in d.to_dict().items() if k != "fields"}
-    data = _make("data", DataConfig, **data_kw, fields=source_fields(d.path, fields))
-
-    s = c.sampling
-    sampling = _make(
-        "sampling", SamplingConfig, max_completion_length=d.max_completion_length,
-        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-        guidance_in_budget=s.guidance_in_budget, batch_multiple=s.batch_multiple,
-        decode_phases=s.decode_phases,
-    )  # fmt: skip
-    grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
-    grpo = _make("grpo", GRPOConfig, **grpo_kw, max_completion_length=d.max_completion_length)
-
-    t = c.train
-    if t.num_steps < 0:
-        _fail("train.num_steps", f"{t.num_steps} must be >= 0 (0: every batch of the data)")
-    # Until the data says how many steps there are, a stand-in that any warmup fits.
-    steps = t.num_steps or (c.optimizer.warmup_steps or 0) + 1
-    optimizer = _make("optimizer", OptimizerConfig, total_steps=steps, **c.optimizer.to_dict())
-    guidance_config = _make("guidance", GuidanceConfig, total_steps=steps, **c.guidance.to_dict())
-    if guidance_config.max_length > d.max_completion_length:
-        # Traces are cut to max_completion_length tokens when read, with or without
-        # guidance_in_budget: a longer ℓ would be capped there without a word.
-        _fail(
-            "guidance.max_length",
-            f"ℓ_max={guidance_config.max_length} exceeds data.max_completion_length="
-            f"{d.max_completion_length}, the most trace tokens a row holds",
-        )
-
-    r = c.rewards
-    box = r.sandbox.to_dict() | {"user": r.sandbox.user or None}
-    box["python"] = r.sandbox.python or SandboxConfig.python
-    sandbox = _make("rewards.sandbox", SandboxConfig, **box)
-    rewards = _make("rewards", RewardConfig, weights=r.weights.to_dict(), workers=r.workers,
-                    sandbox=sandbox, trust_test_code=r.code.trust_test_code)  # fmt: skip
-    if r.accuracy_reward not in r.weights:
-        _fail("rewards.accuracy_reward", f"{r.accuracy_reward!r} is not in rewards.weights")
-
-    for name in ("save_every", "keep_checkpoints"):
-        if t[name] < 1:
-            _fail(f"train.{name}", f"{t[name]} must be >= 1")
-    for name in ("sample_every", "eval_every", "num_logged_samples"):
-        if t[name] < 0:
-            _fail(f"train.{name}", f"{t[name]} must be >= 0")
-    if t.eval_every and not c.eval.path:
-        _fail("eval.path", "train.eval_every is set but there is no eval file")
-    train = TrainLoopConfig(**t.to_dict())
-
-    e = c.eval
-    if e.num_samples < 1:
-        _fail("eval.num_samples", f"n={e.num_samples} must be >= 1")
-    pass_k = tuple(int(k) for k in e.pass_k)
-    if not pass_k or any(not 1 <= k <= e.num_samples for k in pass_k):
-        _fail("eval.pass_k", f"{pass_k}: each k must be in [1, eval.num_samples={e.num_samples}]")
-    if e.batch_size < 1:
-        _fail("eval.batch_size", f"{e.batch_size} must be >= 1")
-    eval_sampling = _make(
-        "eval", SamplingConfig, max_completion_length=e.max_completion_length or
-        d.max_completion_length, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
-        batch_multiple=s.batch_multiple, decode_phases=s.decode_phases,
-    )  # fmt: skip
-    evaluation = EvalConfig(e.path, e.num_samples, pass_k, eval_sampling, e.batch_size,
-                            e.max_rows, e.split or d.split, source_fields(e.path, fields))  # fmt: skip
-
-    return Experiment(
-        seed=c.seed, model=model, tokenizer=c.tokenizer or m.path, mesh_shape=mesh_shape,
-        data=data, sampling=sampling, grpo=grpo, group_size=group_size, optimizer=optimizer,
-        guidance=guidance_config, rewards=rewards, accuracy_reward=r.accuracy_reward,
-        train=train, eval=evaluation,
-    )  # fmt: skip
-
-
-def preset_model_config(source: ModelSource, vocab_size: int | None = None) -> ModelConfig:
-    """The architecture of a random init (or the preset a `path` config names), offline."""
-    overrides = dict(source.overrides)
-    if vocab_size is not None:
-        overrides["vocab_size"] = vocab_size
-    return preset(source.preset, **overrides, dtype=source.dtype,
-                  param_dtype=source.param_dtype, remat=source.remat,
-                  attention=source.attention)  # fmt: skip
+            fail(f"rewards.weights.{key}", f"unknown reward; known: {sorted(REWARD_FUNCTIONS)}")

@@ -51,8 +51,13 @@ def initialize(
         process_id=process_id,
         heartbeat_timeout_seconds=heartbeat_timeout_s,
     )
-    log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-             jax.process_count(), jax.local_device_count(), jax.device_count())  # fmt: skip
+    log.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def global_batch(local: dict, sharding: jax.sharding.NamedSharding) -> dict:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from g2rpo_jax import grpo
+from g2rpo_jax import advantages, grpo
 
 # Row fields padded on the left (prompts are left-padded) when draws differ in width.
 _LEFT_PADDED = ("prompt_ids", "prompt_mask")
@@ -22,9 +22,16 @@ _PAD_WITH_ID = ("prompt_ids", "completion_ids")
 
 
 def sample_filtered(
-    rollout: Callable, params, batch: dict, ell: int, k: int, next_batch: Callable,
-    config: grpo.GRPOConfig, group_size: int, pad_id: int,
-) -> tuple[dict, dict, list]:  # fmt: skip
+    rollout: Callable,
+    params,
+    batch: dict,
+    ell: int,
+    k: int,
+    next_batch: Callable,
+    config: grpo.GRPOConfig,
+    group_size: int,
+    pad_id: int,
+) -> tuple[dict, dict, list]:
     """`rollout(params, batch, ell, k, draw)` → (rows, host, samples) as the trainer's;
     `next_batch()` the data's next batch or None when it ran out. Returns the step's rows
     (numpy, [B·G, ...]), host numbers with `filter/*` counts, and the first draw's samples.
@@ -49,7 +56,7 @@ def sample_filtered(
 
 def _tied(rows: dict, group_size: int) -> np.ndarray:
     """bool[B]: the groups of `rows` whose rewards all tie."""
-    return np.asarray(grpo.zero_std_groups(rows["rewards"], group_size))
+    return np.asarray(advantages.zero_std_groups(rows["rewards"], group_size))
 
 
 def take_groups(
@@ -60,12 +67,13 @@ def take_groups(
 
     draws: per sampler call, the row fields [B_d·G, ...] as numpy. Returns (rows, counts).
     """
-    widths = {name: max(d[name].shape[1] for d in draws) for name in draws[0]
-              if draws[0][name].ndim == 2}  # fmt: skip
-    padded = [{name: _pad(name, x, widths.get(name), pad_id) for name, x in d.items()}
-              for d in draws]  # fmt: skip
-    groups = [(d, g, bool(tied)) for d in padded
-              for g, tied in enumerate(_tied(d, group_size))]  # fmt: skip
+    widths = {
+        name: max(d[name].shape[1] for d in draws) for name in draws[0] if draws[0][name].ndim == 2
+    }
+    padded = [
+        {name: _pad(name, x, widths.get(name), pad_id) for name, x in d.items()} for d in draws
+    ]
+    groups = [(d, g, bool(tied)) for d in padded for g, tied in enumerate(_tied(d, group_size))]
     untied = [(d, g) for d, g, tied in groups if not tied]
     tied = [(d, g) for d, g, tied in groups if tied]
     chosen = untied[:num_groups]

@@ -1,8 +1,10 @@
-"""GRPO: group advantages and the clipped policy loss with k3 KL (SPEC §2, §3); the step that
-applies them is g2rpo_jax/train_step.py.
+"""The GRPO loss: the clipped policy loss with a KL penalty (SPEC §3), its variants (GSPO's
+sequence-level ratio, k1/k2/k3 KL) and the rollout correction of the sampler–trainer
+mismatch. The advantages are g2rpo_jax/advantages.py; the step that applies both,
+g2rpo_jax/train_step.py.
 
 Shapes: B prompts, G candidates per prompt (the group), T completion length. Rows are
-prompt-major: candidate j of prompt b is row b*G + j, so a [B*G] vector reshapes to [B, G].
+prompt-major: candidate j of prompt b is row b*G + j.
 """
 
 import dataclasses
@@ -11,10 +13,8 @@ import enum
 import jax
 import jax.numpy as jnp
 
+from g2rpo_jax.advantages import AdvantageStd
 from g2rpo_jax.choices import as_enum
-
-# SPEC §2: added to the std so that a group of near-tied rewards does not blow up.
-ADVANTAGE_EPS = 1e-4
 
 
 class Aggregation(enum.StrEnum):
@@ -32,13 +32,32 @@ class GuidanceLoss(enum.StrEnum):
     MASK = "mask"  # in attention, out of the loss
 
 
-class AdvantageStd(enum.StrEnum):
-    """The scale that divides r − mean(r_group)."""
+class KLEstimator(enum.StrEnum):
+    """The per-token estimate of KL(π ‖ π_ref) in the loss, with d = log π − log π_ref."""
 
-    GROUP_UNBIASED = "group_unbiased"  # group std with N − 1, as the released code
-    GROUP_POPULATION = "group_population"  # group std with N
-    NONE = "none"  # no scaling (Dr.GRPO)
-    BATCH = "batch"  # std of all B·G rewards, N − 1
+    K3 = "k3"  # exp(−d) + d − 1: unbiased, ≥ 0 (the code, DeepSeekMath)
+    K1 = "k1"  # d
+    K2 = "k2"  # d² / 2
+
+
+class ImportanceLevel(enum.StrEnum):
+    """Where the ratio ρ = π / π_old is taken (TRL's `importance_sampling_level`)."""
+
+    TOKEN = "token"  # one ρ per token (GRPO)
+    SEQUENCE = "sequence"  # exp of the mean log ratio over each row's loss tokens (GSPO)
+
+
+class RolloutCorrection(enum.StrEnum):
+    """Importance weight for the sampler–trainer mismatch, w = π_old / π_sampler, on each
+    token's policy loss (TRL's `vllm_importance_sampling_mode`): per token or per row (the
+    ratio of the row's summed log-probs), kept to [min, max] by clamping (truncate) or by
+    zeroing what falls outside (mask)."""
+
+    NONE = "none"
+    TOKEN_TRUNCATE = "token_truncate"
+    TOKEN_MASK = "token_mask"
+    SEQUENCE_TRUNCATE = "sequence_truncate"
+    SEQUENCE_MASK = "sequence_mask"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +74,10 @@ class GRPOConfig:
     filter_zero_std_groups: groups whose rewards all tie (A = 0 for every candidate) are
     dropped and the batch refilled from more prompts, at most `filter_max_extra_batches`
     extra sampler calls a step (DAPO's dynamic sampling; the trainer does it, on the host).
+    rollout_correction, rollout_correction_min / _max: the weight w = π_old / π_sampler and
+    its bounds (None: unbounded on that side), TRL's `vllm_importance_sampling_*`.
+    sampling_temperature: τ of the sampler's log-probs (log softmax(logits / τ)); π_old is
+    compared with them at the same τ. 1 for greedy sampling.
     """
 
     beta: float = 0.04
@@ -69,6 +92,12 @@ class GRPOConfig:
     mask_truncated: bool = False
     filter_zero_std_groups: bool = False
     filter_max_extra_batches: int = 3
+    kl_estimator: KLEstimator = KLEstimator.K3
+    importance_level: ImportanceLevel = ImportanceLevel.TOKEN
+    rollout_correction: RolloutCorrection = RolloutCorrection.NONE
+    rollout_correction_max: float | None = 3.0
+    rollout_correction_min: float | None = None
+    sampling_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         # Configs arrive from ConfigDicts as plain strings; store the enums.
@@ -76,6 +105,9 @@ class GRPOConfig:
             ("aggregation", Aggregation),
             ("guidance_loss", GuidanceLoss),
             ("advantage_std", AdvantageStd),
+            ("kl_estimator", KLEstimator),
+            ("importance_level", ImportanceLevel),
+            ("rollout_correction", RolloutCorrection),
         ):
             object.__setattr__(self, field, as_enum(cls, getattr(self, field), field))
         if not self.beta >= 0:
@@ -96,94 +128,26 @@ class GRPOConfig:
             raise ValueError(
                 f"filter_max_extra_batches must be >= 0, got {self.filter_max_extra_batches}"
             )
+        self._check_rollout_correction()
+        if not self.sampling_temperature > 0:
+            raise ValueError(f"sampling_temperature must be > 0, got {self.sampling_temperature}")
 
-
-# --- Advantages (SPEC §2) ------------------------------------------------------------------
-
-
-def _tie_exact_mean(x: jax.Array) -> jax.Array:
-    """Mean over the last axis (kept), exactly equal to the values when they all tie.
-
-    Averaging offsets from the first value makes a tied group's mean bitwise equal to its
-    members (a plain float sum of G copies of 0.1, divided by G, need not be 0.1), so tied
-    groups get A = 0 exactly.
-    """
-    first = x[..., :1]
-    return first + jnp.mean(x - first, axis=-1, keepdims=True)
-
-
-def _std(centered: jax.Array, ddof: int) -> jax.Array:
-    """Std over the last axis (kept) of already-centered values; 0 when n − ddof ≤ 0."""
-    n = centered.shape[-1]
-    return jnp.sqrt(jnp.sum(jnp.square(centered), axis=-1, keepdims=True) / max(n - ddof, 1))
-
-
-def group_advantages(
-    rewards: jax.Array, group_size: int, mode: AdvantageStd = AdvantageStd.GROUP_UNBIASED
-) -> jax.Array:
-    """A_i = (r_i − mean(r_group)) / (std + 1e-4), float32[B*G] from rewards[B*G].
-
-    Guided and unguided candidates share the group statistics. A tied group gets exactly
-    0; G = 1 gets 0 with every mode (its std is defined as 0, not NaN).
-    """
-    grouped = rewards.astype(jnp.float32).reshape(-1, group_size)  # [B, G]
-    centered = grouped - _tie_exact_mean(grouped)
-    match mode:
-        case AdvantageStd.GROUP_UNBIASED:
-            std = _std(centered, ddof=1)
-        case AdvantageStd.GROUP_POPULATION:
-            std = _std(centered, ddof=0)
-        case AdvantageStd.NONE:
-            return centered.reshape(-1)
-        case AdvantageStd.BATCH:
-            flat = grouped.reshape(-1)
-            std = _std(flat - _tie_exact_mean(flat), ddof=1)
-    return (centered / (std + ADVANTAGE_EPS)).reshape(-1)
-
-
-def zero_std_groups(
-    rewards: jax.Array, group_size: int, members: jax.Array | None = None
-) -> jax.Array:
-    """bool[B]: the groups whose rewards all tie (every A is then 0), over the `members`
-    bool[B*G] of each group (default all); a group with no member does not tie."""
-    r = jnp.reshape(rewards, (-1, group_size))
-    m = jnp.ones(r.shape, bool) if members is None else jnp.reshape(members, r.shape)
-    present = jnp.any(m, axis=1)
-    highest = jnp.max(jnp.where(m, r, -jnp.inf), axis=1)
-    return present & (highest == jnp.min(jnp.where(m, r, jnp.inf), axis=1))
-
-
-def group_ties(
-    rewards: jax.Array,
-    accuracy: jax.Array,
-    is_guided: jax.Array,
-    group_size: int,
-    rows: jax.Array | None = None,
-) -> dict[str, jax.Array]:
-    """How many groups GRPO cannot learn from: fractions of the groups whose rewards all tie.
-
-    rewards, accuracy: float[B*G]; is_guided: bool[B*G]; rows: bool[B*G], the rows to count
-    (default all; a group none of whose rows count is left out of the denominators).
-    `zero_std` counts groups whose counted rewards all tie; of those, `zero_std_all_correct`
-    / `_all_wrong` have accuracy 1 / 0 on every candidate. The same three over the guided
-    candidates of each group only (`guided_*`) and the unguided only (`unguided_*`): a
-    subset of one candidate ties trivially. numpy or jax arrays, on the host or in jit.
-    """
-    shape = (-1, group_size)
-    acc = jnp.reshape(accuracy, shape)
-    guided = jnp.reshape(is_guided, shape).astype(bool)
-    counted = jnp.ones_like(guided) if rows is None else jnp.reshape(rows, shape).astype(bool)
-    out = {}
-    for prefix, members in (("", counted), ("guided_", counted & guided),
-                            ("unguided_", counted & ~guided)):  # fmt: skip
-        tied = zero_std_groups(rewards, group_size, members)
-        correct = tied & jnp.all(~members | (acc >= 1), axis=1)
-        wrong = tied & jnp.all(~members | (acc <= 0), axis=1)
-        groups = jnp.maximum(jnp.sum(jnp.any(members, axis=1)), 1)
-        for name, x in (("zero_std", tied), ("zero_std_all_correct", correct),
-                        ("zero_std_all_wrong", wrong)):  # fmt: skip
-            out[prefix + name] = jnp.sum(x) / groups
-    return out
+    def _check_rollout_correction(self) -> None:
+        low, high = self.rollout_correction_min, self.rollout_correction_max
+        if low is not None and not low >= 0:
+            raise ValueError(f"rollout_correction_min must be >= 0 or None, got {low}")
+        if high is not None and not high > 0:
+            raise ValueError(f"rollout_correction_max must be > 0 or None, got {high}")
+        if low is not None and high is not None and not low < high:
+            raise ValueError(
+                f"rollout_correction_min ({low}) must be < rollout_correction_max ({high})"
+            )
+        truncate = (RolloutCorrection.TOKEN_TRUNCATE, RolloutCorrection.SEQUENCE_TRUNCATE)
+        if self.rollout_correction in truncate and low is None and high is None:
+            raise ValueError(
+                f"rollout_correction={self.rollout_correction.value!r} clamps to "
+                "[rollout_correction_min, rollout_correction_max]: set at least one"
+            )
 
 
 # --- Policy loss (SPEC §3) -----------------------------------------------------------------
@@ -237,6 +201,91 @@ def _aggregate(
             return jnp.sum(per_token * mask) / (num_rows * config.max_completion_length)
 
 
+def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: KLEstimator) -> jax.Array:
+    """The per-token KL estimate [B*G, T] of `estimator`, from log π and log π_ref."""
+    d = logp - ref_logp
+    match estimator:
+        case KLEstimator.K3:
+            return jnp.exp(-d) + d - 1.0
+        case KLEstimator.K1:
+            return d
+        case KLEstimator.K2:
+            return 0.5 * jnp.square(d)
+
+
+def _rollout_ratio(
+    old_logp: jax.Array, sampler_logp: jax.Array, mask: jax.Array, per_sequence: bool
+) -> jax.Array:
+    """π_old / π_sampler over the loss `mask`: per token [B*G, T], or per row [B*G, 1] (the
+    ratio of the row's summed log-probs); no gradient."""
+    diff = jax.lax.stop_gradient((old_logp - sampler_logp) * mask)
+    return jnp.exp(jnp.sum(diff, axis=-1, keepdims=True) if per_sequence else diff)
+
+
+def _out_of_bounds(ratio: jax.Array, config: GRPOConfig) -> jax.Array:
+    """bool: the ratios below rollout_correction_min or above rollout_correction_max."""
+    out = jnp.zeros(ratio.shape, bool)
+    if config.rollout_correction_min is not None:
+        out = out | (ratio < config.rollout_correction_min)
+    if config.rollout_correction_max is not None:
+        out = out | (ratio > config.rollout_correction_max)
+    return out
+
+
+def rollout_weights(
+    old_logp: jax.Array, sampler_logp: jax.Array, mask: jax.Array, config: GRPOConfig
+) -> jax.Array:
+    """The rollout correction's weight on each token's policy loss: [B*G, T] in token modes,
+    [B*G, 1] in sequence modes, 1 under `none`; no gradient.
+
+    old_logp: log π_old at the sampler's temperature; sampler_logp: the sampler's log-probs;
+    mask: the loss tokens (a sequence ratio sums over them).
+    """
+    bounds = (config.rollout_correction_min, config.rollout_correction_max)
+    match config.rollout_correction:
+        case RolloutCorrection.NONE:
+            return jnp.ones((old_logp.shape[0], 1), jnp.float32)
+        case RolloutCorrection.TOKEN_TRUNCATE:
+            return jnp.clip(_rollout_ratio(old_logp, sampler_logp, mask, False), *bounds)
+        case RolloutCorrection.SEQUENCE_TRUNCATE:
+            return jnp.clip(_rollout_ratio(old_logp, sampler_logp, mask, True), *bounds)
+        case RolloutCorrection.TOKEN_MASK:
+            ratio = _rollout_ratio(old_logp, sampler_logp, mask, False)
+            return jnp.where(_out_of_bounds(ratio, config), 0.0, ratio)
+        case RolloutCorrection.SEQUENCE_MASK:
+            ratio = _rollout_ratio(old_logp, sampler_logp, mask, True)
+            return jnp.where(_out_of_bounds(ratio, config), 0.0, ratio)
+
+
+def rollout_metrics(
+    old_logp: jax.Array, sampler_logp: jax.Array, mask: jax.Array, config: GRPOConfig
+) -> dict[str, jax.Array]:
+    """How far the sampler's log-probs are from the trainer's π_old, over the loss tokens.
+
+    `logp_diff_mean` / `_max`: |log π_old − log π_sampler|; `ratio_mean` / `_min` / `_max`:
+    the correction's ratio π_old / π_sampler before its bounds (per row in sequence modes,
+    each token carrying its row's; per token otherwise, `none` included); `masked_fraction`:
+    the loss tokens whose ratio is out of [min, max] (zeroed by *_mask, clamped by
+    *_truncate, left alone by `none`). Inputs as `rollout_weights`.
+    """
+    per_sequence = config.rollout_correction in (
+        RolloutCorrection.SEQUENCE_TRUNCATE,
+        RolloutCorrection.SEQUENCE_MASK,
+    )
+    ratio = _rollout_ratio(old_logp, sampler_logp, mask, per_sequence)
+    ratio = jnp.broadcast_to(ratio, mask.shape)
+    gap = jnp.abs(old_logp - sampler_logp)
+    counted = mask > 0
+    return {
+        "rollout/logp_diff_mean": _masked_mean(gap, mask),
+        "rollout/logp_diff_max": jnp.max(jnp.where(counted, gap, 0.0)),
+        "rollout/ratio_mean": _masked_mean(ratio, mask),
+        "rollout/ratio_min": jnp.min(jnp.where(counted, ratio, jnp.inf)),
+        "rollout/ratio_max": jnp.max(jnp.where(counted, ratio, 0.0)),
+        "rollout/masked_fraction": _masked_mean(_out_of_bounds(ratio, config), mask),
+    }
+
+
 def policy_loss(
     logp: jax.Array,
     old_logp: jax.Array,
@@ -246,8 +295,11 @@ def policy_loss(
     config: GRPOConfig,
     ref_logp: jax.Array | None = None,
     rows: jax.Array | None = None,
+    *,
+    sampler_logp: jax.Array | None = None,
+    old_sampling_logp: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The clipped GRPO loss with β·k3 KL, aggregated per `config`; returns (loss, metrics).
+    """The clipped GRPO loss with β·KL, aggregated per `config`; returns (loss, metrics).
 
     logp, old_logp, ref_logp: float[B*G, T], log π of each completion token under the
     policy, the policy that sampled (with μ = 1 pass stop_gradient(logp)), and the reference.
@@ -256,6 +308,10 @@ def policy_loss(
     the loss (they must stay in the model's attention — the caller's job).
     ref_logp is only read when β > 0; β = 0 skips the KL term entirely.
     rows: float[B*G], 1 for the rows in the loss (`loss_rows`); None: every row.
+    sampler_logp: float[B*G, T], the sampler's log-probs, read by the rollout correction
+    (not `none`), whose weight multiplies the policy term (not the KL); old_sampling_logp:
+    log π_old at the sampler's temperature τ (default old_logp, the same when τ = 1).
+    ρ is per token, or per row under importance_level=sequence (GSPO), clipped likewise.
     Metrics are token means over the loss mask: `kl` (only when computed), `ratio_mean`,
     `clip_fraction_low/high` (tokens whose clip is active: ρ < 1 − ε_low with A < 0, ρ >
     1 + ε_high with A > 0), `clip_fraction`, `pg_loss` (aggregated), `loss_tokens`.
@@ -263,16 +319,28 @@ def policy_loss(
     mask = token_loss_mask(completion_mask, is_guidance, config.guidance_loss, rows)
     adv = advantages.astype(jnp.float32)[:, None]  # [B*G, 1]
 
-    ratio = jnp.exp(logp - old_logp)  # ρ
+    log_ratio = logp - old_logp
+    match config.importance_level:
+        case ImportanceLevel.TOKEN:
+            ratio = jnp.exp(log_ratio)  # ρ [B*G, T]
+        case ImportanceLevel.SEQUENCE:
+            row_tokens = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1.0)
+            ratio = jnp.exp(jnp.sum(log_ratio * mask, axis=-1, keepdims=True) / row_tokens)
     clipped = jnp.clip(ratio, 1.0 - config.epsilon_low, 1.0 + config.epsilon_high)
     pg = -jnp.minimum(ratio * adv, clipped * adv)
+    if config.rollout_correction is not RolloutCorrection.NONE:
+        if sampler_logp is None:
+            raise ValueError("rollout_correction needs sampler_logp (the sampler's log-probs)")
+        old = old_logp if old_sampling_logp is None else old_sampling_logp
+        pg = pg * rollout_weights(old, sampler_logp, mask, config)
+    pg = jnp.broadcast_to(pg, logp.shape)
+    ratio = jnp.broadcast_to(ratio, logp.shape)
     per_token = pg
     metrics: dict[str, jax.Array] = {}
     if config.beta > 0:
         if ref_logp is None:
             raise ValueError("β > 0 needs ref_logp; set beta=0 to train without a reference")
-        log_ref_ratio = ref_logp - logp
-        kl = jnp.exp(log_ref_ratio) - log_ref_ratio - 1.0  # k3, ≥ 0
+        kl = kl_penalty(logp, ref_logp, config.kl_estimator)
         per_token = pg + config.beta * kl
         metrics["kl"] = _masked_mean(kl, mask)
 

@@ -10,9 +10,10 @@ import dataclasses
 
 import huggingface_hub
 
-from g2rpo_jax.config import BYTES_TOKENIZER, ConfigError, Experiment
+from g2rpo_jax.config import BYTES_TOKENIZER, ConfigError
 from g2rpo_jax.data import hub_id
 from g2rpo_jax.data.sources import load_hub_dataset
+from g2rpo_jax.experiment import Experiment
 from g2rpo_jax.models.hf import is_hub_id, resolve_model_dir
 
 _OFFLINE_ENV = "HF_HUB_OFFLINE"
@@ -61,10 +62,11 @@ def fetch(sources: list[HubSource]) -> None:
     if failed:
         offline = f" with {_OFFLINE_ENV}=1" if huggingface_hub.constants.HF_HUB_OFFLINE else ""
         raise HubError(
-            f"could not fetch from the Hugging Face hub{offline}: " + "; ".join(failed)
+            f"could not fetch from the Hugging Face hub{offline}: "
+            + "; ".join(failed)
             + ". Point each key at a local copy (a model folder; a data file, or hf:FOLDER "
             "for a downloaded dataset repo), or fetch them where the hub is reachable first"
-        )  # fmt: skip
+        )
 
 
 def _fetch(source: HubSource) -> None:

@@ -1,22 +1,33 @@
-"""Where a run's numbers go: TensorBoard events, `metrics.jsonl`, sample completions, a
-progress bar, and Weights & Biases when asked for and installed. Only process 0 writes."""
+"""Where a run's numbers go: TensorBoard events, `metrics.jsonl`, sample completions,
+alarms, a progress bar, and Weights & Biases when asked for and installed. Only process 0
+writes. `StepLogs` writes each step's record one step late and counts it into the alarms."""
 
+import dataclasses
 import json
 import math
 import os
 import time
 
+import jax
 import numpy as np
 import tqdm
 from absl import logging
 
+from g2rpo_jax.alarms import AlarmMonitor
+
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 EVAL_FILE = "eval.jsonl"
+ALARMS_FILE = "alarms.jsonl"
 TB_DIR = "tensorboard"
 # Progress-bar fields: (label, metric).
-_POSTFIX = (("reward", "reward"), ("acc", "accuracy"), ("ℓ", "guidance_length"), ("kl", "kl"),
-            ("tok/s", "tokens_per_s"))  # fmt: skip
+_POSTFIX = (
+    ("reward", "reward"),
+    ("acc", "accuracy"),
+    ("ℓ", "guidance_length"),
+    ("kl", "kl"),
+    ("tok/s", "tokens_per_s"),
+)
 
 
 def _plain(value):
@@ -33,8 +44,17 @@ def _plain(value):
 class RunLogger:
     """One per run. `scalars(step, {...})` each step, `samples(step, rows)` now and then."""
 
-    def __init__(self, workdir: str, *, total_steps: int, start_step: int, progress_bar: bool,
-                 wandb_project: str = "", config: dict | None = None, enabled: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        total_steps: int,
+        start_step: int,
+        progress_bar: bool,
+        wandb_project: str = "",
+        config: dict | None = None,
+        enabled: bool = True,
+    ):
         self.enabled = enabled
         self._bar = None
         self._tb = None
@@ -42,25 +62,32 @@ class RunLogger:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        for name in (METRICS_FILE, SAMPLES_FILE, EVAL_FILE):
+        for name in (METRICS_FILE, SAMPLES_FILE, EVAL_FILE, ALARMS_FILE):
             _drop_records_after(os.path.join(workdir, name), start_step)
         self._metrics = open(os.path.join(workdir, METRICS_FILE), "a")
         self._samples = open(os.path.join(workdir, SAMPLES_FILE), "a")
         self._eval = open(os.path.join(workdir, EVAL_FILE), "a")
+        self._alarms = open(os.path.join(workdir, ALARMS_FILE), "a")
         from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(os.path.join(workdir, TB_DIR), purge_step=start_step + 1)
         if progress_bar:
-            self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
-                                  dynamic_ncols=True, desc="train")  # fmt: skip
+            self._bar = tqdm.tqdm(
+                total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc="train"
+            )
         if wandb_project:
             try:
                 import wandb
             except ImportError:
                 logging.warning("train.wandb_project is set but wandb is not installed")
             else:
-                self._wandb = wandb.init(project=wandb_project, dir=workdir, config=config,
-                                         resume="allow", id=_wandb_id(workdir))  # fmt: skip
+                self._wandb = wandb.init(
+                    project=wandb_project,
+                    dir=workdir,
+                    config=config,
+                    resume="allow",
+                    id=_wandb_id(workdir),
+                )
         self._start = time.time()
 
     def scalars(self, step: int, values: dict[str, float], extra: dict | None = None) -> None:
@@ -108,16 +135,85 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.log({f"eval/{k}": v for k, v in summary.items()}, step=step)
 
+    def alarm(self, step: int, message: str) -> None:
+        """One alarm line: a WARNING, alarms.jsonl (for the end-of-run report), TensorBoard."""
+        if not self.enabled:
+            return
+        logging.warning("%s", message)
+        self._alarms.write(json.dumps({"step": step, "message": message}) + "\n")
+        self._alarms.flush()
+        self._tb.add_text("alarms", message, step)
+
     def close(self) -> None:
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.close()
         self._tb.close()
-        for f in (self._metrics, self._samples, self._eval):
+        for f in (self._metrics, self._samples, self._eval, self._alarms):
             f.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+@dataclasses.dataclass
+class _Pending:
+    step: int
+    metrics: dict  # on device until read, then floats
+    host: dict  # host-side numbers and times; "end": when the step was seen to finish
+    read: bool = False
+
+
+class StepLogs:
+    """Each step's record, written one step late so that nothing waits on the step just
+    dispatched. The alarm monitor counts each step's metrics once, when they are read: at
+    the latest when written, earlier when a checkpoint records the streaks (`streaks`).
+    `stop`: an alarm was raised and train.stop_on_alarm is set."""
+
+    def __init__(self, logger: RunLogger, monitor: AlarmMonitor, stop_on_alarm: bool):
+        self.logger, self.monitor, self.stop_on_alarm = logger, monitor, stop_on_alarm
+        self.pending: _Pending | None = None
+        self.raised: list[str] = []  # the alarm lines of this run
+
+    @property
+    def stop(self) -> bool:
+        return self.stop_on_alarm and bool(self.raised)
+
+    def finished(self) -> None:
+        """The pending step's train step has finished (its wall time ends now)."""
+        if self.pending is not None:
+            self.pending.host["end"] = time.perf_counter()
+
+    def push(self, step: int, metrics: dict, host: dict) -> None:
+        self.write()
+        self.pending = _Pending(step, metrics, host)
+
+    def streaks(self) -> dict[str, int]:
+        """The alarm streaks, counted through the pending step."""
+        self._read()
+        return self.monitor.state()
+
+    def _read(self) -> None:
+        p = self.pending
+        if p is None or p.read:
+            return
+        p.metrics, p.read = {k: float(v) for k, v in jax.device_get(p.metrics).items()}, True
+        for message in self.monitor.observe(p.step, p.metrics):
+            self.logger.alarm(p.step, message)
+            self.raised.append(message)
+
+    def write(self) -> None:
+        if self.pending is None:
+            return
+        self._read()
+        p, self.pending = self.pending, None
+        wall = p.host["end"] - p.host["start"]
+        values = p.metrics | {k: v for k, v in p.host.items() if k not in ("rows", "start", "end")}
+        values |= {
+            "time/step_s": wall,
+            "tokens_per_s": p.host["generated_tokens"] / max(wall, 1e-9),
+        }
+        self.logger.scalars(p.step, values, extra={"rows": p.host["rows"]})
 
 
 def _drop_records_after(path: str, step: int) -> None:

@@ -39,8 +39,9 @@ def add_adapters(base: Qwen, lora: LoraConfig, seed: int, mesh: jax.sharding.Mes
     config = base.config.replace(lora=lora)
     graphdef, abstract = nnx.split(abstract_model(config))
     shardings = sharding.state_shardings(nnx.state(abstract, LoraParam), mesh)
-    init = jax.jit(lambda: nnx.state(Qwen(config, rngs=nnx.Rngs(seed)), LoraParam),
-                   out_shardings=shardings)  # fmt: skip
+    init = jax.jit(
+        lambda: nnx.state(Qwen(config, rngs=nnx.Rngs(seed)), LoraParam), out_shardings=shardings
+    )
     return nnx.merge(graphdef, init(), nnx.state(base, nnx.Param))
 
 
@@ -54,13 +55,20 @@ def load_base(location: dict, config: ModelConfig, mesh: jax.sharding.Mesh) -> n
     """The frozen base weights (`BASE` of a model of `config`) placed on `mesh`."""
     base_config = config.replace(lora=LoraConfig())
     if location["path"]:
-        model, loaded = from_pretrained(location["path"], dtype=config.dtype, mesh=mesh,
-                                        param_dtype=config.param_dtype, remat=config.remat,
-                                        attention=config.attention)  # fmt: skip
+        model, loaded = from_pretrained(
+            location["path"],
+            dtype=config.dtype,
+            mesh=mesh,
+            param_dtype=config.param_dtype,
+            remat=config.remat,
+            attention=config.attention,
+        )
         for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size"):
             if getattr(loaded, field) != getattr(base_config, field):
-                raise ValueError(f"{location['path']}: {field}={getattr(loaded, field)}, but the "
-                                 f"adapters were trained on {getattr(base_config, field)}")  # fmt: skip
+                raise ValueError(
+                    f"{location['path']}: {field}={getattr(loaded, field)}, but the "
+                    f"adapters were trained on {getattr(base_config, field)}"
+                )
     else:
         model = random_model(base_config, mesh, location["seed"])
     return nnx.state(model, nnx.Param)
@@ -81,8 +89,9 @@ def merged(model: Qwen) -> Qwen:
                 name = key[: -len("_lora_a")]
                 w = weights[f"{name}_proj"]
                 delta = jnp.tensordot(sub, factors[f"{name}_lora_b"], axes=1)
-                weights[f"{name}_proj"] = (w.astype(jnp.float32) + config.lora.scale * delta
-                                           ).astype(w.dtype)  # fmt: skip
+                weights[f"{name}_proj"] = (
+                    w.astype(jnp.float32) + config.lora.scale * delta
+                ).astype(w.dtype)
             elif isinstance(sub, dict):
                 fold(weights[key], sub)
 

@@ -26,8 +26,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from g2rpo_jax import config as config_lib
-from g2rpo_jax import evaluation, sampling, sharding, train_step
+from g2rpo_jax import evaluation, experiment, sampling, sharding, train_step
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data import difficulty
 from g2rpo_jax.data.schema import Row
@@ -87,8 +86,10 @@ class Journal:
             f.writelines(line + "\n" for line in lines or [json.dumps(header)])
 
     def add(self, split: str, indices: Sequence[int], correct: Sequence[int]) -> None:
-        records = [{"split": split, "index": int(i), "correct": int(c)}
-                   for i, c in zip(indices, correct, strict=True)]  # fmt: skip
+        records = [
+            {"split": split, "index": int(i), "correct": int(c)}
+            for i, c in zip(indices, correct, strict=True)
+        ]
         with open(self.path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
             f.flush()
@@ -120,8 +121,14 @@ def estimate(
     n = journal.settings.samples
     todo = [e for e in examples if (split, e.row.index) not in journal.done]
     rng = split_key(journal.settings.seed, split)
-    bar = tqdm.tqdm(total=len(examples), initial=len(examples) - len(todo), unit="row",
-                    desc=f"pass rate ({split})", dynamic_ncols=True, disable=not progress)  # fmt: skip
+    bar = tqdm.tqdm(
+        total=len(examples),
+        initial=len(examples) - len(todo),
+        unit="row",
+        desc=f"pass rate ({split})",
+        dynamic_ncols=True,
+        disable=not progress,
+    )
     with bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
@@ -136,57 +143,88 @@ class Estimator:
     `estimator(rows, split)` returns the rows that fit the prompt budget with `pass_rate`
     and difficulty = 1 − pass rate set, and how many did not fit."""
 
-    def __init__(self, exp: config_lib.Experiment, journal: Journal, batch_size: int,
-                 *, progress: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        exp: experiment.Experiment,
+        journal: Journal,
+        batch_size: int,
+        *,
+        progress: bool = True,
+    ):
         if batch_size < 1:
             raise ConfigError(f"--batch_size={batch_size} must be >= 1")
         settings = journal.settings
         self.exp, self.journal, self.batch_size, self.progress = exp, journal, batch_size, progress
         self.tokenizer = load_tokenizer(exp.tokenizer)
         mesh = sharding.make_mesh(exp.mesh_shape)
-        model, model_config = from_pretrained(exp.model.path, dtype=exp.model.dtype,
-                                              param_dtype=exp.model.param_dtype, mesh=mesh)  # fmt: skip
+        model, model_config = from_pretrained(
+            exp.model.path, dtype=exp.model.dtype, param_dtype=exp.model.param_dtype, mesh=mesh
+        )
         graphdef, self.params = nnx.split(model)
         # Padding rows make every call's batch divide over the data-parallel devices.
         multiple = math.lcm(exp.sampling.batch_multiple, exp.mesh_shape[0] * exp.mesh_shape[1])
         decoding = dataclasses.replace(
-            exp.sampling, max_completion_length=settings.max_new_tokens,
-            temperature=settings.temperature, batch_multiple=multiple,
-            eos_ids=sampling.stop_ids(self.tokenizer, model_config, exp.model.path
-                                     if os.path.isdir(exp.model.path) else ""),
+            exp.sampling,
+            max_completion_length=settings.max_new_tokens,
+            temperature=settings.temperature,
+            batch_multiple=multiple,
+            eos_ids=sampling.stop_ids(
+                self.tokenizer,
+                model_config,
+                exp.model.path if os.path.isdir(exp.model.path) else "",
+            ),
             pad_id=pad_id(self.tokenizer),
-        )  # fmt: skip
+        )
         self.sampler = sampling.sampler_for(graphdef, decoding, train_step.batch_sharding(mesh))
         # Only the accuracy reward decides a pass; the others would cost time for nothing.
-        self.pool = RewardPool(dataclasses.replace(exp.rewards,
-                                                   weights={exp.accuracy_reward: 1.0}))  # fmt: skip
+        self.pool = RewardPool(dataclasses.replace(exp.rewards, weights={exp.accuracy_reward: 1.0}))
 
     @classmethod
-    def from_config(cls, c: ml_collections.ConfigDict, journal_path: str, *, samples: int,
-                    temperature: float | None = None, max_new_tokens: int | None = None,
-                    batch_size: int = 64, progress: bool = True) -> "Estimator":  # fmt: skip
+    def from_config(
+        cls,
+        c: ml_collections.ConfigDict,
+        journal_path: str,
+        *,
+        samples: int,
+        temperature: float | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> "Estimator":
         """Prompt template, decoding, seed and accuracy reward from the training config `c`;
         temperature / max_new_tokens override its sampling ones."""
-        exp = config_lib.build(c, num_devices=jax.device_count())
+        exp = experiment.build(c, num_devices=jax.device_count())
         settings = Settings(
-            model=exp.model.path, samples=samples,
+            model=exp.model.path,
+            samples=samples,
             temperature=exp.sampling.temperature if temperature is None else temperature,
-            top_p=exp.sampling.top_p, top_k=exp.sampling.top_k,
+            top_p=exp.sampling.top_p,
+            top_k=exp.sampling.top_k,
             max_new_tokens=max_new_tokens or exp.sampling.max_completion_length,
-            accuracy_reward=exp.accuracy_reward, seed=exp.seed,
-        )  # fmt: skip
+            accuracy_reward=exp.accuracy_reward,
+            seed=exp.seed,
+        )
         return cls(exp, Journal(journal_path, settings), batch_size, progress=progress)
 
     def score(self, examples: Sequence[Example], rng: jax.Array, row_ids: np.ndarray):
         n = self.journal.settings.samples
-        return evaluation.sample_and_score(self.params, self.sampler, self.tokenizer, examples,
-                                        self.pool, n, self.exp.accuracy_reward, rng,
-                                        row_ids=row_ids).correct(n)  # fmt: skip
+        return evaluation.sample_and_score(
+            self.params,
+            self.sampler,
+            self.tokenizer,
+            examples,
+            self.pool,
+            n,
+            self.exp.accuracy_reward,
+            rng,
+            row_ids=row_ids,
+        ).correct(n)
 
     def __call__(self, rows: Sequence[Row], split: str) -> tuple[list[Row], int]:
         examples, too_long = encode_prompts(rows, self.tokenizer, self.exp.data)
-        correct = estimate(examples, split, self.score, self.batch_size, self.journal,
-                           progress=self.progress)  # fmt: skip
+        correct = estimate(
+            examples, split, self.score, self.batch_size, self.journal, progress=self.progress
+        )
         rates = correct / self.journal.settings.samples
         return difficulty.with_pass_rates([e.row for e in examples], rates.tolist()), too_long
 

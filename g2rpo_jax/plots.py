@@ -12,8 +12,7 @@ PLOTS = ("reward.png", "accuracy_guided_unguided.png", "guidance_length.png", "e
 
 
 def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [(r["step"], float(r[key])) for r in records
-             if isinstance(r.get(key), int | float)]  # fmt: skip
+    pairs = [(r["step"], float(r[key])) for r in records if isinstance(r.get(key), int | float)]
     if not pairs:
         return np.zeros(0), np.zeros(0)
     steps, values = zip(*pairs, strict=True)
@@ -43,8 +42,13 @@ def write_plots(workdir: str, out_dir: str | None = None, window: int = 10) -> l
     os.makedirs(out_dir, exist_ok=True)
     written = []
 
-    def figure(name: str, title: str, ylabel: str, lines: Sequence[tuple[str, str, bool]],
-               records: Sequence[dict]) -> None:  # fmt: skip
+    def figure(
+        name: str,
+        title: str,
+        ylabel: str,
+        lines: Sequence[tuple[str, str, bool]],
+        records: Sequence[dict],
+    ) -> None:
         series = [(label, *_series(records, key), smoothed) for label, key, smoothed in lines]
         if not any(len(s[1]) for s in series):
             return
@@ -89,6 +93,11 @@ def write_plots(workdir: str, out_dir: str | None = None, window: int = 10) -> l
         [("ℓ", "guidance_length", False)],
         metrics,
     )
-    figure("eval_accuracy.png", "Held-out unguided accuracy", "pass@1",
-           [("held-out", "pass@1", False)], evals)  # fmt: skip
+    figure(
+        "eval_accuracy.png",
+        "Held-out unguided accuracy",
+        "pass@1",
+        [("held-out", "pass@1", False)],
+        evals,
+    )
     return written

@@ -1,9 +1,10 @@
-"""End-of-run report: held-out accuracy before → after (from eval.jsonl) and the PNG plots."""
+"""End-of-run report: held-out accuracy before → after (from eval.jsonl), the alarms the run
+raised (alarms.jsonl) and the PNG plots."""
 
 import os
 
 from g2rpo_jax import plots
-from g2rpo_jax.logging_utils import EVAL_FILE, read_jsonl
+from g2rpo_jax.logging_utils import ALARMS_FILE, EVAL_FILE, read_jsonl
 
 
 def eval_history(workdir: str) -> list[dict]:
@@ -18,21 +19,25 @@ def before_after(workdir: str, metric: str = "pass@1") -> str | None:
     if len(history) < 2 or history[0]["step"] != 0:
         return None
     first, last = history[0], history[-1]
-    line = (f"held-out unguided {metric} ({last['num_rows']} problems): "
-            f"before {first[metric]:.3f} (step 0) → after {last[metric]:.3f} "
-            f"(step {last['step']})")  # fmt: skip
+    line = (
+        f"held-out unguided {metric} ({last['num_rows']} problems): "
+        f"before {first[metric]:.3f} (step 0) → after {last[metric]:.3f} "
+        f"(step {last['step']})"
+    )
     if first[metric] > 0:
         line += f", ×{last[metric] / first[metric]:.1f}"
     return line
 
 
-def finish(workdir: str) -> list[str]:
-    """Prints the before/after line and writes the plots; returns the lines printed."""
+def finish(workdir: str, write_plots: bool = True) -> list[str]:
+    """Prints the before/after line and the run's alarms, and writes the plots (when asked);
+    returns the lines printed."""
     lines = []
     summary = before_after(workdir)
     if summary:
         lines.append(summary)
-    written = plots.write_plots(workdir)
+    lines += [r["message"] for r in read_jsonl(os.path.join(workdir, ALARMS_FILE))]
+    written = plots.write_plots(workdir) if write_plots else []
     if written:
         lines.append("plots: " + ", ".join(os.path.basename(p) for p in written))
     for line in lines:

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from g2rpo_jax.models.qwen import GroupCache, Qwen, extend_cache, init_cache, token_log_probs
+from g2rpo_jax.models.log_probs import token_log_probs
+from g2rpo_jax.models.qwen import GroupCache, Qwen, extend_cache, init_cache
 from g2rpo_jax.sampling import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -38,8 +39,8 @@ from g2rpo_jax.sampling import (
     assemble_prefix,
     bucket,
     decode_phase_ends,
-    sample_tokens,
 )
+from g2rpo_jax.token_choice import sample_tokens
 
 
 @flax.struct.dataclass

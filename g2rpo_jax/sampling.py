@@ -37,14 +37,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from g2rpo_jax.models import xla_cpu
 from g2rpo_jax.models.config import ModelConfig
-from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache, token_log_probs
+from g2rpo_jax.models.log_probs import token_log_probs
+from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache
+from g2rpo_jax.token_choice import sample_tokens
 
 log = logging.getLogger(__name__)
 
 FINISH_LENGTH, FINISH_EOS = 0, 1
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+ROLLOUT_PARAM_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,8 @@ class SamplingConfig:
     decode_phases: the decode loop runs in up to this many phases (each ≥ MIN_PHASE_STEPS
     steps), each over a KV cache just long enough for the tokens it adds, so early steps read
     fewer slots (module docstring).
+    param_dtype: the dtype of the weights the trainer's rollouts read (`rollout_params`):
+    float32, or bfloat16 for half the weight traffic of every decode step.
     """
 
     max_completion_length: int
@@ -70,6 +74,7 @@ class SamplingConfig:
     batch_multiple: int = 8
     min_bucket: int = 16
     decode_phases: int = 4
+    param_dtype: str = "float32"
 
     def __post_init__(self):
         if self.max_completion_length < 1:
@@ -82,6 +87,10 @@ class SamplingConfig:
             raise ValueError(f"top_k={self.top_k} must be ≥ 0 (0 turns it off)")
         if self.decode_phases < 1:
             raise ValueError(f"decode_phases={self.decode_phases} must be ≥ 1")
+        if self.param_dtype not in ROLLOUT_PARAM_DTYPES:
+            raise ValueError(
+                f"param_dtype={self.param_dtype!r} must be one of {', '.join(ROLLOUT_PARAM_DTYPES)}"
+            )
 
     @property
     def is_greedy(self) -> bool:
@@ -167,79 +176,69 @@ def assemble_prefix(prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B
     return tokens.astype(jnp.int32), mask, jnp.maximum(k_BW, 0).astype(jnp.int32)
 
 
-def _argmax(x_BV: jax.Array) -> jax.Array:
-    """The first index of each row's maximum: int32 [B]."""
-    return jax.lax.platform_dependent(
-        x_BV, cpu=xla_cpu.argmax, default=lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32)
-    )
-
-
-def _categorical(keys_B: jax.Array, weights_BV: jax.Array) -> jax.Array:
-    """One token per row drawn with probability ∝ its weight (≥ 0; 0 is never drawn)."""
-
-    def gumbel(keys_B, weights_BV):
-        draw = lambda key, w: jax.random.categorical(key, jnp.log(w))
-        return jax.vmap(draw)(keys_B, weights_BV).astype(jnp.int32)
-
-    return jax.lax.platform_dependent(keys_B, weights_BV, cpu=xla_cpu.categorical, default=gumbel)
-
-
-def sample_tokens(logits_BV, keys_B, step, config: SamplingConfig):
-    """Chooses one token per row; returns (tokens [B], log-probs [B]).
-
-    One exp over the vocabulary serves both: the sampling weights are exp(scaled − max)
-    with filtered tokens zeroed, and their unfiltered sum gives the log-probs' normalizer.
-    """
-    scaled_BV = logits_BV.astype(jnp.float32)
-    if not config.is_greedy:
-        scaled_BV = scaled_BV / config.temperature
-    max_B1 = jnp.max(scaled_BV, axis=-1, keepdims=True)
-    weights_BV = jnp.exp(scaled_BV - max_B1)
-    log_normalizer_B = max_B1[:, 0] + jnp.log(jnp.sum(weights_BV, axis=-1))
-    if config.is_greedy:
-        tokens = _argmax(scaled_BV)
-    else:
-        keep_BV = None
-        if config.top_k:
-            kth_B1 = jax.lax.top_k(scaled_BV, config.top_k)[0][:, -1:]
-            keep_BV = scaled_BV >= kth_B1
-        if config.top_p < 1:
-            # Keep the smallest set of most likely tokens whose mass reaches top_p.
-            candidates_BV = (
-                scaled_BV if keep_BV is None else jnp.where(keep_BV, scaled_BV, -jnp.inf)
-            )
-            sorted_BV = jnp.sort(candidates_BV, axis=-1)[:, ::-1]
-            probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-            before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-            kept_BV = jnp.where(before_BV < config.top_p, sorted_BV, jnp.inf)
-            threshold_B1 = jnp.min(kept_BV, axis=-1, keepdims=True)
-            keep_BV = candidates_BV >= threshold_B1
-        if keep_BV is not None:
-            weights_BV = jnp.where(keep_BV, weights_BV, 0.0)
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
-        tokens = _categorical(step_keys, weights_BV)
-    picked = jnp.take_along_axis(scaled_BV, tokens[:, None], axis=-1)[:, 0]
-    return tokens.astype(jnp.int32), picked - log_normalizer_B
-
-
-def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_BL,
-            guidance_len_B, row_ids_B, rng):  # fmt: skip
+def _sample(
+    graphdef,
+    config,
+    params,
+    prompt_ids_BP,
+    prompt_len_B,
+    guidance_ids_BL,
+    guidance_len_B,
+    row_ids_B,
+    rng,
+):
     model: Qwen = nnx.merge(graphdef, params)
     # Sampling never differentiates, so remat buys nothing here; and nnx.remat'd layers of a
     # model merged outside the decode loop fail inside it (TraceContextError).
     model.config = model.config.replace(remat=False)
-    B, P = prompt_ids_BP.shape
-    L = guidance_ids_BL.shape[1]
-    budget = config.max_completion_length
-    C = budget if config.guidance_in_budget else budget + L
+    P, L = prompt_ids_BP.shape[1], guidance_ids_BL.shape[1]
     tokens_BW, mask_BW, positions_BW = assemble_prefix(
         prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B, config.pad_id
     )
-    W = P + L
+    init = _prefill(model, config, tokens_BW, mask_BW, positions_BW, guidance_len_B, L)
+    budget_B = jnp.full_like(guidance_len_B, config.max_completion_length)
+    if config.guidance_in_budget:
+        budget_B = budget_B - guidance_len_B
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
+    rows = _Rows(keys_B, guidance_len_B, budget_B)
+    s = _decode(model, config, rows, init.replace(done_B=rows.budget_B <= 0))
+    # The prompt sits just left of the guidance: shift each row's guidance out of the window.
+    shift_BP = jnp.arange(P)[None] + (L - guidance_len_B)[:, None]
+    prompt_ids_BP = jnp.take_along_axis(tokens_BW, shift_BP, axis=1)
+    prompt_mask_BP = jnp.take_along_axis(mask_BW, shift_BP, axis=1)
+    C = s.completion_BC.shape[1]
+    completion_mask_BC = jnp.arange(C)[None, :] < (guidance_len_B + s.num_generated_B)[:, None]
+    return SampleOutput(
+        prompt_ids=jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id),
+        prompt_mask=prompt_mask_BP,
+        completion_ids=s.completion_BC,
+        completion_mask=completion_mask_BC,
+        is_guidance=jnp.arange(C)[None, :] < guidance_len_B[:, None],
+        log_probs=jnp.where(completion_mask_BC, s.log_probs_BC, 0.0),
+        num_generated=s.num_generated_B,
+        finish_reason=jnp.where(s.eos_B, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
+    )
+
+
+@flax.struct.dataclass
+class _Rows:
+    """What stays fixed per row through the decode loop."""
+
+    keys_B: jax.Array  # the row's sampling stream
+    guidance_len_B: jax.Array  # ℓ_i: guidance tokens at the start of its completion
+    budget_B: jax.Array  # tokens it may generate
+
+
+def _prefill(
+    model: Qwen, config: SamplingConfig, tokens_BW, mask_BW, positions_BW, guidance_len_B, L: int
+) -> _LoopState:
+    """One forward over the prefixes [B, W]: the cache, the first token's logits, and the
+    completions started with each row's guidance tokens and their log-probs."""
+    B, W = tokens_BW.shape
+    C = config.max_completion_length + (0 if config.guidance_in_budget else L)
     cache = init_cache(model.config, B, W)
     # X = L + 1: only the outputs that predict the guidance tokens and the first new token.
     hidden_BXD, cache = model.hidden_states(tokens_BW, positions_BW, mask_BW, cache, last=L + 1)
-
     cols_C = jnp.arange(C)[None, :]
     is_guidance_BC = cols_C < guidance_len_B[:, None]
     completion_BC = jnp.full((B, C), config.pad_id, jnp.int32)
@@ -253,30 +252,42 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
         guidance_tokens_BC = jnp.take_along_axis(tokens_BW[:, W - L :], src_BC, axis=1)
         completion_BC = jnp.where(is_guidance_BC, guidance_tokens_BC, completion_BC)
         log_probs_BC = jnp.where(is_guidance_BC, jnp.take_along_axis(lp_BL, src_BC, 1), 0.0)
+    return _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        logits_BV=model.logits(hidden_BXD[:, -1:])[:, 0],
+        cache=cache,
+        positions_B=positions_BW[:, -1] + 1,
+        rotary=model.rotary(positions_BW[:, -1:] + 1),
+        done_B=jnp.zeros((B,), bool),
+        eos_B=jnp.zeros((B,), bool),
+        num_generated_B=jnp.zeros((B,), jnp.int32),
+        completion_BC=completion_BC,
+        log_probs_BC=log_probs_BC,
+    )
 
-    budget_B = budget - guidance_len_B if config.guidance_in_budget else jnp.full((B,), budget)
-    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
+
+def _decode(model: Qwen, config: SamplingConfig, rows: _Rows, s: _LoopState) -> _LoopState:
+    """Steps 0 … budget − 2 each choose a token and run the model on it, in phases whose cache
+    has just the slots that phase fills; the last step only chooses."""
+    B, C = s.completion_BC.shape
     rows_B = jnp.arange(B)
     eos_ids = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
 
     def choose(s: _LoopState) -> tuple[_LoopState, jax.Array]:
         """Each live row's next token, written into its completion."""
-        token_B, lp_B = sample_tokens(s.logits_BV, keys_B, s.step, config)
+        token_B, lp_B = sample_tokens(s.logits_BV, rows.keys_B, s.step, config)
         live_B = ~s.done_B
         token_B = jnp.where(live_B, token_B, config.pad_id)
-        column_B = jnp.where(live_B, guidance_len_B + s.num_generated_B, C)  # C: dropped
-        completion_BC = s.completion_BC.at[rows_B, column_B].set(token_B, mode="drop")
-        log_probs_BC = s.log_probs_BC.at[rows_B, column_B].set(lp_B, mode="drop")
+        column_B = jnp.where(live_B, rows.guidance_len_B + s.num_generated_B, C)  # C: dropped
         num_generated_B = s.num_generated_B + live_B
         hit_eos_B = live_B & jnp.isin(token_B, eos_ids)
-        done_B = s.done_B | hit_eos_B | (num_generated_B >= budget_B)
         return s.replace(
             step=s.step + 1,
-            done_B=done_B,
+            done_B=s.done_B | hit_eos_B | (num_generated_B >= rows.budget_B),
             eos_B=s.eos_B | hit_eos_B,
             num_generated_B=num_generated_B,
-            completion_BC=completion_BC,
-            log_probs_BC=log_probs_BC,
+            completion_BC=s.completion_BC.at[rows_B, column_B].set(token_B, mode="drop"),
+            log_probs_BC=s.log_probs_BC.at[rows_B, column_B].set(lp_B, mode="drop"),
         ), token_B
 
     def advance(s: _LoopState, token_B: jax.Array) -> _LoopState:
@@ -291,22 +302,8 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
             rotary=model.rotary(s.positions_B[:, None] + 1),
         )
 
-    init = _LoopState(
-        step=jnp.zeros((), jnp.int32),
-        logits_BV=model.logits(hidden_BXD[:, -1:])[:, 0],
-        cache=cache,
-        positions_B=positions_BW[:, -1] + 1,
-        rotary=model.rotary(positions_BW[:, -1:] + 1),
-        done_B=budget_B <= 0,
-        eos_B=jnp.zeros((B,), bool),
-        num_generated_B=jnp.zeros((B,), jnp.int32),
-        completion_BC=completion_BC,
-        log_probs_BC=log_probs_BC,
-    )
-    # Steps 0 … budget − 2 each choose a token and run the model on it, in phases whose
-    # cache has just the slots that phase fills; the last step only chooses.
-    s, filled = init, 0
-    for end in decode_phase_ends(budget, config.decode_phases):
+    filled = 0
+    for end in decode_phase_ends(config.max_completion_length, config.decode_phases):
         s = s.replace(cache=extend_cache(s.cache, end - filled))
         s = jax.lax.while_loop(
             lambda s, end=end: (s.step < end) & ~jnp.all(s.done_B),
@@ -314,25 +311,7 @@ def _sample(graphdef, config, params, prompt_ids_BP, prompt_len_B, guidance_ids_
             s,
         )
         filled = end
-    s, _ = choose(s)
-    completion_mask_BC = cols_C < (guidance_len_B + s.num_generated_B)[:, None]
-    # The prompt sits just left of the guidance: shift each row's guidance out of the window.
-    prompt_ids_BP = jnp.take_along_axis(
-        tokens_BW, jnp.arange(P)[None] + (L - guidance_len_B)[:, None], axis=1
-    )
-    prompt_mask_BP = jnp.take_along_axis(
-        mask_BW, jnp.arange(P)[None] + (L - guidance_len_B)[:, None], axis=1
-    )
-    return SampleOutput(
-        prompt_ids=jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id),
-        prompt_mask=prompt_mask_BP,
-        completion_ids=s.completion_BC,
-        completion_mask=completion_mask_BC,
-        is_guidance=is_guidance_BC,
-        log_probs=jnp.where(completion_mask_BC, s.log_probs_BC, 0.0),
-        num_generated=s.num_generated_B,
-        finish_reason=jnp.where(s.eos_B, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32),
-    )
+    return choose(s)[0]
 
 
 class Sampler:
@@ -359,8 +338,9 @@ class Sampler:
         """How many programs this sampler has compiled (one per shape bucket seen)."""
         return self._sample._cache_size()
 
-    def __call__(self, params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng,
-                 row_ids=None):  # fmt: skip
+    def __call__(
+        self, params, prompt_ids, prompt_lengths, guidance_ids, guidance_lengths, rng, row_ids=None
+    ):
         cfg = self.config
         prompt_lengths = np.asarray(prompt_lengths, np.int32)
         guidance_lengths = np.asarray(guidance_lengths, np.int32)
@@ -381,8 +361,10 @@ class Sampler:
             return np.concatenate([lengths, np.full(batch - rows, fill, np.int32)])
 
         if batch != rows and jax.process_count() > 1:
-            raise ValueError(f"{rows} rows per process: a multi-process batch needs a multiple "
-                             f"of batch_multiple={cfg.batch_multiple} on every process")  # fmt: skip
+            raise ValueError(
+                f"{rows} rows per process: a multi-process batch needs a multiple "
+                f"of batch_multiple={cfg.batch_multiple} on every process"
+            )
         row_ids = np.arange(rows) if row_ids is None else np.asarray(row_ids)
         # Padding rows: a one-token prompt, no guidance; their outputs are dropped.
         args = (
@@ -400,6 +382,21 @@ class Sampler:
             args = [jax.make_array_from_process_local_data(self.sharding, a) for a in args]
         out = self._sample(params, *args, rng)
         return _first_rows(out, rows) if batch != rows else out
+
+
+def rollout_params(params: nnx.State, config: SamplingConfig) -> nnx.State:
+    """The weights a rollout reads: `params` themselves (float32), or a copy of their
+    floating-point leaves in `config.param_dtype`, made once per step on the same devices;
+    the float32 masters are left as they are."""
+    if config.param_dtype == "float32":
+        return params
+    return _cast_floats(params, jnp.dtype(config.param_dtype))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _cast_floats(tree, dtype):
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jax.tree.map(cast, tree)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -30,20 +30,26 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
-def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
-    devices = list(devices if devices is not None else jax.devices())
-    shape = list(shape)
-    if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {tuple(shape)}: at most one axis may be -1")
+def resolve_mesh_shape(shape, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) sizes for `num_devices`; one size may be -1 (the rest of them).
+    Raises ValueError naming the shape when it cannot fit."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"{shape}: three sizes (data, fsdp, tensor), at most one -1")
+    known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
-        known = math.prod(s for s in shape if s != -1)
-        shape[shape.index(-1)] = len(devices) // known
-    if math.prod(shape) != len(devices):
-        raise ValueError(
-            f"mesh shape {tuple(shape)} (data, fsdp, tensor) needs {math.prod(shape)} devices, "
-            f"{len(devices)} are available"
-        )
+        if num_devices % known:
+            raise ValueError(f"{shape}: {num_devices} devices are not divisible by {known}")
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"{shape} needs {math.prod(shape)} devices, {num_devices} exist")
+    return shape
+
+
+def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default all); see resolve_mesh_shape."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_mesh_shape(shape, len(devices))
     grid = np.asarray(devices).reshape(shape)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 

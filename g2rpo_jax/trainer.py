@@ -24,38 +24,37 @@ batch, so a run samples the same completions on any number of hosts. Only proces
 """
 
 import dataclasses
-import functools
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from flax import nnx
 
-from g2rpo_jax import checkpoint as checkpoint_lib
-from g2rpo_jax import config as config_lib
 from g2rpo_jax import (
+    alarms,
     distributed,
     dynamic_sampling,
     evaluation,
-    guidance,
+    experiment,
     hub,
     logging_utils,
     sharding,
     train_step,
 )
+from g2rpo_jax import checkpoint as checkpoint_lib
+from g2rpo_jax import config as config_lib
 from g2rpo_jax import lora as lora_lib
+from g2rpo_jax.batch_rollout import BatchRollout
 from g2rpo_jax.data import make_dataset
 from g2rpo_jax.data.tokenization import TOKENIZER_DIR, Tokenizer, load_tokenizer, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
+from g2rpo_jax.preemption import Preemption, stop_requested
 from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import FINISH_LENGTH, sampler_for, stop_ids
+from g2rpo_jax.sampling import rollout_params, sampler_for, stop_ids
 
 BASE_MODEL = checkpoint_lib.BASE_MODEL
 
@@ -63,7 +62,7 @@ BASE_MODEL = checkpoint_lib.BASE_MODEL
 # --- Set-up: tokenizer, model, compiled functions ------------------------------------------
 
 
-def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
+def initial_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     """The policy to start from: the Hugging Face checkpoint, or a random init of the preset;
     with model.lora.rank > 0, that base with fresh adapters (B = 0: the same function)."""
     model = _base_model(exp, tokenizer, mesh)
@@ -72,38 +71,52 @@ def initial_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwe
     return model
 
 
-def _base_model(exp: config_lib.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
+def _base_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
     source = exp.model
     if source.path:
-        model, model_config = from_pretrained(source.path, dtype=source.dtype,
-                                              param_dtype=source.param_dtype, mesh=mesh,
-                                              remat=source.remat,
-                                              attention=source.attention)  # fmt: skip
+        model, model_config = from_pretrained(
+            source.path,
+            dtype=source.dtype,
+            param_dtype=source.param_dtype,
+            mesh=mesh,
+            remat=source.remat,
+            attention=source.attention,
+        )
         if model_config.vocab_size < len(tokenizer):
-            raise ValueError(f"{source.path}: vocab_size {model_config.vocab_size} < the "
-                             f"tokenizer's {len(tokenizer)} tokens")  # fmt: skip
+            raise ValueError(
+                f"{source.path}: vocab_size {model_config.vocab_size} < the "
+                f"tokenizer's {len(tokenizer)} tokens"
+            )
         if source.preset:  # the name in the config file should describe the weights
-            named = config_lib.preset_model_config(source)
+            named = experiment.preset_model_config(source)
             for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size"):
                 if getattr(named, field) != getattr(model_config, field):
-                    logging.warning("%s: %s=%s, but config.model.preset=%r has %s", source.path,
-                                    field, getattr(model_config, field), source.preset,
-                                    getattr(named, field))  # fmt: skip
+                    logging.warning(
+                        "%s: %s=%s, but config.model.preset=%r has %s",
+                        source.path,
+                        field,
+                        getattr(model_config, field),
+                        source.preset,
+                        getattr(named, field),
+                    )
         return model
     vocab = len(tokenizer) if source.fit_vocab_to_tokenizer else None
-    model_config = config_lib.preset_model_config(source, vocab).replace(
+    model_config = experiment.preset_model_config(source, vocab).replace(
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id
     )
     return lora_lib.random_model(model_config, mesh, exp.seed)
 
 
-def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, mesh):
+def abstract_train_state(model_config: ModelConfig, exp: experiment.Experiment, mesh):
     """(graphdef, abstract TrainState with shardings) for restoring a checkpoint: what
     `TrainState.checkpointed` holds (under LoRA no base weights, `frozen` is None)."""
     graphdef, params = nnx.split(abstract_model(model_config))
     state = jax.eval_shape(
-        lambda p: train_step.init_train_state(nnx.merge(graphdef, p), exp.grpo, exp.optimizer,
-                                        exp.guidance).checkpointed(), params)  # fmt: skip
+        lambda p: train_step.init_train_state(
+            nnx.merge(graphdef, p), exp.grpo, exp.optimizer, exp.guidance
+        ).checkpointed(),
+        params,
+    )
     return graphdef, checkpoint_lib.abstract_like(state, train_step.state_shardings(state, mesh))
 
 
@@ -111,39 +124,16 @@ def abstract_train_state(model_config: ModelConfig, exp: config_lib.Experiment, 
 _STEPS: dict = {}
 
 
-def _train_step(graphdef, exp: config_lib.Experiment, mesh, state):
+def _train_step(graphdef, exp: experiment.Experiment, mesh, state):
     key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh)
     if key not in _STEPS:
-        _STEPS[key] = train_step.make_train_step(graphdef, exp.grpo, exp.optimizer, exp.guidance,
-                                           exp.group_size, mesh, state)  # fmt: skip
+        _STEPS[key] = train_step.make_train_step(
+            graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh, state
+        )
     return _STEPS[key]
 
 
 # --- Rollouts and rewards ------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Preemption:
-    """SIGTERM/SIGINT → `requested` (read between steps); a second SIGINT interrupts."""
-
-    requested: int = 0
-
-    def __enter__(self):
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        logging.warning("signal %d: saving a checkpoint after this step, then exiting", signum)
-        self.requested = signum
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +141,25 @@ class TrainResult:
     step: int  # completed steps (the last checkpoint's)
     total_steps: int
     preempted: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A run as set up before its first step: what the loop reads and never replaces."""
+
+    exp: experiment.Experiment
+    workdir: str
+    start: int  # the step resumed from (0: a new run)
+    total_steps: int
+    checkpointer: checkpoint_lib.Checkpointer
+    tokenizer: Tokenizer
+    meta: dict  # written into every checkpoint
+    step_fn: Callable  # the jitted train step
+    rollout: "BatchRollout"
+    sample: Callable  # (policy, batch, ℓ, k) -> (rows, host numbers, samples)
+    evaluate: Callable | None  # policy -> report, when the run evaluates
+    logger: logging_utils.RunLogger
+    logs: logging_utils.StepLogs
 
 
 def train(
@@ -161,8 +170,173 @@ def train(
 ) -> TrainResult:
     """Trains (or resumes from the newest checkpoint in `workdir`) until the run's last step
     or a SIGTERM/SIGINT. `step_callback(step)` runs after each completed step."""
-    exp = config_lib.build(config, num_devices=jax.device_count(),
-                           process_count=jax.process_count())  # fmt: skip
+    run, state, iterator = _setup(config, workdir)
+    exp, logs = run.exp, run.logs
+    step = saved = run.start
+    preemption = Preemption()
+    if run.evaluate and run.start == 0 and exp.train.eval_at_start:  # the step-0 baseline
+        run.logger.evaluation(0, run.evaluate(state.policy()))
+    with preemption:
+        try:
+            for k in range(run.start, run.total_steps):
+                t0 = time.perf_counter()
+                batch = next(iterator, None)
+                if batch is None:  # only when dynamic sampling drew extra batches
+                    logging.warning(
+                        "the data ran out after step %d of %d: grpo.filter_zero_std_groups "
+                        "drew extra batches; raise data.num_epochs to train longer",
+                        k,
+                        run.total_steps,
+                    )
+                    if saved < step:
+                        saved = _save(run, step, state, iterator)
+                    break
+                state, host, samples = _step(run, state, batch, k, t0)
+                step = k + 1
+                if exp.train.sample_every and step % exp.train.sample_every == 0:
+                    run.logger.samples(step, samples[: exp.train.num_logged_samples])
+                if run.evaluate and step % exp.train.eval_every == 0:
+                    t_eval = time.perf_counter()
+                    run.logger.evaluation(step, run.evaluate(state.policy()))
+                    host["time/eval_s"] = time.perf_counter() - t_eval
+                if step_callback is not None:
+                    step_callback(step)
+                stop = stop_requested(preemption) or logs.stop
+                if step % exp.train.save_every == 0 or step == run.total_steps or stop:
+                    t_save = time.perf_counter()
+                    saved = _save(run, step, state, iterator)
+                    host["time/checkpoint_s"] = time.perf_counter() - t_save
+                if stop:
+                    break
+            jax.block_until_ready(state.step)
+            logs.finished()
+            logs.write()
+        finally:
+            run.checkpointer.close()  # waits for the last save
+            run.rollout.pool.close()
+            run.logger.close()
+    if jax.process_index() == 0:  # before → after, the run's alarms, plots
+        from g2rpo_jax import report
+
+        report.finish(workdir, write_plots=exp.train.plots)
+    if logs.stop:
+        raise alarms.TrainingAlarm(f"{logs.raised[0]} (train.stop_on_alarm: saved step {saved})")
+    return TrainResult(
+        step=saved, total_steps=run.total_steps, preempted=bool(preemption.requested)
+    )
+
+
+def _step(run: _Run, state, batch: dict, k: int, t0: float):
+    """Step k: ℓ, the rollout, the train step dispatched (not waited for); the previous
+    step's numbers go to the logs. Returns (state, host numbers of this step, samples)."""
+    t_data = time.perf_counter()
+    # Reading ℓ waits for the previous train step: the plan depends on it.
+    ell = int(jax.device_get(state.controller.length))
+    run.logs.finished()
+    t_ell = time.perf_counter()
+    policy = rollout_params(state.policy(), run.exp.sampling)  # once per step
+    rows, host, samples = run.sample(policy, batch, ell, k)
+    del policy
+    if jax.process_count() > 1:  # which rows each host read, for audits and tests
+        logging_utils.append_jsonl(
+            os.path.join(run.workdir, f"rows.process{jax.process_index()}.jsonl"),
+            {"step": k + 1, "rows": batch["index"].tolist()},
+        )
+    host["time/data_s"], host["time/wait_train_s"] = t_data - t0, t_ell - t_data
+    t_train = time.perf_counter()
+    state, metrics = run.step_fn(state, rows)
+    host["time/train_dispatch_s"] = time.perf_counter() - t_train
+    host["start"] = t0
+    run.logs.push(k + 1, metrics, host)  # writes the previous step's
+    return state, host, samples
+
+
+def _save(run: _Run, step: int, state, iterator) -> int:
+    """Checkpoints step `step` (under LoRA without the base) with the alarm streaks through it
+    (reading them waits for the step, as the save does); returns the step saved."""
+    meta = run.meta | {"step": step, alarms.META_KEY: run.logs.streaks()}
+    run.checkpointer.save(step, state.checkpointed(), iterator.get_state(), meta)
+    return step
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str):
+    """The run (`_Run`), its train state and its data iterator, at the step it resumes from."""
+    exp = experiment.build(
+        config, num_devices=jax.device_count(), process_count=jax.process_count()
+    )
+    _check_processes(exp)
+    checkpoint_lib.quiet_orbax_logs()
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = checkpoint_lib.Checkpointer(
+        workdir, keep=exp.train.keep_checkpoints, async_save=exp.train.async_checkpointing
+    )
+    start = checkpointer.latest_step() or 0
+    # A LoRA run reads its base weights again on resume.
+    hub.fetch(hub.run_sources(exp, needs_weights=not start or exp.model.lora.rank > 0))
+    tokenizer = load_tokenizer(exp.tokenizer, workdir)
+    mesh = sharding.make_mesh(exp.mesh_shape)
+    data = make_dataset(
+        exp.data,
+        tokenizer,
+        answer_check=parse_gold if "accuracy" in dict(exp.rewards.weights) else None,
+        tests_check=evaluation.tests_check(exp.rewards),
+    )
+    total_steps = exp.train.num_steps or data.stats.num_batches
+    if total_steps > data.stats.num_batches:
+        raise config_lib.ConfigError(
+            f"config.train.num_steps={total_steps}: the data holds {data.stats.num_batches} "
+            f"batches over data.num_epochs={exp.data.num_epochs}"
+        )
+    exp = exp.with_total_steps(total_steps)
+    iterator = iter(data.batches)
+    monitor = alarms.AlarmMonitor(
+        exp.train.alarm_steps, exp.data.max_completion_length, exp.guidance.ratio
+    )
+    graphdef, state, model_config, base = _restore_or_init(
+        exp, config, checkpointer, start, tokenizer, mesh, iterator, monitor
+    )
+    meta = {
+        "config": json.loads(config.to_json_best_effort()),
+        "tokenizer": TOKENIZER_DIR,
+        "model_config": checkpoint_lib.model_config_to_json(model_config),
+    }
+    if base is not None:  # a LoRA run's base location, kept in every checkpoint's meta
+        meta[BASE_MODEL] = base
+    eos, pad = stop_ids(tokenizer, model_config, exp.model.path), pad_id(tokenizer)
+    sampler = sampler_for(
+        graphdef,
+        dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
+        train_step.batch_sharding(mesh),
+    )
+    logger = logging_utils.RunLogger(
+        workdir,
+        total_steps=total_steps,
+        start_step=start,
+        progress_bar=exp.train.progress_bar,
+        wandb_project=exp.train.wandb_project,
+        config=meta["config"],
+        enabled=jax.process_index() == 0,
+    )
+    rollout = BatchRollout(exp, tokenizer, sampler, RewardPool(exp.rewards), mesh)
+    run = _Run(
+        exp,
+        workdir,
+        start,
+        total_steps,
+        checkpointer,
+        tokenizer,
+        meta,
+        _train_step(graphdef, exp, mesh, state),
+        rollout,
+        _sampling(exp, rollout, iterator, pad),
+        _evaluation(exp, tokenizer, graphdef, eos, pad, rollout.pool),
+        logger,
+        logging_utils.StepLogs(logger, monitor, exp.train.stop_on_alarm),
+    )
+    return run, state, iterator
+
+
+def _check_processes(exp: experiment.Experiment) -> None:
     if jax.process_count() > 1 and exp.train.eval_every:
         raise config_lib.ConfigError(
             "config.train.eval_every: periodic evaluation runs in single-process jobs only; "
@@ -173,214 +347,71 @@ def train(
             "config.grpo.filter_zero_std_groups: dynamic sampling refills batches on one host; "
             "multi-process runs need it off"
         )
-    checkpoint_lib.quiet_orbax_logs()
-    os.makedirs(workdir, exist_ok=True)
-    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=exp.train.keep_checkpoints,
-                                               async_save=exp.train.async_checkpointing)  # fmt: skip
-    start = checkpointer.latest_step() or 0
-    # A LoRA run reads its base weights again on resume.
-    hub.fetch(hub.run_sources(exp, needs_weights=not start or exp.model.lora.rank > 0))
-    tokenizer = load_tokenizer(exp.tokenizer, workdir)
-    mesh = sharding.make_mesh(exp.mesh_shape)
-    names = dict(exp.rewards.weights)
-    data = make_dataset(exp.data, tokenizer,
-                        answer_check=parse_gold if "accuracy" in names else None,
-                        tests_check=evaluation.tests_check(exp))  # fmt: skip
-    total_steps = exp.train.num_steps or data.stats.num_batches
-    if total_steps > data.stats.num_batches:
-        raise config_lib.ConfigError(
-            f"config.train.num_steps={total_steps}: the data holds {data.stats.num_batches} "
-            f"batches over data.num_epochs={exp.data.num_epochs}"
-        )
-    exp = exp.with_total_steps(total_steps)
 
-    iterator = iter(data.batches)
-    base = None  # a LoRA run's base location, kept in every checkpoint's meta
-    if start:
-        saved_meta = checkpointer.meta(start)
-        model_config = checkpoint_lib.model_config_from_json(saved_meta["model_config"])
-        graphdef, abstract_state = abstract_train_state(model_config, exp, mesh)
-        state, data_state, _ = checkpointer.restore(start, abstract_state)
-        if model_config.lora.rank:
-            base = saved_meta[BASE_MODEL]
-            state = state.replace(frozen=lora_lib.load_base(base, model_config, mesh))
-        iterator.set_state(data_state)
-        logging.info("resumed from %s at step %d", checkpointer.directory, start)
-        _warn_config_changes(saved_meta["config"], json.loads(config.to_json_best_effort()))
-    else:
+
+def _restore_or_init(exp, config, checkpointer, start, tokenizer, mesh, iterator, monitor):
+    """(graphdef, state, model config, LoRA base location or None): restored from checkpoint
+    `start` (the iterator and alarm streaks with it), or a new run's initial policy."""
+    if not start:
         model = initial_model(exp, tokenizer, mesh)
-        model_config = model.config
-        graphdef = nnx.graphdef(model)
         state = train_step.init_train_state(model, exp.grpo, exp.optimizer, exp.guidance)
         state = jax.device_put(state, train_step.state_shardings(state, mesh))
-        del model
-        if model_config.lora.rank:
+        base = None
+        if model.config.lora.rank:
             base = lora_lib.base_location(exp.model.path, exp.seed)
-    meta = {"config": json.loads(config.to_json_best_effort()), "tokenizer": TOKENIZER_DIR,
-            "model_config": checkpoint_lib.model_config_to_json(model_config)}  # fmt: skip
-    if base is not None:
-        meta[BASE_MODEL] = base
-
-    eos = stop_ids(tokenizer, model_config, exp.model.path)
-    pad = pad_id(tokenizer)
-    sampler = sampler_for(graphdef, dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
-                          train_step.batch_sharding(mesh))  # fmt: skip
-    step_fn = _train_step(graphdef, exp, mesh, state)
-    eval_rows = evaluation.load_eval_examples(exp, tokenizer) if exp.train.eval_every else None
-    eval_sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos,
-                                                             pad_id=pad))  # fmt: skip
-    logger = logging_utils.RunLogger(
-        workdir, total_steps=total_steps, start_step=start, progress_bar=exp.train.progress_bar,
-        wandb_project=exp.train.wandb_project, config=meta["config"],
-        enabled=jax.process_index() == 0,
-    )  # fmt: skip
-    pool = RewardPool(exp.rewards)
-    rollout = _Rollout(exp, tokenizer, sampler, pool, mesh)
-    if exp.grpo.filter_zero_std_groups:
-        filtered = functools.partial(
-            dynamic_sampling.sample_filtered, rollout, next_batch=lambda: next(iterator, None),
-            config=exp.grpo, group_size=exp.group_size, pad_id=pad,
-        )  # fmt: skip
-    pending = None  # (step, metrics on device, host values): logged one step late
-    step = saved = start
-    preemption = _Preemption()
-    if eval_rows and start == 0 and exp.train.eval_at_start:  # the step-0 baseline (issue 9)
-        logger.evaluation(0, evaluation.evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
-                                      exp.eval, exp.accuracy_reward, seed=exp.seed))  # fmt: skip
-    with preemption:
-        try:
-            for k in range(start, total_steps):
-                t0 = time.perf_counter()
-                batch = next(iterator, None)
-                if batch is None:  # only when dynamic sampling drew extra batches
-                    logging.warning(
-                        "the data ran out after step %d of %d: grpo.filter_zero_std_groups "
-                        "drew extra batches; raise data.num_epochs to train longer", k,
-                        total_steps)  # fmt: skip
-                    if saved < step:
-                        checkpointer.save(step, state, iterator.get_state(), meta | {"step": step})
-                        saved = step
-                    break
-                t_data = time.perf_counter()
-                # Reading ℓ waits for the previous train step: the plan depends on it.
-                ell = int(jax.device_get(state.controller.length))
-                if pending is not None:
-                    pending[2]["end"] = time.perf_counter()
-                t_ell = time.perf_counter()
-                if exp.grpo.filter_zero_std_groups:
-                    rows, host, samples = filtered(state.policy(), batch, ell, k)
-                    rows = distributed.global_batch(rows, rollout.sharding)
-                else:
-                    rows, host, samples = rollout(state.policy(), batch, ell, k)
-                if jax.process_count() > 1:  # which rows each host read, for audits and tests
-                    logging_utils.append_jsonl(
-                        os.path.join(workdir, f"rows.process{jax.process_index()}.jsonl"),
-                        {"step": k + 1, "rows": batch["index"].tolist()},
-                    )
-                host["time/data_s"], host["time/wait_train_s"] = t_data - t0, t_ell - t_data
-                t_train = time.perf_counter()
-                state, metrics = step_fn(state, rows)
-                host["time/train_dispatch_s"] = time.perf_counter() - t_train
-                if pending is not None:
-                    _log(logger, *pending)
-                step = k + 1
-                host["start"] = t0
-                pending = (step, metrics, host)
-                if exp.train.sample_every and step % exp.train.sample_every == 0:
-                    logger.samples(step, samples[: exp.train.num_logged_samples])
-                if eval_rows and step % exp.train.eval_every == 0:
-                    t_eval = time.perf_counter()
-                    report = evaluation.evaluate(state.policy(), eval_sampler, tokenizer, eval_rows, pool,
-                                      exp.eval, exp.accuracy_reward, seed=exp.seed)  # fmt: skip
-                    logger.evaluation(step, report)
-                    host["time/eval_s"] = time.perf_counter() - t_eval
-                if step_callback is not None:
-                    step_callback(step)
-                stop = _stop_requested(preemption)
-                if step % exp.train.save_every == 0 or step == total_steps or stop:
-                    t_save = time.perf_counter()
-                    checkpointer.save(step, state.checkpointed(), iterator.get_state(),
-                                      meta | {"step": step})  # fmt: skip
-                    host["time/checkpoint_s"] = time.perf_counter() - t_save
-                    saved = step
-                if stop:
-                    break
-            if pending is not None:
-                jax.block_until_ready(state.step)
-                pending[2]["end"] = time.perf_counter()
-                _log(logger, *pending)
-        finally:
-            checkpointer.close()  # waits for the last save
-            pool.close()
-            logger.close()
-    if exp.train.plots and jax.process_index() == 0:  # before → after and plots
-        from g2rpo_jax import report
-
-        report.finish(workdir)
-    return TrainResult(step=saved, total_steps=total_steps, preempted=bool(preemption.requested))
+        return nnx.graphdef(model), state, model.config, base
+    saved_meta = checkpointer.meta(start)
+    model_config = checkpoint_lib.model_config_from_json(saved_meta["model_config"])
+    graphdef, abstract_state = abstract_train_state(model_config, exp, mesh)
+    state, data_state, _ = checkpointer.restore(start, abstract_state)
+    base = None
+    if model_config.lora.rank:
+        base = saved_meta[BASE_MODEL]
+        state = state.replace(frozen=lora_lib.load_base(base, model_config, mesh))
+    iterator.set_state(data_state)
+    monitor.restore(saved_meta.get(alarms.META_KEY))
+    logging.info("resumed from %s at step %d", checkpointer.directory, start)
+    _warn_config_changes(saved_meta["config"], json.loads(config.to_json_best_effort()))
+    return graphdef, state, model_config, base
 
 
-class _Rollout:
-    """Guidance plan → sampling → decoding → rewards for one batch of B prompts; returns
-    the train step's rows [B·G] (on the mesh), host-side numbers and a few samples."""
+def _sampling(exp, rollout: "BatchRollout", iterator, pad: int) -> Callable:
+    """The step's rollout: one sampler call, or DAPO's dynamic sampling over extra batches."""
+    if not exp.grpo.filter_zero_std_groups:
+        return rollout
 
-    def __init__(self, exp: config_lib.Experiment, tokenizer, sampler, pool, mesh):
-        self.exp, self.tokenizer, self.sampler, self.pool = exp, tokenizer, sampler, pool
-        self.G = exp.group_size
-        self.n_guided = guidance.num_guided(exp.guidance.ratio, exp.group_size)  # ceil(α·G)
-        self.names = tuple(name for name, _ in exp.rewards.weights)
-        self.accuracy_column = self.names.index(exp.accuracy_reward)
-        self.key = jax.random.key(exp.seed)
-        self.sharding = train_step.batch_sharding(mesh)
+    def filtered(policy, batch, ell, k):
+        rows, host, samples = dynamic_sampling.sample_filtered(
+            rollout,
+            policy,
+            batch,
+            ell,
+            k,
+            next_batch=lambda: next(iterator, None),
+            config=exp.grpo,
+            group_size=exp.group_size,
+            pad_id=pad,
+        )
+        return distributed.global_batch(rows, rollout.sharding), host, samples
 
-    def __call__(self, params, batch: dict, ell: int, k: int, draw: int = 0):
-        """`draw` > 0: the step's extra sampler calls of dynamic sampling, keyed apart."""
-        G, t0 = self.G, time.perf_counter()
-        key = jax.random.fold_in(self.key, k)
-        key = jax.random.fold_in(key, draw) if draw else key
-        lengths = np.asarray(jax.device_get(
-            guidance.guidance_lengths(batch["guidance_length"], ell, G, self.n_guided)))  # fmt: skip
-        # Guided = received trace tokens: a planned slot of a trace-less row, or any slot at
-        # ℓ = 0, samples unguided and is counted so (metrics, the unguided-accuracy signal).
-        is_guided = lengths > 0
-        # Candidate j of source row i keys its sampling on i·G + j: the same on any host count.
-        row_ids = (
-            batch["index"].astype(np.uint32)[:, None] * G + np.arange(G, dtype=np.uint32)
-        ).reshape(-1)
-        out = self.sampler(
-            params, np.repeat(batch["prompt_ids"], G, 0), np.repeat(batch["prompt_length"], G, 0),
-            np.repeat(batch["guidance_ids"], G, 0), lengths, key, row_ids=row_ids,
-        )  # fmt: skip
-        ids, mask, generated, finish = (distributed.local_rows(x) for x in (
-            out.completion_ids, out.completion_mask, out.num_generated, out.finish_reason))  # fmt: skip
-        t_sample = time.perf_counter()
-        texts = evaluation.decode(self.tokenizer, ids, mask)
-        prompts = evaluation.repeat(batch["prompt_text"], G)
-        t_decode = time.perf_counter()
-        rewards = self.pool.compute(prompts, texts, **evaluation.row_fields(batch, G))
-        accuracy = rewards.per_function[:, self.accuracy_column].astype(np.float32)
-        t_reward = time.perf_counter()
+    return filtered
 
-        fields = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "is_guidance")
-        rows = {f: getattr(out, f) for f in fields}  # already global, rows over the mesh
-        host_rows = {"rewards": rewards.total.astype(np.float32), "accuracy": accuracy,
-                     "truncated": finish == FINISH_LENGTH,
-                     "is_filler": np.zeros(len(texts), bool)}  # fmt: skip
-        rows |= distributed.global_batch(host_rows, self.sharding)
-        host = {
-            "time/sample_s": t_sample - t0, "time/decode_s": t_decode - t_sample,
-            "time/reward_s": t_reward - t_decode, "generated_tokens": float(generated.sum()),
-            "guidance_tokens": float(lengths.sum()), "rows": batch["index"].tolist(),
-            **{f"reward/{n}": float(v) for n, v in
-               zip(self.names, rewards.per_function.mean(0), strict=True)},
-        }  # fmt: skip
-        samples = [
-            {"prompt": prompts[i], "completion": texts[i], "reward": float(rewards.total[i]),
-             "accuracy": float(accuracy[i]), "guided": bool(is_guided[i]),
-             "guidance_tokens": int(lengths[i])}
-            for i in range(min(len(texts), self.exp.train.num_logged_samples))
-        ]  # fmt: skip
-        return rows, host, samples
+
+def _evaluation(exp, tokenizer, graphdef, eos, pad: int, pool) -> Callable | None:
+    """policy -> the periodic evaluation's report, or None when the run does not evaluate."""
+    if not exp.train.eval_every:
+        return None
+    rows = evaluation.load_eval_examples(
+        exp.eval,
+        exp.data,
+        tokenizer,
+        parse_gold if exp.accuracy_reward == "accuracy" else None,
+        evaluation.tests_check(exp.rewards),
+    )
+    sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos, pad_id=pad))
+    return lambda policy: evaluation.evaluate(
+        policy, sampler, tokenizer, rows, pool, exp.eval, exp.accuracy_reward, seed=exp.seed
+    )
 
 
 def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
@@ -389,24 +420,6 @@ def _warn_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
         if isinstance(old, dict) and isinstance(new, dict):
             _warn_config_changes(old, new, f"{prefix}{key}.")
         elif old != new:
-            logging.warning("resuming with config.%s%s = %r (the checkpoint ran with %r)",
-                            prefix, key, new, old)  # fmt: skip
-
-
-def _stop_requested(preemption: _Preemption) -> bool:
-    """Every host stops at the same step when any host was signalled."""
-    stop = bool(preemption.requested)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        stop = bool(multihost_utils.process_allgather(np.asarray(stop)).any())
-    return stop
-
-
-def _log(logger: logging_utils.RunLogger, step: int, metrics, host: dict) -> None:
-    """One step's record; `host["end"]` is when its train step was seen to finish."""
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    wall = host["end"] - host["start"]
-    values |= {k: v for k, v in host.items() if k not in ("rows", "start", "end")}
-    values |= {"time/step_s": wall, "tokens_per_s": host["generated_tokens"] / max(wall, 1e-9)}
-    logger.scalars(step, values, extra={"rows": host["rows"]})
+            logging.warning(
+                "resuming with config.%s%s = %r (the checkpoint ran with %r)", prefix, key, new, old
+            )

@@ -23,7 +23,7 @@ import transformers
 from absl import app, flags
 from flax import nnx
 
-from g2rpo_jax import checkpoint, cli, config, evaluation, sampling
+from g2rpo_jax import checkpoint, cli, evaluation, sampling
 from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
@@ -32,8 +32,11 @@ from g2rpo_jax.rewards.code import check_tests
 from g2rpo_jax.sampling import SamplingConfig
 
 _MODEL = flags.DEFINE_string("model", None, "Hugging Face folder / hub id, or a workdir.")
-_DATA = flags.DEFINE_string("data", None, "Problems: JSONL, Parquet, a saved HF dataset, "
-                            "or hf:HUB_ID (e.g. hf:HuggingFaceH4/MATH-500).")  # fmt: skip
+_DATA = flags.DEFINE_string(
+    "data",
+    None,
+    "Problems: JSONL, Parquet, a saved HF dataset, or hf:HUB_ID (e.g. hf:HuggingFaceH4/MATH-500).",
+)
 _SPLIT = flags.DEFINE_string("split", "test", "Split of an hf: or saved HF dataset.")
 _OUT = flags.DEFINE_string("out", "eval_report.json", "Where the JSON report goes.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer (default: the model's).")
@@ -42,17 +45,23 @@ _PASS_K = flags.DEFINE_list("pass_k", ["1"], "k values of pass@k (each ≤ n).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.6, "Sampling temperature (0: greedy).")
 _TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus sampling mass.")
 _TOP_K = flags.DEFINE_integer("top_k", 20, "Top-k filter (0: off).")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None,
-                                       "Completion budget (default: training's, else 4096).")  # fmt: skip
-_MAX_PROMPT_LENGTH = flags.DEFINE_integer("max_prompt_length", None,
-                                          "Longer prompts are skipped (default 512).")  # fmt: skip
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+    "max_new_tokens", None, "Completion budget (default: training's, else 4096)."
+)
+_MAX_PROMPT_LENGTH = flags.DEFINE_integer(
+    "max_prompt_length", None, "Longer prompts are skipped (default 512)."
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Problems per sampler call.")
 _MAX_ROWS = flags.DEFINE_integer("max_rows", 0, "Evaluate the first rows only (0: all).")
-_REWARD = flags.DEFINE_enum("reward", None, ["accuracy", "code"],
-                            "Scoring (default: the checkpoint's, else accuracy).")  # fmt: skip
+_REWARD = flags.DEFINE_enum(
+    "reward", None, ["accuracy", "code"], "Scoring (default: the checkpoint's, else accuracy)."
+)
 _WORKERS = flags.DEFINE_integer("workers", 4, "Reward processes (0: in this process).")
-_TRUST = flags.DEFINE_bool("trust_test_code", False, "Code: run test code that is not "
-                           "call-based in the program's own process (gameable).")  # fmt: skip
+_TRUST = flags.DEFINE_bool(
+    "trust_test_code",
+    False,
+    "Code: run test code that is not call-based in the program's own process (gameable).",
+)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flags_as_required(["model", "data"])
@@ -69,10 +78,14 @@ def _load(model_path: str):
         model, meta = checkpoint.load_policy(model_path)
         saved = meta["config"]
         d = saved["data"]
-        data = DataConfig(path="", fields=FieldMap(**d["fields"]), system_prompt=d["system_prompt"],
-                          enable_thinking=d["enable_thinking"],
-                          use_chat_template=d["use_chat_template"],
-                          max_prompt_length=d["max_prompt_length"])  # fmt: skip
+        data = DataConfig(
+            path="",
+            fields=FieldMap(**d["fields"]),
+            system_prompt=d["system_prompt"],
+            enable_thinking=d["enable_thinking"],
+            use_chat_template=d["use_chat_template"],
+            max_prompt_length=d["max_prompt_length"],
+        )
         tokenizer = _TOKENIZER.value or meta["tokenizer_path"]
         budget = d["max_completion_length"]
         reward, base = saved["rewards"]["accuracy_reward"], saved["model"]["path"]
@@ -93,32 +106,51 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     model, tokenizer, data, reward, budget, base = _load(_MODEL.value)
     reward = _REWARD.value or reward
-    data = dataclasses.replace(data, path=_DATA.value, split=_SPLIT.value,
-                               fields=source_fields(_DATA.value, data.fields),
-                               max_prompt_length=_MAX_PROMPT_LENGTH.value or data.max_prompt_length)  # fmt: skip
+    data = dataclasses.replace(
+        data,
+        path=_DATA.value,
+        split=_SPLIT.value,
+        fields=source_fields(_DATA.value, data.fields),
+        max_prompt_length=_MAX_PROMPT_LENGTH.value or data.max_prompt_length,
+    )
     tests_check = functools.partial(check_tests, trust_test_code=_TRUST.value)
-    examples = evaluation.eval_examples(data, tokenizer, parse_gold if reward == "accuracy" else None,
-                                     _MAX_ROWS.value, tests_check if reward == "code" else None)  # fmt: skip
+    examples = evaluation.eval_examples(
+        data,
+        tokenizer,
+        parse_gold if reward == "accuracy" else None,
+        _MAX_ROWS.value,
+        tests_check if reward == "code" else None,
+    )
     eos = sampling.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
     decoding = SamplingConfig(
-        max_completion_length=_MAX_NEW_TOKENS.value or budget, eos_ids=eos,
-        pad_id=pad_id(tokenizer), temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+        max_completion_length=_MAX_NEW_TOKENS.value or budget,
+        eos_ids=eos,
+        pad_id=pad_id(tokenizer),
+        temperature=_TEMPERATURE.value,
+        top_p=_TOP_P.value,
         top_k=_TOP_K.value,
-    )  # fmt: skip
+    )
     pass_k = tuple(int(k) for k in _PASS_K.value)
     if any(not 1 <= k <= _NUM_SAMPLES.value for k in pass_k):
         raise app.UsageError(f"--pass_k={pass_k}: each k must be in [1, --num_samples]")
-    settings = config.EvalConfig(_DATA.value, _NUM_SAMPLES.value, pass_k, decoding,
-                                 _BATCH_SIZE.value, _MAX_ROWS.value)  # fmt: skip
+    settings = evaluation.EvalConfig(
+        _DATA.value, _NUM_SAMPLES.value, pass_k, decoding, _BATCH_SIZE.value, _MAX_ROWS.value
+    )
     graphdef, params = nnx.split(model)
     sampler = sampling.sampler_for(graphdef, decoding)
-    rewards = RewardConfig(weights={reward: 1.0}, workers=_WORKERS.value,
-                           trust_test_code=_TRUST.value)  # fmt: skip
+    rewards = RewardConfig(
+        weights={reward: 1.0}, workers=_WORKERS.value, trust_test_code=_TRUST.value
+    )
     with RewardPool(rewards) as pool:
-        report = evaluation.evaluate(params, sampler, tokenizer, examples, pool, settings, reward,
-                                  seed=_SEED.value)  # fmt: skip
-    header = {"model": _MODEL.value, "data": _DATA.value, "reward": reward,
-              "decoding": dataclasses.asdict(decoding)}  # fmt: skip
+        report = evaluation.evaluate(
+            params, sampler, tokenizer, examples, pool, settings, reward, seed=_SEED.value
+        )
+    header = {
+        "model": _MODEL.value,
+        "data": _DATA.value,
+        "reward": reward,
+        "decoding": dataclasses.asdict(decoding),
+    }
     report = header | report
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w") as f:

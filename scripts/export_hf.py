@@ -21,8 +21,12 @@ from g2rpo_jax.models import save_pretrained
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir or checkpoint step folder.")
 _OUT = flags.DEFINE_string("out", None, "The Hugging Face folder to write.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                           "dtype on disk (default: the weights' training dtype).")  # fmt: skip
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    None,
+    ["float32", "bfloat16", "float16"],
+    "dtype on disk (default: the weights' training dtype).",
+)
 flags.mark_flags_as_required(["checkpoint", "out"])
 
 
@@ -37,11 +41,14 @@ def export(path: str, out: str, dtype: str | None = None) -> dict:
     eos = sampling.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
     evaluation = meta["config"]["eval"]
     transformers.GenerationConfig(
-        bos_token_id=model.config.bos_token_id, eos_token_id=list(eos),
-        pad_token_id=tokenizer.pad_token_id, do_sample=True,
-        temperature=evaluation["temperature"], top_p=evaluation["top_p"],
+        bos_token_id=model.config.bos_token_id,
+        eos_token_id=list(eos),
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=True,
+        temperature=evaluation["temperature"],
+        top_p=evaluation["top_p"],
         top_k=evaluation["top_k"],
-    ).save_pretrained(out)  # fmt: skip
+    ).save_pretrained(out)
     with open(os.path.join(out, "g2rpo_checkpoint.json"), "w") as f:
         json.dump({"workdir": meta["workdir"], "step": meta["step"]}, f, indent=2)
     return meta

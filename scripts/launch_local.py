@@ -4,8 +4,8 @@
         python scripts/train.py --config=configs/qwen3_0p6b.py:smoke --workdir=/tmp/run
 
 Each copy gets --coordinator_address, --num_processes and --process_id appended and
-simulated CPU devices through XLA_FLAGS. When one exits with an error the others are
-stopped, and the launcher exits with the first failure's code.
+simulated CPU devices through XLA_FLAGS (the caller's other XLA flags kept). When one exits
+with an error the others are stopped, and the launcher exits with the first failure's code.
 """
 
 import argparse
@@ -22,17 +22,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def with_device_count(xla_flags: str, devices: int) -> str:
+    """The caller's XLA flags with the simulated device count set to `devices`."""
+    kept = [f for f in xla_flags.split() if "device_count" not in f]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def launch(
     command: list[str], num_processes: int, devices_per_process: int, timeout_s: float
 ) -> int:
     address = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
+    env["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""), devices_per_process)
     procs = [
-        subprocess.Popen(command + [f"--coordinator_address={address}",
-                                    f"--num_processes={num_processes}", f"--process_id={i}"], env=env)
+        subprocess.Popen(
+            command
+            + [
+                f"--coordinator_address={address}",
+                f"--num_processes={num_processes}",
+                f"--process_id={i}",
+            ],
+            env=env,
+        )
         for i in range(num_processes)
-    ]  # fmt: skip
+    ]
     deadline = time.monotonic() + timeout_s
     code = 0
     while any(p.poll() is None for p in procs):

@@ -51,8 +51,9 @@ _FIELDS = flags.DEFINE_enum("fields", "default", list(_PRESETS), "Field mapping 
 _FIELD = flags.DEFINE_multi_string(
     "field", [], "FIELD=COLUMN overriding the preset, e.g. prompt=question; FIELD= unsets it."
 )
-_DIFFICULTY = flags.DEFINE_enum("difficulty", "keep", [*_ESTIMATORS, "pass_rate"],
-                                "Difficulty estimate.")  # fmt: skip
+_DIFFICULTY = flags.DEFINE_enum(
+    "difficulty", "keep", [*_ESTIMATORS, "pass_rate"], "Difficulty estimate."
+)
 _SKIP_BAD_ROWS = flags.DEFINE_bool("skip_bad_rows", False, "Skip and count bad rows.")
 _CHECK_ANSWERS = flags.DEFINE_bool(
     "check_answers", True, "Gold answers of non-code rows must parse with math-verify."
@@ -60,15 +61,20 @@ _CHECK_ANSWERS = flags.DEFINE_bool(
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
 # --difficulty=pass_rate only.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config whose prompt template, decoding and accuracy reward the pass rate "
-    "uses (default: the default config).", lock_config=True,
-)  # fmt: skip
-_MODEL = flags.DEFINE_string("model", None, "Hugging Face folder or hub id (default: the "
-                             "config's model.path).")  # fmt: skip
+    "config",
+    None,
+    "Config whose prompt template, decoding and accuracy reward the pass rate "
+    "uses (default: the default config).",
+    lock_config=True,
+)
+_MODEL = flags.DEFINE_string(
+    "model", None, "Hugging Face folder or hub id (default: the config's model.path)."
+)
 _SAMPLES = flags.DEFINE_integer("samples", 8, "n unguided completions per row.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "Default: the config's sampling one.")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None,
-                                       "Default: the config's data.max_completion_length.")  # fmt: skip
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+    "max_new_tokens", None, "Default: the config's data.max_completion_length."
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Rows per sampler call (× --samples).")
 
 
@@ -91,17 +97,22 @@ def _pass_rate_estimator(first_input: str) -> pass_rate.Estimator:
     if not c.model.path:
         raise config_lib.ConfigError("--difficulty=pass_rate: pass --model=PATH_OR_HUB_ID")
     return pass_rate.Estimator.from_config(
-        c, os.path.join(_OUTPUT.value, pass_rate.JOURNAL), samples=_SAMPLES.value,
-        temperature=_TEMPERATURE.value, max_new_tokens=_MAX_NEW_TOKENS.value,
+        c,
+        os.path.join(_OUTPUT.value, pass_rate.JOURNAL),
+        samples=_SAMPLES.value,
+        temperature=_TEMPERATURE.value,
+        max_new_tokens=_MAX_NEW_TOKENS.value,
         batch_size=_BATCH_SIZE.value,
-    )  # fmt: skip
+    )
 
 
 def _report(split: str, rows: list[Row], samples: int) -> None:
     rates = np.asarray([row.pass_rate for row in rows])
-    print(f"{split}: pass rate over n={samples}: mean {rates.mean():.3f}, "
-          f"{int((rates == 1).sum())} rows always solved (1), "
-          f"{int((rates == 0).sum())} never solved (0), of {len(rows)}")  # fmt: skip
+    print(
+        f"{split}: pass rate over n={samples}: mean {rates.mean():.3f}, "
+        f"{int((rates == 1).sum())} rows always solved (1), "
+        f"{int((rates == 0).sum())} never solved (0), of {len(rows)}"
+    )
 
 
 def main(argv: list[str]) -> None:

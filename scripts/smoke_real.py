@@ -55,17 +55,20 @@ def real_size_tokenizer(folder: str):
     backend.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL])
     backend.add_tokens([AddedToken(t, special=False) for t in ("<think>", "</think>")])
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         chat_template=CHATML,
-    )  # fmt: skip
+    )
     tokenizer.save_pretrained(folder)
     return tokenizer
 
 
 def _run(*args: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, *args], cwd=REPO, check=True,
-                   env=dict(os.environ, PYTHONPATH=REPO))  # fmt: skip
+    subprocess.run(
+        [sys.executable, *args], cwd=REPO, check=True, env=dict(os.environ, PYTHONPATH=REPO)
+    )
     return time.perf_counter() - start
 
 
@@ -82,23 +85,36 @@ def main(argv: list[str]) -> None:
     data = os.path.join(work, "train.jsonl")
     with open(data, "w") as f:
         for a in range(_STEPS.value):
-            row = {"prompt": f"What is {a} + 2?", "answer": str(a + 2),
-                   "guidance": f"<think>{a} + 2 = {a + 2}</think> \\boxed{{{a + 2}}}"}  # fmt: skip
+            row = {
+                "prompt": f"What is {a} + 2?",
+                "answer": str(a + 2),
+                "guidance": f"<think>{a} + 2 = {a + 2}</think> \\boxed{{{a + 2}}}",
+            }
             f.write(json.dumps(row) + "\n")
     train = os.path.join(work, "train")
     times["train_s"] = _run(
-        "scripts/train.py", "--config=configs/qwen3_0p6b.py", f"--workdir={train}",
-        "--config.model.path=", f"--config.tokenizer={work}/tokenizer_src",
-        f"--config.data.path={data}", "--config.data.batch_size=1", "--config.grpo.group_size=2",
-        "--config.data.max_prompt_length=64", "--config.data.max_completion_length=16",
-        "--config.guidance.initial_length=8", "--config.guidance.max_length=8",
-        f"--config.train.num_steps={_STEPS.value}", "--config.train.eval_every=0",
-        "--config.train.save_every=1", "--config.train.progress_bar=False",
+        "scripts/train.py",
+        "--config=configs/qwen3_0p6b.py",
+        f"--workdir={train}",
+        "--config.model.path=",
+        f"--config.tokenizer={work}/tokenizer_src",
+        f"--config.data.path={data}",
+        "--config.data.batch_size=1",
+        "--config.grpo.group_size=2",
+        "--config.data.max_prompt_length=64",
+        "--config.data.max_completion_length=16",
+        "--config.guidance.initial_length=8",
+        "--config.guidance.max_length=8",
+        f"--config.train.num_steps={_STEPS.value}",
+        "--config.train.eval_every=0",
+        "--config.train.save_every=1",
+        "--config.train.progress_bar=False",
         "--config.rewards.workers=0",
         # fp32 weights + Adam + the β reference copy of 0.6B already fill a 24 GiB machine
         # (killed at 24 GiB RSS): bf16 weights and no reference keep the shapes, not the bytes.
-        "--config.model.param_dtype=bfloat16", "--config.grpo.beta=0",
-    )  # fmt: skip
+        "--config.model.param_dtype=bfloat16",
+        "--config.grpo.beta=0",
+    )
     train_rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     hf_dir = os.path.join(work, "hf")
     times["export_s"] = _run("scripts/export_hf.py", f"--checkpoint={train}", f"--out={hf_dir}")
@@ -108,20 +124,31 @@ def main(argv: list[str]) -> None:
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 1 + 2?"}],
-                                        add_generation_prompt=True, return_dict=False)  # fmt: skip
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 1 + 2?"}],
+        add_generation_prompt=True,
+        return_dict=False,
+    )
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits.numpy()
     times["transformers_load_s"] = time.perf_counter() - start
     if not np.isfinite(logits).all():
         raise AssertionError("the exported model's logits are not finite")
-    print(json.dumps({
-        "benchmark": "smoke_real", "preset": "qwen3-0.6b", "tokenizer_size": len(tokenizer),
-        "vocab_size": model.config.vocab_size, "parameters": model.num_parameters(),
-        "steps": _STEPS.value, **{k: round(v, 1) for k, v in times.items()},
-        "wall_s": round(time.perf_counter() - begin, 1),
-        "peak_rss_train_gib": round(train_rss_gib, 2),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "smoke_real",
+                "preset": "qwen3-0.6b",
+                "tokenizer_size": len(tokenizer),
+                "vocab_size": model.config.vocab_size,
+                "parameters": model.num_parameters(),
+                "steps": _STEPS.value,
+                **{k: round(v, 1) for k, v in times.items()},
+                "wall_s": round(time.perf_counter() - begin, 1),
+                "peak_rss_train_gib": round(train_rss_gib, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,11 +31,14 @@ _VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: all o
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 _STEPS = flags.DEFINE_integer("steps", study.Budget.steps, "Optimizer steps per run.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", study.Budget.eval_every, "Steps between evals.")
-_ONE_EPOCH = flags.DEFINE_bool("one_epoch", study.Budget.one_epoch,
-                               "Train on a random subset of steps·B rows, read once; "
-                               "--noone_epoch: the whole training file.")  # fmt: skip
-_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                       "demo.py")  # fmt: skip
+_ONE_EPOCH = flags.DEFINE_bool(
+    "one_epoch",
+    study.Budget.one_epoch,
+    "Train on a random subset of steps·B rows, read once; --noone_epoch: the whole training file.",
+)
+_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"
+)
 
 
 def demo_config():
@@ -54,11 +57,13 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise app.UsageError(f"unknown variants {sorted(unknown)}; known: {list(study.BY_NAME)}")
     variants = [study.BY_NAME[n] for n in names]
-    budget = dataclasses.replace(study.Budget(), steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
-                                 one_epoch=_ONE_EPOCH.value)  # fmt: skip
+    budget = dataclasses.replace(
+        study.Budget(), steps=_STEPS.value, eval_every=_EVAL_EVERY.value, one_epoch=_ONE_EPOCH.value
+    )
     t0 = time.perf_counter()
-    records = study.run_study(_OUT.value, demo_config(), variants,
-                              [int(s) for s in _SEEDS.value], budget, trainer.train)  # fmt: skip
+    records = study.run_study(
+        _OUT.value, demo_config(), variants, [int(s) for s in _SEEDS.value], budget, trainer.train
+    )
     shown = [*variants, *(v for v in part if v not in variants)]
     tables = study_report.table(records, shown)
     if part is study.PART2:

@@ -15,16 +15,20 @@ from ml_collections import config_flags
 from g2rpo_jax import cli, distributed, trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, PATH[:variant] (e.g. configs/qwen3_0p6b.py:smoke).",
+    "config",
+    None,
+    "Config file, PATH[:variant] (e.g. configs/qwen3_0p6b.py:smoke).",
     lock_config=True,
-)  # fmt: skip
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the tokenizer go here.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, for a multi-process job.")  # fmt: skip
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process job."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
-                                  "A process silent this long fails the whole job.")  # fmt: skip
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100, "A process silent this long fails the whole job."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,8 +36,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Explicit flags (scripts/launch_local.py), or TPU pod / SLURM detection; else one process.
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           _HEARTBEAT.value)  # fmt: skip
+    distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT.value
+    )
     result = trainer.train(_CONFIG.value, _WORKDIR.value)
     state = "stopped by a signal" if result.preempted else "done"
     print(f"{state} at step {result.step}/{result.total_steps}; workdir {_WORKDIR.value}")

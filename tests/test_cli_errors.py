@@ -24,6 +24,7 @@ from absl import app, flags
 from jax import monitoring
 
 from g2rpo_jax import cli
+from g2rpo_jax.alarms import TrainingAlarm
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data import DataError
 
@@ -245,10 +246,10 @@ def test_the_traceback_env_var_shows_the_traceback_of_our_errors(tmp_path, monke
 # One real process per script: the exit code and stderr as a user sees them.
 
 
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+def run_script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     # JAX_LOG_COMPILES: every jit compile logs "Compiling ..."; none may happen before the
     # data is validated.
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_LOG_COMPILES="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_LOG_COMPILES="1", **env)
     env.pop(cli.TRACEBACK_ENV, None)
     command = [sys.executable, str(REPO / "scripts" / name), *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -282,8 +283,9 @@ class _HubUnreachable(ConfigError):
 @pytest.mark.parametrize(
     "error",
     [ConfigError("config.data.path: set it"), DataError("f.jsonl:3: field 'answer': missing"),
-     _HubUnreachable("no network"), FileNotFoundError("/x: not a model directory")],
-    ids=["config", "data", "subclass", "path"],
+     _HubUnreachable("no network"), FileNotFoundError("/x: not a model directory"),
+     TrainingAlarm("alarm at step 20: …; raise config.data.max_completion_length (now 24)")],
+    ids=["config", "data", "subclass", "path", "alarm"],
 )  # fmt: skip
 def test_our_errors_exit_2_with_one_line(error, capsys, monkeypatch):
     monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)

@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import hub, trainer
+from g2rpo_jax import experiment, hub, trainer
 from g2rpo_jax.data import FieldMap
 from g2rpo_jax.models import abstract_model
 from g2rpo_jax.models.hf import config_from_hf
@@ -33,7 +33,7 @@ def load(path: pathlib.Path, arg: str | None = None):
 @pytest.mark.parametrize("name", ["qwen3_0p6b", "qwen3_1p7b", "qwen3_8b"])
 def test_paper_configs_read_the_hub_math_data_and_smoke_reads_local(name):
     path = CONFIGS[0].parent / f"{name}.py"
-    exp = config_lib.build(load(path), num_devices=8)
+    exp = experiment.build(load(path), num_devices=8)
     assert (exp.data.path, exp.data.fields) == (config_lib.OPENR1_MATH, FieldMap.openr1_math())
     assert (exp.eval.path, exp.eval.split, exp.eval.fields) == (
         config_lib.MATH_500,
@@ -56,13 +56,13 @@ def test_every_config_builds_and_its_model_builds_abstractly(path, variant):
     if path.stem == "base" and variant is None:
         config.model.path, config.model.preset = "Qwen/Qwen3-0.6B-Base", "qwen3-0.6b"
     config.lock()  # as train.py sees it
-    exp = config_lib.build(config, num_devices=8)
+    exp = experiment.build(config, num_devices=8)
     if os.path.isdir(exp.model.path):  # a local checkpoint (the demo): its own config.json
         with open(os.path.join(exp.model.path, "config.json")) as f:
             model = abstract_model(config_from_hf(json.load(f)))
     else:
         vocab = 261 if exp.model.fit_vocab_to_tokenizer else None
-        model = abstract_model(config_lib.preset_model_config(exp.model, vocab))
+        model = abstract_model(experiment.preset_model_config(exp.model, vocab))
     params = param_count(model)
     if variant == "smoke":
         assert params < 1e6 and exp.train.num_steps <= 4
@@ -104,6 +104,10 @@ def smoke(**changes):
         (dict(rewards__accuracy_reward="code"), "config.rewards.accuracy_reward"),
         (dict(guidance__max_length=64), "config.guidance.max_length"),  # > 32 completion tokens
         (dict(train__eval_every=2), "config.eval.path"),
+        (dict(grpo__rollout_correction="tis"), "config.grpo: rollout_correction"),
+        (dict(grpo__rollout_correction_min=4.0), "config.grpo: rollout_correction_min"),
+        (dict(sampling__param_dtype="float16"), "config.sampling: param_dtype"),
+        (dict(train__alarm_steps=-1), "config.train.alarm_steps"),
     ],
 )
 def test_bad_config_fails_before_anything_is_loaded_naming_the_field(
@@ -120,33 +124,33 @@ def test_bad_config_fails_before_anything_is_loaded_naming_the_field(
 
 
 def test_batch_divisibility_follows_the_mesh():
-    assert config_lib.build(smoke(data__batch_size=3), num_devices=1).mesh_shape == (1, 1, 1)
+    assert experiment.build(smoke(data__batch_size=3), num_devices=1).mesh_shape == (1, 1, 1)
     config = smoke(data__batch_size=1, grpo__group_size=2)  # 2 rows
     config.mesh.shape = (2, 2, 2)
     with pytest.raises(config_lib.ConfigError, match=r"data × fsdp = 4"):
-        config_lib.build(config, num_devices=8)
+        experiment.build(config, num_devices=8)
     config.data.batch_size = 2
-    assert config_lib.build(config, num_devices=8).mesh_shape == (2, 2, 2)
+    assert experiment.build(config, num_devices=8).mesh_shape == (2, 2, 2)
     with pytest.raises(config_lib.ConfigError, match=r"config\.mesh\.shape"):
-        config_lib.build(config, num_devices=4)
+        experiment.build(config, num_devices=4)
 
 
 def test_the_run_length_reaches_the_optimizer_and_the_schedules():
-    exp = config_lib.build(smoke(), num_devices=jax.device_count()).with_total_steps(40)
+    exp = experiment.build(smoke(), num_devices=jax.device_count()).with_total_steps(40)
     assert exp.optimizer.total_steps == exp.guidance.total_steps == 40
 
 
 def test_model_attention_is_a_config_key_and_an_override():
     c = load(CONFIGS[0].parent / "demo.py")
     c.model.attention = "chunked"
-    assert config_lib.build(c, num_devices=1).model.attention == "chunked"
+    assert experiment.build(c, num_devices=1).model.attention == "chunked"
     c.model.attention = "auto"
     c.model.overrides.attention = "splash"  # the same field; also with a model.path
-    assert config_lib.build(c, num_devices=1).model.attention == "splash"
+    assert experiment.build(c, num_devices=1).model.attention == "splash"
     c.model.overrides.attention = "flash"
     with pytest.raises(config_lib.ConfigError, match=r"model\.overrides: attention='flash': use"):
-        config_lib.build(c, num_devices=1)
+        experiment.build(c, num_devices=1)
     del c.model.overrides["attention"]
     c.model.attention = "flash"
     with pytest.raises(config_lib.ConfigError, match=r"config\.model: attention='flash': use"):
-        config_lib.build(c, num_devices=1)
+        experiment.build(c, num_devices=1)

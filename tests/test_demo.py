@@ -10,8 +10,7 @@ import pathlib
 import pytest
 import transformers
 
-from g2rpo_jax import config as config_lib
-from g2rpo_jax import trainer
+from g2rpo_jax import experiment, trainer
 from g2rpo_jax.plots import PLOTS
 from g2rpo_jax.toy import demo
 from g2rpo_jax.toy.data import read_problems
@@ -67,7 +66,7 @@ def test_demo_smoke_run_evaluates_before_and_after_and_plots(tmp_path, capsys):
 def test_demo_config_builds_and_fits_the_task(arg):
     config = demo_config(arg)
     config.lock()  # as train.py sees it
-    exp = config_lib.build(config, num_devices=8)
+    exp = experiment.build(config, num_devices=8)
     assert exp.model.path == os.path.join(demo.DEMO_DIR, demo.MODEL_DIR)
     longest = 10 * demo.RL_DIGITS + 6  # the longest 4-digit trace, in tokens
     assert config.guidance.max_length == longest

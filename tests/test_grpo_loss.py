@@ -1,4 +1,5 @@
-"""Invariants of the GRPO loss math and optimizer (g2rpo_jax.grpo), against references."""
+"""Invariants of the GRPO loss math, its advantages and optimizer (g2rpo_jax.grpo, .advantages),
+against references."""
 
 import json
 import pathlib
@@ -9,30 +10,30 @@ import numpy as np
 import optax
 import pytest
 
-from g2rpo_jax import grpo, optimization
+from g2rpo_jax import advantages, grpo, optimization
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "goldens" / "grpo_loss.json").read_text())
 
-advantages_fn = jax.jit(grpo.group_advantages, static_argnames=("group_size", "mode"))
+advantages_fn = jax.jit(advantages.group_advantages, static_argnames=("group_size", "mode"))
 loss_fn = jax.jit(grpo.policy_loss, static_argnames="config")
 
 
-def numpy_advantages(rewards: np.ndarray, group_size: int, mode: grpo.AdvantageStd):
+def numpy_advantages(rewards: np.ndarray, group_size: int, mode: advantages.AdvantageStd):
     grouped = rewards.astype(np.float64).reshape(-1, group_size)
     centered = grouped - grouped.mean(axis=1, keepdims=True)
     match mode:
-        case grpo.AdvantageStd.GROUP_UNBIASED:
+        case advantages.AdvantageStd.GROUP_UNBIASED:
             std = grouped.std(axis=1, ddof=1, keepdims=True)
-        case grpo.AdvantageStd.GROUP_POPULATION:
+        case advantages.AdvantageStd.GROUP_POPULATION:
             std = grouped.std(axis=1, keepdims=True)
-        case grpo.AdvantageStd.NONE:
+        case advantages.AdvantageStd.NONE:
             return centered.reshape(-1)
-        case grpo.AdvantageStd.BATCH:
+        case advantages.AdvantageStd.BATCH:
             std = rewards.astype(np.float64).std(ddof=1)
     return (centered / (std + 1e-4)).reshape(-1)
 
 
-@pytest.mark.parametrize("mode", list(grpo.AdvantageStd))
+@pytest.mark.parametrize("mode", list(advantages.AdvantageStd))
 def test_advantages_match_numpy(mode):
     rewards = np.random.default_rng(0).uniform(0.0, 1.1, size=5 * 6).astype(np.float32)
     got = advantages_fn(rewards, group_size=6, mode=mode)
@@ -40,7 +41,7 @@ def test_advantages_match_numpy(mode):
     np.testing.assert_allclose(np.asarray(got).reshape(5, 6).sum(axis=1), 0.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", list(grpo.AdvantageStd))
+@pytest.mark.parametrize("mode", list(advantages.AdvantageStd))
 def test_tied_groups_get_exactly_zero(mode):
     # 0.1 and 1/3 do not survive a naive sum-then-divide mean exactly.
     tied = np.array([0.1] * 7 + [1 / 3] * 7 + [1.0] * 7, np.float32)
@@ -281,7 +282,9 @@ def test_group_ties_equal_a_numpy_count():
     is_guided = np.tile(np.arange(G) < 2, 6)
     rows = np.ones(24, bool)
     rows[16:20] = False  # a filler group: left out of every count
-    got = {k: float(v) for k, v in grpo.group_ties(rewards, accuracy, is_guided, G, rows).items()}
+    got = {
+        k: float(v) for k, v in advantages.group_ties(rewards, accuracy, is_guided, G, rows).items()
+    }
     want = numpy_group_ties(rewards, accuracy, is_guided, G, rows)
     assert got.keys() == want.keys() and len(got) == 9
     for name, value in want.items():
@@ -291,6 +294,6 @@ def test_group_ties_equal_a_numpy_count():
               "guided_zero_std": 4, "unguided_zero_std": 3}  # fmt: skip
     for name, n in fifths.items():
         assert got[name] == np.float32(n / 5), name
-    jitted = jax.jit(grpo.group_ties, static_argnames="group_size")
+    jitted = jax.jit(advantages.group_ties, static_argnames="group_size")
     on_device = jitted(rewards, accuracy, is_guided, group_size=G, rows=rows)
     assert {k: float(v) for k, v in on_device.items()} == got

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from g2rpo_jax import config as config_lib
+from g2rpo_jax import experiment
 from g2rpo_jax.data import FieldMap, load_rows, source_fields, tokenization
 from g2rpo_jax.data.tokenization import TraceEncoder, render_prompt
 from g2rpo_jax.rewards import parse_gold
@@ -128,7 +129,7 @@ def test_a_guided_candidate_given_the_whole_trace_earns_the_full_format_reward(t
     wrapped as the answer) is the format the rewards check, for guidance and policy alike."""
     c = runpy.run_path(str(REPO / _PAPER))["get_config"]()
     c.data.path = f"hf:{openr1_copy(tmp_path)}"  # a local copy, read as the hub set is
-    data = config_lib.build(c, num_devices=1).data
+    data = experiment.build(c, num_devices=1).data
     tokenizer = tokenization.bytes_tokenizer()
     rows = load_rows(data, parse_gold).rows
     assert (len(rows), rows[8].index) == (9, 8)  # the second judge's row is in

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from g2rpo_jax import experiment
 from g2rpo_jax.models import ModelConfig, Qwen
 from g2rpo_jax.models.config import LoraConfig
 from g2rpo_jax.models.qwen import LoraParam
@@ -182,15 +183,15 @@ def test_lora_config_keys_are_checked_and_round_trip_through_checkpoint_meta():
     c = config_lib.smoke(config_lib.default_config())
     c.data.path = "rows.jsonl"
     c.model.lora.rank, c.model.lora.targets = 8, ("q", "v")
-    exp = config_lib.build(c, num_devices=1)
+    exp = experiment.build(c, num_devices=1)
     assert exp.model.lora == LoraConfig(rank=8, alpha=16.0, targets=("q", "v"))
     config = LORA.replace(lora=exp.model.lora)
     as_json = json.loads(json.dumps(checkpoint.model_config_to_json(config)))  # as in meta
     assert checkpoint.model_config_from_json(as_json) == config
     c.model.lora.dropout = 0.0  # an old config naming the removed key
     with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora\.dropout: removed"):
-        config_lib.build(c, num_devices=1)
+        experiment.build(c, num_devices=1)
     del c.model.lora["dropout"]
     c.model.lora.targets = ("q", "qkv")
     with pytest.raises(config_lib.ConfigError, match=r"config\.model\.lora"):
-        config_lib.build(c, num_devices=1)
+        experiment.build(c, num_devices=1)

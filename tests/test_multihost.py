@@ -28,9 +28,16 @@ def train_command(data, workdir, batch_size):
             f"--config.data.batch_size={batch_size}", *COMMON]  # fmt: skip
 
 
+def environment(devices: int) -> dict:
+    """This process's environment, its other XLA flags (conftest's) too, with `devices` CPU
+    devices; scripts/launch_local.py keeps them the same way."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+
+
 def run(command, devices, timeout=400, **kw):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")  # fmt: skip
+    env = environment(devices)
     return subprocess.run(command, env=env, cwd=REPO, timeout=timeout, capture_output=True,
                           text=True, **kw)  # fmt: skip
 
@@ -44,6 +51,10 @@ def launch(command, timeout=400):
 
 def losses(workdir):
     return [r["loss"] for r in read_jsonl(workdir / METRICS_FILE)]
+
+
+# The tests reading `runs` share one pytest-xdist worker, so its launches happen once.
+one_set_of_runs = pytest.mark.xdist_group("multihost_runs")
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +76,7 @@ def runs(tmp_path_factory):
     return one, two
 
 
+@one_set_of_runs
 def test_two_processes_train_like_one(runs):
     one, two = runs
     np.testing.assert_allclose(losses(two)[-2:], losses(one), atol=1e-5)
@@ -77,6 +89,7 @@ def test_two_processes_train_like_one(runs):
     np.testing.assert_array_equal(state_two.controller.length, state_one.controller.length)
 
 
+@one_set_of_runs
 def test_each_host_reads_only_its_own_rows(runs):
     one, two = runs
     with open(one / "metrics.jsonl") as f:
@@ -95,9 +108,7 @@ def test_each_host_reads_only_its_own_rows(runs):
 def test_killing_one_process_stops_the_other(tmp_path):
     data = write_rows(tmp_path / "train.jsonl")
     port = 20000 + os.getpid() % 20000
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
-    )
+    env = environment(4)
     command = train_command(data, tmp_path / "run", batch_size=2)
     command[command.index("--config.train.num_steps=2")] = "--config.train.num_steps=4"
     procs = [subprocess.Popen(command + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",

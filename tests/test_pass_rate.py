@@ -18,6 +18,8 @@ from tests.test_scripts import bigram_model, run_script
 
 ANSWERS = ["7", "8", "$7$", "6", "\\frac{14}{2}"]
 EXPECTED = [1.0, 0.0, 1.0, 0.0, 1.0]
+# One pytest-xdist worker runs the file: `model_dir` is made once.
+pytestmark = pytest.mark.xdist_group("pass_rate")
 
 
 @pytest.fixture(scope="module")

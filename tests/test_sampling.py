@@ -1,4 +1,15 @@
-"""The sampler: exact guided prefixes, transformers-equal greedy decoding, right sampling."""
+"""The sampler: exact guided prefixes, transformers-equal greedy decoding, right sampling.
+
+Compiles dominate this file's time (each Sampler program is a prefill and a decode loop per
+phase), so tests share compiled Samplers through `sampler()` and reuse a few settings: greedy
+at budget 40 (GREEDY), sampling at budget 24 (SAMPLED). What touches the model inside the
+sampler (transformers parity, log-probs, decode phases, remat) runs on both tiny models; the
+sampler's own control logic (EOS, budget, filters, buckets, ℓ clipping), where the model is
+only a source of logits, runs on Qwen3.
+"""
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +25,41 @@ from g2rpo_jax.sampling import (
     Sampler,
     SamplingConfig,
     decode_phase_ends,
+    rollout_params,
     sample_tokens,
 )
 from tests import tiny_models
 
+# One pytest-xdist worker runs the whole file, so its compiled Samplers are shared.
+pytestmark = pytest.mark.xdist_group("sampling")
 PROMPT_LENGTHS = np.array([5, 11, 3, 8])
+
+
+GREEDY = SamplingConfig(max_completion_length=40, greedy=True)
+SAMPLED = SamplingConfig(max_completion_length=24)
+
+
+@functools.cache
+def sampler(graphdef, config: SamplingConfig) -> Sampler:
+    """One Sampler (and so one compiled program per bucket) per model and settings."""
+    return Sampler(graphdef, config)
+
+
+@functools.cache
+def _split(directory: str):
+    model, _ = from_pretrained(directory)
+    return nnx.split(model)
 
 
 @pytest.fixture(scope="module", params=["hf_qwen3_dir", "hf_qwen2_dir"])
 def loaded(request):
     directory = request.getfixturevalue(request.param)
-    model, config = from_pretrained(directory)
-    graphdef, params = nnx.split(model)
-    return directory, graphdef, params
+    return directory, *_split(directory)
+
+
+@pytest.fixture(scope="module")
+def qwen3(hf_qwen3_dir):
+    return hf_qwen3_dir, *_split(hf_qwen3_dir)
 
 
 def prompts_and_traces(seed=0, trace_width=24):
@@ -48,11 +81,12 @@ def hf_greedy(hf, prefix, new_tokens):
 
 def test_greedy_and_guided_rows_equal_transformers(loaded):
     directory, graphdef, params = loaded
-    budget = 40
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=budget, greedy=True))
+    budget = GREEDY.max_completion_length
     prompts, traces = prompts_and_traces()
     ells = np.array([0, 7, 0, 24])  # unguided rows generate all 40 tokens, guided 40 - ℓ
-    out = jax.device_get(sampler(params, prompts, PROMPT_LENGTHS, traces, ells, jax.random.key(0)))
+    out = jax.device_get(
+        sampler(graphdef, GREEDY)(params, prompts, PROMPT_LENGTHS, traces, ells, jax.random.key(0))
+    )
     hf = tiny_models.load_hf(directory)
     for row, (n, ell) in enumerate(zip(PROMPT_LENGTHS, ells, strict=True)):
         expected = hf_greedy(hf, list(prompts[row, :n]) + list(traces[row, :ell]), budget - ell)
@@ -65,12 +99,12 @@ def test_greedy_and_guided_rows_equal_transformers(loaded):
         np.testing.assert_array_equal(out.prompt_ids[row][out.prompt_mask[row]], prompts[row, :n])
 
 
-def test_zero_guidance_equals_unguided_row(loaded):
-    _, graphdef, params = loaded
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=16, greedy=True))
+def test_zero_guidance_equals_unguided_row(qwen3):
+    _, graphdef, params = qwen3
+    greedy = sampler(graphdef, GREEDY)
     prompts, traces = prompts_and_traces()
-    guided = sampler(params, prompts, PROMPT_LENGTHS, traces, [0, 5, 0, 3], jax.random.key(0))
-    unguided = sampler(params, prompts, PROMPT_LENGTHS, traces[:, :0], [0] * 4, jax.random.key(0))
+    guided = greedy(params, prompts, PROMPT_LENGTHS, traces, [0, 5, 0, 3], jax.random.key(0))
+    unguided = greedy(params, prompts, PROMPT_LENGTHS, traces[:, :0], [0] * 4, jax.random.key(0))
     for row in (0, 2):
         np.testing.assert_array_equal(guided.completion_ids[row], unguided.completion_ids[row])
 
@@ -90,9 +124,9 @@ def full_forward_log_probs(graphdef, params, out, temperature):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_log_probs_equal_a_full_forward(loaded, temperature):
     _, graphdef, params = loaded
-    config = SamplingConfig(max_completion_length=24, temperature=temperature)
+    config = dataclasses.replace(SAMPLED, temperature=temperature)
     prompts, traces = prompts_and_traces()
-    out = Sampler(graphdef, config)(
+    out = sampler(graphdef, config)(
         params, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(1)
     )
     expected = full_forward_log_probs(graphdef, params, out, temperature)
@@ -108,7 +142,7 @@ def test_decode_phases_change_nothing_but_the_cache_read(loaded):
     prompts, traces = prompts_and_traces()
     one, three = (
         jax.device_get(
-            Sampler(graphdef, SamplingConfig(max_completion_length=40, decode_phases=n))(
+            sampler(graphdef, SamplingConfig(max_completion_length=40, decode_phases=n))(
                 params, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(2)
             )
         )
@@ -128,11 +162,9 @@ def test_a_remat_model_samples_what_the_plain_one_does(loaded):
     directory, graphdef, params = loaded
     remat_graphdef, remat_params = nnx.split(from_pretrained(directory, remat=True)[0])
     prompts, traces = prompts_and_traces()
-    plain, remat = (
+    plain, remat = (  # the plain program is the log-prob test's (SAMPLED, same bucket)
         jax.device_get(
-            Sampler(g, SamplingConfig(max_completion_length=8))(
-                p, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(2)
-            )
+            sampler(g, SAMPLED)(p, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(2))
         )
         for g, p in ((graphdef, params), (remat_graphdef, remat_params))
     )
@@ -151,18 +183,18 @@ def test_decode_phase_ends():
         SamplingConfig(max_completion_length=8, decode_phases=0)
 
 
-def test_eos_stops_a_row_and_ends_its_mask(loaded):
-    _, graphdef, params = loaded
+def test_eos_stops_a_row_and_ends_its_mask(qwen3):
+    _, graphdef, params = qwen3
     prompts, traces = prompts_and_traces()
     free = jax.device_get(
-        Sampler(graphdef, SamplingConfig(max_completion_length=20, greedy=True))(
+        sampler(graphdef, GREEDY)(
             params, prompts, PROMPT_LENGTHS, traces, [0, 4, 0, 0], jax.random.key(0)
         )
     )
     eos = int(free.completion_ids[0, 6])  # a token row 0 emits at step 6
-    config = SamplingConfig(max_completion_length=20, greedy=True, eos_ids=(eos,), pad_id=0)
+    config = dataclasses.replace(GREEDY, eos_ids=(eos,), pad_id=0)
     out = jax.device_get(
-        Sampler(graphdef, config)(params, prompts, PROMPT_LENGTHS, traces, [0, 4, 0, 0],
+        sampler(graphdef, config)(params, prompts, PROMPT_LENGTHS, traces, [0, 4, 0, 0],
                                   jax.random.key(0))
     )  # fmt: skip
     for row in range(4):
@@ -182,8 +214,8 @@ def test_eos_stops_a_row_and_ends_its_mask(loaded):
     assert out.finish_reason[0] == FINISH_EOS
 
 
-def test_budget_can_exclude_guidance(loaded):
-    _, graphdef, params = loaded
+def test_budget_can_exclude_guidance(qwen3):
+    _, graphdef, params = qwen3
     prompts, traces = prompts_and_traces()
     config = SamplingConfig(max_completion_length=10, greedy=True, guidance_in_budget=False)
     out = Sampler(graphdef, config)(params, prompts, PROMPT_LENGTHS, traces, [0, 6, 0, 20],
@@ -192,8 +224,8 @@ def test_budget_can_exclude_guidance(loaded):
     np.testing.assert_array_equal(np.asarray(out.completion_mask).sum(1), [10, 16, 10, 30])
 
 
-def test_top_k_one_and_low_temperature_equal_greedy(loaded):
-    _, graphdef, params = loaded
+def test_top_k_one_and_low_temperature_equal_greedy(qwen3):
+    _, graphdef, params = qwen3
     prompts, traces = prompts_and_traces()
     args = (params, prompts, PROMPT_LENGTHS, traces, [0, 3, 0, 0], jax.random.key(3))
     greedy = Sampler(graphdef, SamplingConfig(max_completion_length=12, greedy=True))(*args)
@@ -230,9 +262,9 @@ def test_top_p_and_top_k_never_leave_their_set():
     assert set(np.flatnonzero(freq)) == set(order[:3])
 
 
-def test_no_host_syncs_and_one_program_per_bucket(loaded):
-    _, graphdef, params = loaded
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=24))
+def test_no_host_syncs_and_one_program_per_bucket(qwen3):
+    _, graphdef, params = qwen3
+    sampled = Sampler(graphdef, SAMPLED)  # its own: the test counts its programs
     prompts, traces = prompts_and_traces(trace_width=60)
     params = jax.device_put(params)
     rng = np.random.RandomState(0)
@@ -241,26 +273,43 @@ def test_no_host_syncs_and_one_program_per_bucket(loaded):
         for step in range(12):
             ell = int(rng.randint(0, 61))
             ells = np.array([ell, 0, ell, min(ell, 5)])
-            sampler(params, prompts, PROMPT_LENGTHS, traces, ells, keys[step])
+            sampled(params, prompts, PROMPT_LENGTHS, traces, ells, keys[step])
     # prompt width is one bucket (16); guidance widths 0, 16, 32, 64: at most 4 programs
-    assert sampler.num_compiled <= 4
+    assert sampled.num_compiled <= 4
 
 
-def test_length_beyond_the_trace_uses_the_whole_trace(loaded):
+def test_length_beyond_the_trace_uses_the_whole_trace(qwen3):
     """The guidance plan clips ℓ to each trace; the sampler then prefixes exactly that."""
     from g2rpo_jax import guidance
 
-    directory, graphdef, params = loaded
+    directory, graphdef, params = qwen3
     prompts, traces = prompts_and_traces()
     trace_lengths = np.array([24, 5, 12, 9])
     ell = 10  # longer than two of the traces
     plan = np.asarray(guidance.guidance_lengths(trace_lengths, np.int32(ell), 1, 1))
     np.testing.assert_array_equal(plan, [10, 5, 10, 9])
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=20, greedy=True))
-    out = jax.device_get(sampler(params, prompts, PROMPT_LENGTHS, traces, plan, jax.random.key(0)))
+    budget = GREEDY.max_completion_length
+    out = jax.device_get(
+        sampler(graphdef, GREEDY)(params, prompts, PROMPT_LENGTHS, traces, plan, jax.random.key(0))
+    )
     hf = tiny_models.load_hf(directory)
     for row in (1, 3):  # whole trace, then the model continues from its end
         n, used = PROMPT_LENGTHS[row], plan[row]
         np.testing.assert_array_equal(out.completion_ids[row, :used], traces[row, :used])
-        expected = hf_greedy(hf, list(prompts[row, :n]) + list(traces[row, :used]), 20 - used)
+        expected = hf_greedy(hf, list(prompts[row, :n]) + list(traces[row, :used]), budget - used)
         np.testing.assert_array_equal(out.completion_ids[row, used:], expected)
+
+
+def test_bf16_rollout_weights_are_a_copy_and_the_masters_stay(loaded):
+    _, _, params = loaded
+    masters = jax.device_get(params)
+    config = SamplingConfig(max_completion_length=8, param_dtype="bfloat16")
+    copy = jax.device_get(rollout_params(params, config))
+    for master, now, rollout in zip(jax.tree.leaves(masters), jax.tree.leaves(params),
+                                    jax.tree.leaves(copy), strict=True):  # fmt: skip
+        assert master.dtype == now.dtype == np.float32 and rollout.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(now, master)
+        np.testing.assert_array_equal(rollout, master.astype(jnp.bfloat16))
+    assert rollout_params(params, SamplingConfig(max_completion_length=8)) is params
+    with pytest.raises(ValueError, match="param_dtype"):
+        SamplingConfig(max_completion_length=8, param_dtype="float16")

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from g2rpo_jax import config as config_lib
-from g2rpo_jax import plots, report
+from g2rpo_jax import experiment, plots, report
 from g2rpo_jax.toy import study, study_report
 from tests.test_demo import demo_config
 
@@ -18,7 +17,7 @@ def test_every_rl_variant_builds_with_the_same_budget(variant):
     budget = study.Budget(steps=12, eval_every=4)
     config = study.rl_config(demo_config(), variant, seed=3, budget=budget)
     config.lock()
-    exp = config_lib.build(config, num_devices=1)
+    exp = experiment.build(config, num_devices=1)
     assert exp.train.num_steps == 12 and exp.seed == exp.data.seed == 3
     assert (exp.data.batch_size, exp.group_size) == (8, 8)  # the same budget for all
     for key, value in variant.overrides.items():  # the override reaches the built run

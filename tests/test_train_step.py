@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
+from g2rpo_jax import (
+    advantages,
+    completion_forward,
+    grpo,
+    guidance,
+    optimization,
+    sharding,
+    train_step,
+)
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig
+from tests import tiny_models
 
 G = 4  # candidates per prompt
 ROWS, P, C = 16, 8, 12
@@ -37,6 +46,7 @@ def make_batch(seed=0):
         ),
         "completion_mask": completion_mask,
         "is_guidance": is_guidance & completion_mask,
+        "sampler_log_probs": np.where(completion_mask, -rng.rand(ROWS, C), 0.0).astype(np.float32),
         "rewards": rewards,
         "accuracy": (rewards > 0.5).astype(np.float32),
         "truncated": completion_len == C,  # cut at the budget, as the sampler reports it
@@ -93,6 +103,34 @@ def test_sharded_step_equals_single_device(hf_qwen3_dir, single_device, shape):
     assert adam_mu.sharding.spec == q.sharding.spec
 
 
+def test_entropy_and_the_sampler_gap_equal_a_float64_computation(hf_qwen3_dir, single_device):
+    """The step's entropy of π over the loss tokens (all, guided rows, unguided rows) and its
+    gap to the sampler's log-probs, against the transformers model's logits in float64."""
+    import torch
+
+    _, metrics = single_device
+    batch = make_batch()
+    ids = np.concatenate([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = np.concatenate([batch["prompt_mask"], batch["completion_mask"]], 1).astype(np.int64)
+    with torch.no_grad():
+        logits = tiny_models.load_hf(hf_qwen3_dir).double()(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(np.maximum(mask.cumsum(-1) - 1, 0)),
+        ).logits.numpy()[:, P - 1 : P + C - 1]  # fmt: skip
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    entropy = -(np.exp(log_p) * log_p).sum(-1)  # [R, C]
+    in_loss = batch["completion_mask"]  # every row in the loss, guidance included
+    guided = batch["is_guidance"].any(1)[:, None]
+    for name, tokens in (("entropy", in_loss), ("entropy_guided", in_loss & guided),
+                         ("entropy_unguided", in_loss & ~guided)):  # fmt: skip
+        assert metrics[name] == pytest.approx(entropy[tokens].mean(), abs=1e-5), name
+    picked = np.take_along_axis(log_p, batch["completion_ids"][..., None], -1)[..., 0]
+    gap = np.abs(picked - batch["sampler_log_probs"])[in_loss]
+    assert metrics["rollout/logp_diff_mean"] == pytest.approx(gap.mean(), abs=1e-5)
+    assert metrics["rollout/logp_diff_max"] == pytest.approx(gap.max(), abs=1e-5)
+
+
 def test_guided_rows_are_those_that_received_guidance_tokens(single_device):
     """accuracy_guided / _unguided and the group counts follow the trace tokens a row got,
     not the slots planned for guidance (issue 33: a trace-less prompt's slots)."""
@@ -102,7 +140,7 @@ def test_guided_rows_are_those_that_received_guidance_tokens(single_device):
     accuracy = batch["accuracy"]
     assert metrics["accuracy_guided"] == np.float32(accuracy[guided].mean())
     assert metrics["accuracy_unguided"] == np.float32(accuracy[~guided].mean())
-    ties = grpo.group_ties(batch["rewards"], accuracy, guided, G, ~batch["is_filler"])
+    ties = advantages.group_ties(batch["rewards"], accuracy, guided, G, ~batch["is_filler"])
     for name, value in ties.items():
         np.testing.assert_allclose(metrics[f"groups/{name}"], value, rtol=1e-6, err_msg=name)
 
@@ -119,7 +157,7 @@ def test_groups_sharing_a_prompt_run_it_once_with_the_same_log_probs_and_gradien
     graphdef, params = nnx.split(model)
 
     def total(params, group_size):
-        lp = train_step.completion_log_probs(graphdef, params, batch, group_size=group_size)
+        lp = completion_forward.completion_log_probs(graphdef, params, batch, group_size=group_size)
         return (lp * batch["completion_mask"]).sum(), lp
 
     run = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)
@@ -154,6 +192,9 @@ def test_micro_batches_equal_the_full_batch(hf_qwen3_dir, aggregation):
         np.testing.assert_allclose(
             accumulated_metrics[name], full_metrics[name], rtol=1e-5, atol=1e-7, err_msg=name
         )
+    # Token statistics are taken over the whole batch, whatever its micro-batches.
+    for name in ("entropy", "entropy_guided", "rollout/logp_diff_max", "rollout/ratio_min"):
+        np.testing.assert_allclose(accumulated_metrics[name], full_metrics[name], rtol=1e-5)
 
 
 def test_beta_zero_holds_no_reference_and_runs_no_reference_forward(hf_qwen3_dir):
@@ -175,11 +216,16 @@ def test_beta_zero_holds_no_reference_and_runs_no_reference_forward(hf_qwen3_dir
 
 def test_multiple_updates_per_batch_move_the_ratio(hf_qwen3_dir):
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    config = grpo.GRPOConfig(beta=0.0, num_updates=3)
+    # π_old from the forward before the first update, also at the sampler's τ = 0.7, for the
+    # correction's weights.
+    config = grpo.GRPOConfig(beta=0.0, num_updates=3, rollout_correction="token_truncate",
+                             sampling_temperature=0.7)  # fmt: skip
     _, metrics = jax.device_get(run_step(hf_qwen3_dir, mesh, config, OPTIMIZER, make_batch(2)))
     # First update has ρ ≡ 1; later ones see the moved policy against the frozen π_old.
     assert metrics["ratio_mean"] != pytest.approx(1.0, abs=1e-7)
     assert 0 <= metrics["clip_fraction"] <= 1
+    assert 0 < metrics["rollout/ratio_min"] <= metrics["rollout/ratio_mean"]
+    assert metrics["rollout/ratio_mean"] <= metrics["rollout/ratio_max"] < np.inf
 
 
 def test_all_tied_rewards_skip_the_update(hf_qwen3_dir):
@@ -235,8 +281,8 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
             1
         ) / out.completion_mask.sum(1)
         batch = {f: getattr(out, f) for f in train_step.BATCH_FIELDS[:5]}
-        batch |= {"rewards": reward.astype(np.float32), "accuracy": reward.astype(np.float32),
-                  "truncated": np.zeros(prompts * 8, bool),
+        batch |= {"sampler_log_probs": out.log_probs, "rewards": reward.astype(np.float32),
+                  "accuracy": reward.astype(np.float32), "truncated": np.zeros(prompts * 8, bool),
                   "is_filler": np.zeros(prompts * 8, bool)}  # fmt: skip
         state, _ = step(state, batch)
         rewards.append(reward.mean())

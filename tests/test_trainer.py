@@ -1,9 +1,17 @@
-"""The training loop: exact resume after SIGTERM, checkpoints that survive SIGKILL, pass@k."""
+"""The training loop: exact resume after SIGTERM, checkpoints that survive SIGKILL, pass@k.
 
+One run goes end to end through a SIGTERM and a resume (the handler, the save it forces,
+the restart). The other resume cases (dynamic sampling, LoRA) differ only in what the
+checkpoint holds, so they resume from a checkpoint of their uninterrupted run instead:
+save at step 2 → restore in a fresh workdir → steps 3 and 4 bitwise equal to the run's own.
+"""
+
+import itertools
 import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +23,14 @@ import ml_collections
 import numpy as np
 import pytest
 
+from g2rpo_jax import alarms, evaluation, experiment, logging_utils, sharding, trainer
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import evaluation, logging_utils, sharding, trainer
 from g2rpo_jax.data import tokenization
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# One pytest-xdist worker runs the file: runs of one model reuse trainer's compiled steps.
+pytestmark = pytest.mark.xdist_group("trainer")
 
 
 def write_rows(path, n: int = 16) -> str:
@@ -52,7 +62,7 @@ def final_state(workdir):
     workdir, step = checkpoint_lib.locate(str(workdir))
     checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
     meta = checkpointer.meta(step)
-    exp = config_lib.build(
+    exp = experiment.build(
         ml_collections.ConfigDict(meta["config"]), num_devices=jax.device_count()
     )
     exp = exp.with_total_steps(exp.train.num_steps)
@@ -97,6 +107,16 @@ def interrupt_and_resume(make_config, data_file, workdir: pathlib.Path) -> list[
     return logging_utils.read_jsonl(workdir / logging_utils.METRICS_FILE)
 
 
+def resume_from_checkpoint(make_config, workdir: pathlib.Path, step: int, into: pathlib.Path):
+    """A fresh workdir holding only `workdir`'s checkpoint `step` and its tokenizer: what a
+    run preempted after `step` leaves. Trains it to the end; returns its metrics records."""
+    shutil.copytree(workdir / "checkpoints" / str(step), into / "checkpoints" / str(step))
+    shutil.copytree(workdir / tokenization.TOKENIZER_DIR, into / tokenization.TOKENIZER_DIR)
+    result = trainer.train(make_config(), str(into))
+    assert result == trainer.TrainResult(step=4, total_steps=4, preempted=False)
+    return logging_utils.read_jsonl(into / logging_utils.METRICS_FILE)
+
+
 def assert_same_state(workdir, baseline_workdir):
     """Both runs' last checkpoints: same step, data iterator state and every leaf bitwise."""
     step, resumed, resumed_data = final_state(workdir)
@@ -138,6 +158,49 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert max(r["groups/zero_std"] for r in baseline) > 0  # the even rows' groups all fail
     assert all(r["effective_rows"] <= 16 and "truncated_fraction" in r for r in baseline)
     assert set(ties) <= tensorboard_tags(uninterrupted)
+    # Entropy and the sampler–trainer gap of every step too. Same weights and fp32: the gap
+    # (at the sampler's τ = 0.7) is the decode path's rounding only.
+    token_stats = ["entropy", "entropy_guided", "entropy_unguided", "rollout/logp_diff_mean",
+                   "rollout/logp_diff_max", "rollout/ratio_min", "rollout/ratio_max",
+                   "rollout/masked_fraction"]  # fmt: skip
+    assert all(r["entropy"] > 0 and r["rollout/logp_diff_max"] < 1e-3 for r in baseline)
+    assert set(token_stats) <= tensorboard_tags(uninterrupted)
+
+
+def short_budget_config(data_path: str, **train):
+    """8-token completions, the guided ones all trace: nearly every row hits the budget."""
+    c = smoke_config(data_path, alarm_steps=1, sample_every=0, **train)
+    c.data.max_completion_length = c.eval.max_completion_length = 8
+    c.guidance.initial_length = c.guidance.max_length = 8
+    return c
+
+
+def test_stop_on_alarm_saves_and_stops_and_a_resumed_run_keeps_the_streak(tmp_path, capsys):
+    data_file = write_rows(tmp_path / "train.jsonl")
+    workdir = tmp_path / "run"
+    # Step 1's metrics are read while step 2 runs: the run stops after step 2, saved.
+    with pytest.raises(alarms.TrainingAlarm, match=r"^alarm at step 1: .* \(now 8\) "
+                       r"\(train.stop_on_alarm: saved step 2\)$"):  # fmt: skip
+        trainer.train(short_budget_config(data_file, stop_on_alarm=True), str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+    assert "alarm at step 1" in capsys.readouterr().out  # the end-of-run report repeats it
+
+    # Resumed without stop_on_alarm: the streak goes on from the checkpoint's count, so the
+    # alarm is not raised again (a lost count would raise it at step 3), nor counted twice.
+    trainer.train(short_budget_config(data_file), str(workdir))
+    records = logging_utils.read_jsonl(workdir / logging_utils.METRICS_FILE)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["truncated_fraction"] >= alarms.TRUNCATED_AT for r in records)
+    raised = logging_utils.read_jsonl(workdir / logging_utils.ALARMS_FILE)
+    assert {a["step"] for a in raised} == {1}  # truncation, and ties if every group tied
+
+    def streak(hit) -> int:
+        return sum(1 for _ in itertools.takewhile(hit, reversed(records)))
+
+    checkpointer = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
+    assert checkpointer.meta(4)[alarms.META_KEY] == {
+        "truncation": 4, "ties": streak(lambda r: r["groups/zero_std"] >= 1)}  # fmt: skip
+    checkpointer.close()
 
 
 def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
@@ -157,7 +220,7 @@ def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
 
 def filtering_config(data_path: str):
     """The smoke run with DAPO dynamic sampling: two epochs of data, for the extra batches."""
-    c = smoke_config(data_path)
+    c = smoke_config(data_path, save_every=2)
     c.grpo.filter_zero_std_groups = True
     c.grpo.filter_max_extra_batches = 2
     c.data.num_epochs = 3
@@ -177,10 +240,14 @@ def test_filtered_groups_never_tie_and_resume_stays_exact(tmp_path):
     # More rows were read than trained: the extra batches moved the iterator.
     assert all(len(r["rows"]) > 4 for r in baseline if r["filter/extra_sampler_calls"])
 
-    records = interrupt_and_resume(filtering_config, data_file, tmp_path / "interrupted")
-    assert_same_state(tmp_path / "interrupted", uninterrupted)
+    # Resumed after step 2: the iterator state saved covers the extra batches drawn.
+    resumed = tmp_path / "resumed"
+    records = resume_from_checkpoint(lambda: filtering_config(data_file), uninterrupted, 2,
+                                     resumed)  # fmt: skip
+    assert [r["step"] for r in records] == [3, 4]
+    assert_same_state(resumed, uninterrupted)
     for name in ("rows", "loss", "reward", "filter/extra_sampler_calls", "filter/dropped_groups"):
-        assert [r[name] for r in records] == [r[name] for r in baseline], name
+        assert [r[name] for r in records] == [r[name] for r in baseline[2:]], name
 
 
 _KILLED_MID_SAVE = """
@@ -239,23 +306,19 @@ def test_pass_at_k_is_the_probability_that_k_of_n_samples_hold_a_correct_one(n, 
     assert evaluation.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets))
 
 
-def test_lora_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_lora_resume_equals_an_uninterrupted_run(tmp_path):
     """Under LoRA a checkpoint holds the adapters, not the base (read again from its
     location on resume: here the seeded random init)."""
     data_file = write_rows(tmp_path / "train.jsonl")
-    lora_config = lambda: _with_lora(smoke_config(data_file, sample_every=0))  # noqa: E731
-    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+
+    def lora_config():
+        return _with_lora(smoke_config(data_file, sample_every=0, save_every=2))
+
+    uninterrupted, from_checkpoint = tmp_path / "uninterrupted", tmp_path / "resumed"
     trainer.train(lora_config(), str(uninterrupted))
+    records = resume_from_checkpoint(lora_config, uninterrupted, 2, from_checkpoint)
 
-    def sigterm_after_step_2(step):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    first = trainer.train(lora_config(), str(interrupted), step_callback=sigterm_after_step_2)
-    assert first == trainer.TrainResult(step=2, total_steps=4, preempted=True)
-    trainer.train(lora_config(), str(interrupted))
-
-    step, resumed, _ = final_state(interrupted)
+    step, resumed, _ = final_state(from_checkpoint)
     _, expected, _ = final_state(uninterrupted)
     assert step == 4 and resumed.frozen is None and resumed.ref_params is None
     assert {k for k in _flat_keys(resumed.params)} == {k for k in _flat_keys(expected.params)}
@@ -263,10 +326,10 @@ def test_lora_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     leaves = jax.tree_util.tree_leaves_with_path(expected)
     for (path, want), got in zip(leaves, jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
-    records = logging_utils.read_jsonl(interrupted / logging_utils.METRICS_FILE)
     baseline = logging_utils.read_jsonl(uninterrupted / logging_utils.METRICS_FILE)
+    assert [r["step"] for r in records] == [3, 4]
     for name in ("loss", "reward", "kl", "grad_norm"):
-        assert [r[name] for r in records] == [r[name] for r in baseline], name
+        assert [r[name] for r in records] == [r[name] for r in baseline[2:]], name
     assert max(r["grad_norm"] for r in baseline) > 0
 
 

@@ -78,8 +78,12 @@ def load_rows(
                 logging.warning("%s: field 'tests': %s", record.where, warning)
         rows.append(row)
     if warned:
-        logging.warning("%s: %d rows hold tests that score 0 (the first %d are named above)",
-                        config.path, warned, min(warned, _LOGGED_BAD_ROWS))  # fmt: skip
+        logging.warning(
+            "%s: %d rows hold tests that score 0 (the first %d are named above)",
+            config.path,
+            warned,
+            min(warned, _LOGGED_BAD_ROWS),
+        )
     loaded = Loaded(rows, bad_rows, untraced_rows)
     if bad_rows:
         logging.warning("%s: skipped %d bad rows of %d", config.path, bad_rows, loaded.rows_read)

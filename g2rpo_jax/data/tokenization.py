@@ -112,8 +112,9 @@ def bytes_tokenizer() -> transformers.PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True) for t in
-                                ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])  # fmt: skip
+    backend.add_special_tokens(
+        [AddedToken(t, special=True) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")]
+    )
     backend.add_tokens([AddedToken(t, special=False) for t in ("<think>", "</think>")])
     template = (
         "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + "
@@ -122,9 +123,11 @@ def bytes_tokenizer() -> transformers.PreTrainedTokenizerFast:
         "enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
     )
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         chat_template=template,
-    )  # fmt: skip
+    )
 
 
 def load_tokenizer(spec: str, workdir: str | None = None) -> Tokenizer:

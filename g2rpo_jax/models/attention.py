@@ -175,15 +175,17 @@ def _pad_to(x, axis: int, multiple: int, value=0):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def chunked(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, block_q: int,
-            block_k: int) -> jax.Array:  # fmt: skip
+def chunked(
+    q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, block_q: int, block_k: int
+) -> jax.Array:
     """Blockwise attention with an online softmax: [B, T, K, G, H] in q's dtype.
 
     q_seg, kv_seg: int32 segment ids (1 real, 0 padding); a key is visible to a query of the
     same segment at or before its slot. q_offset: int32 scalar, the first query's slot.
     """
-    return _chunked_forward(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset,
-                            block_q, block_k)[0]  # fmt: skip
+    return _chunked_forward(
+        q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, block_q, block_k
+    )[0]
 
 
 def _blocked(q_BTKGH, k_BSKH, v_BSKH, block_q, block_k):
@@ -234,17 +236,22 @@ def _chunked_forward(q_BTKGH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, blo
 
         def key_block(j, carry):
             o, m, denom = carry
-            s, _ = _block_scores(q_i, k[:, :, j], seg_i, kv_seg[:, j], q_slot,
-                                 j * block_k + jnp.arange(block_k))  # fmt: skip
+            s, _ = _block_scores(
+                q_i, k[:, :, j], seg_i, kv_seg[:, j], q_slot, j * block_k + jnp.arange(block_k)
+            )
             m_new = jnp.maximum(m, s.max(-1))
             p = jnp.exp(s - m_new[..., None])
             corr = jnp.exp(m - m_new)
-            pv = jnp.einsum("BKRk,BKkH->BKRH", p.astype(dt), v[:, :, j],
-                            preferred_element_type=jnp.float32)  # fmt: skip
+            pv = jnp.einsum(
+                "BKRk,BKkH->BKRH", p.astype(dt), v[:, :, j], preferred_element_type=jnp.float32
+            )
             return o * corr[..., None] + pv, m_new, denom * corr + p.sum(-1)
 
-        init = (jnp.zeros((B, K, R, H), jnp.float32), jnp.full((B, K, R), MASKED, jnp.float32),
-                jnp.zeros((B, K, R), jnp.float32))  # fmt: skip
+        init = (
+            jnp.zeros((B, K, R, H), jnp.float32),
+            jnp.full((B, K, R), MASKED, jnp.float32),
+            jnp.zeros((B, K, R), jnp.float32),
+        )
         last = _last_key_block(i, q_offset, block_q, block_k, nk)
         o, m, denom = jax.lax.fori_loop(0, last, key_block, init)
         return (o / denom[..., None]).astype(dt), m + jnp.log(denom)
@@ -276,17 +283,21 @@ def _chunked_bwd(block_q, block_k, residuals, d_out_BTKGH):
         def query_block(i, carry):
             dq, dk_j, dv_j = carry
             q_i, do_i = q[:, :, i], do[:, :, i]
-            s, visible = _block_scores(q_i, k_j, q_seg[:, i], seg_j,
-                                       q_offset + i * block_q + row_q, k_slot)  # fmt: skip
+            s, visible = _block_scores(
+                q_i, k_j, q_seg[:, i], seg_j, q_offset + i * block_q + row_q, k_slot
+            )
             p = jnp.exp(s - lse[:, :, i][..., None])
-            dv_j = dv_j + jnp.einsum("BKRk,BKRH->BKkH", p.astype(dt), do_i,
-                                     preferred_element_type=jnp.float32)  # fmt: skip
+            dv_j = dv_j + jnp.einsum(
+                "BKRk,BKRH->BKkH", p.astype(dt), do_i, preferred_element_type=jnp.float32
+            )
             dp = jnp.einsum("BKRH,BKkH->BKRk", do_i, v_j, preferred_element_type=jnp.float32)
             ds = jnp.where(visible, p * (dp - delta[:, :, i][..., None]), 0.0) * scale
-            dk_j = dk_j + jnp.einsum("BKRk,BKRH->BKkH", ds.astype(dt), q_i,
-                                     preferred_element_type=jnp.float32)  # fmt: skip
-            dq_i = jnp.einsum("BKRk,BKkH->BKRH", ds.astype(dt), k_j,
-                              preferred_element_type=jnp.float32)  # fmt: skip
+            dk_j = dk_j + jnp.einsum(
+                "BKRk,BKRH->BKkH", ds.astype(dt), q_i, preferred_element_type=jnp.float32
+            )
+            dq_i = jnp.einsum(
+                "BKRk,BKkH->BKRH", ds.astype(dt), k_j, preferred_element_type=jnp.float32
+            )
             return dq.at[:, :, i].add(dq_i), dk_j, dv_j
 
         # The first query block whose last row reaches key block j.
@@ -311,8 +322,9 @@ chunked.defvjp(
 # --- splash (TPU) and cuDNN (NVIDIA) ---------------------------------------------------------
 
 
-def _splash(q_BTKGH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int,
-            interpret: bool) -> jax.Array:  # fmt: skip
+def _splash(
+    q_BTKGH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int, interpret: bool
+) -> jax.Array:
     """The Pallas TPU splash kernel (in interpret mode on CPU, for tests): GQA native,
     causal by a static mask, left padding by segment ids; sequences padded to whole tiles."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
@@ -322,21 +334,31 @@ def _splash(q_BTKGH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int,
     bq = _SPLASH_BLOCK if T >= _SPLASH_BLOCK else 128
     bk = _SPLASH_BLOCK if S >= _SPLASH_BLOCK else 128
     # Splash does not scale the scores.
-    q_BNTH = _pad_to((q_BTKGH * (1.0 / math.sqrt(H))).reshape(B, T, K * G, H)
-                     .transpose(0, 2, 1, 3), 2, bq)  # fmt: skip
+    q_BNTH = _pad_to(
+        (q_BTKGH * (1.0 / math.sqrt(H))).reshape(B, T, K * G, H).transpose(0, 2, 1, 3), 2, bq
+    )
     k_BKSH = _pad_to(k_BSKH.transpose(0, 2, 1, 3), 2, bk)
     v_BKSH = _pad_to(v_BSKH.transpose(0, 2, 1, 3), 2, bk)
     Tp, Sp = q_BNTH.shape[2], k_BKSH.shape[2]
     # The causal edge stays where the unpadded queries put it: query i at slot q_offset + i.
     causal = splash.CausalMask((Tp, Sp), offset=q_offset)
-    blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
-                               block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq,
-                               block_kv_dq=bk)  # fmt: skip
+    blocks = splash.BlockSizes(
+        block_q=bq,
+        block_kv=bk,
+        block_kv_compute=bk,
+        block_q_dkv=bq,
+        block_kv_dkv=bk,
+        block_kv_dkv_compute=bk,
+        block_q_dq=bq,
+        block_kv_dq=bk,
+    )
     kernel = splash.make_splash_mha_single_device(
         splash.MultiHeadMask([causal] * (K * G)), block_sizes=blocks, interpret=interpret
     )
-    segments = splash.SegmentIds(q=_pad_to(q_mask_BT.astype(jnp.int32), 1, bq, 3),
-                                 kv=_pad_to(kv_mask_BS.astype(jnp.int32), 1, bk, 4))  # fmt: skip
+    segments = splash.SegmentIds(
+        q=_pad_to(q_mask_BT.astype(jnp.int32), 1, bq, 3),
+        kv=_pad_to(kv_mask_BS.astype(jnp.int32), 1, bk, 4),
+    )
     out_BNTH = jax.vmap(kernel)(q_BNTH, k_BKSH, v_BKSH, segment_ids=segments)
     return out_BNTH[:, :, :T].transpose(0, 2, 1, 3).reshape(B, T, K, G, H)
 
@@ -348,9 +370,13 @@ def _cudnn(q_BTNH, k_BSKH, v_BSKH, q_mask_BT, kv_mask_BS, q_offset: int) -> jax.
     same_BTS = q_mask_BT[:, :, None] == kv_mask_BS[:, None, :]
     causal_TS = _causal(jnp.arange(T), S, q_offset)
     return jax.nn.dot_product_attention(
-        q_BTNH, k_BSKH, v_BSKH, mask=(same_BTS & causal_TS)[:, None],
-        is_causal=q_offset == 0 and T == S, implementation="cudnn",
-    )  # fmt: skip
+        q_BTNH,
+        k_BSKH,
+        v_BSKH,
+        mask=(same_BTS & causal_TS)[:, None],
+        is_causal=q_offset == 0 and T == S,
+        implementation="cudnn",
+    )
 
 
 # --- decode: one query over the cache ----------------------------------------------------------

@@ -151,38 +151,112 @@ def qwen2(**kw) -> ModelConfig:
 
 
 _QWEN_VOCAB = 151_936
-_QWEN3 = dict(vocab_size=_QWEN_VOCAB, head_dim=128, max_position_embeddings=40_960,
-              bos_token_id=151_643, eos_token_id=151_645)  # fmt: skip
+_QWEN3 = dict(
+    vocab_size=_QWEN_VOCAB,
+    head_dim=128,
+    max_position_embeddings=40_960,
+    bos_token_id=151_643,
+    eos_token_id=151_645,
+)
 _QWEN25 = dict(max_position_embeddings=32_768, bos_token_id=151_643, eos_token_id=151_643)
-_QWEN25_MATH = dict(rope_theta=10_000.0, max_position_embeddings=4096,
-                    bos_token_id=151_643, eos_token_id=151_643)  # fmt: skip
+_QWEN25_MATH = dict(
+    rope_theta=10_000.0, max_position_embeddings=4096, bos_token_id=151_643, eos_token_id=151_643
+)
 
 # The published architectures (config.json of each Hugging Face repo); no weights here.
 PRESETS: dict[str, ModelConfig] = {
-    "qwen3-0.6b": qwen3(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
-                        num_kv_heads=8, tie_word_embeddings=True, **_QWEN3),
-    "qwen3-1.7b": qwen3(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
-                        num_kv_heads=8, tie_word_embeddings=True, **_QWEN3),
-    "qwen3-4b": qwen3(hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
-                      num_kv_heads=8, tie_word_embeddings=True, **_QWEN3),
-    "qwen3-8b": qwen3(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
-                      num_kv_heads=8, tie_word_embeddings=False, **_QWEN3),
-    "qwen2.5-0.5b": qwen2(vocab_size=_QWEN_VOCAB, hidden_size=896, intermediate_size=4864,
-                          num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
-                          tie_word_embeddings=True, **_QWEN25),
-    "qwen2.5-1.5b": qwen2(vocab_size=_QWEN_VOCAB, hidden_size=1536, intermediate_size=8960,
-                          num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128,
-                          tie_word_embeddings=True, **_QWEN25),
-    "qwen2.5-7b": qwen2(vocab_size=152_064, hidden_size=3584, intermediate_size=18944,
-                        num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128,
-                        tie_word_embeddings=False, **_QWEN25),
-    "qwen2.5-math-1.5b": qwen2(vocab_size=_QWEN_VOCAB, hidden_size=1536, intermediate_size=8960,
-                               num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128,
-                               tie_word_embeddings=True, **_QWEN25_MATH),
-    "qwen2.5-math-7b": qwen2(vocab_size=152_064, hidden_size=3584, intermediate_size=18944,
-                             num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128,
-                             tie_word_embeddings=False, **_QWEN25_MATH),
-}  # fmt: skip
+    "qwen3-0.6b": qwen3(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        tie_word_embeddings=True,
+        **_QWEN3,
+    ),
+    "qwen3-1.7b": qwen3(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        tie_word_embeddings=True,
+        **_QWEN3,
+    ),
+    "qwen3-4b": qwen3(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        tie_word_embeddings=True,
+        **_QWEN3,
+    ),
+    "qwen3-8b": qwen3(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        tie_word_embeddings=False,
+        **_QWEN3,
+    ),
+    "qwen2.5-0.5b": qwen2(
+        vocab_size=_QWEN_VOCAB,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        tie_word_embeddings=True,
+        **_QWEN25,
+    ),
+    "qwen2.5-1.5b": qwen2(
+        vocab_size=_QWEN_VOCAB,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        head_dim=128,
+        tie_word_embeddings=True,
+        **_QWEN25,
+    ),
+    "qwen2.5-7b": qwen2(
+        vocab_size=152_064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        head_dim=128,
+        tie_word_embeddings=False,
+        **_QWEN25,
+    ),
+    "qwen2.5-math-1.5b": qwen2(
+        vocab_size=_QWEN_VOCAB,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        head_dim=128,
+        tie_word_embeddings=True,
+        **_QWEN25_MATH,
+    ),
+    "qwen2.5-math-7b": qwen2(
+        vocab_size=152_064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        head_dim=128,
+        tie_word_embeddings=False,
+        **_QWEN25_MATH,
+    ),
+}
 
 
 def preset(name: str, **overrides) -> ModelConfig:

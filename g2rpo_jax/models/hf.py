@@ -148,7 +148,9 @@ def _tensor_map(config: ModelConfig) -> list[_Tensor]:
         att = ours + ("attn",)
         tensors += [
             _Tensor(f"{hf}.input_layernorm.weight", ours + ("input_norm", "weight")),
-            _Tensor(f"{hf}.post_attention_layernorm.weight", ours + ("post_attention_norm", "weight")),
+            _Tensor(
+                f"{hf}.post_attention_layernorm.weight", ours + ("post_attention_norm", "weight")
+            ),
             _Tensor(f"{hf}.self_attn.q_proj.weight", att + ("q_proj",), n_in=1),
             _Tensor(f"{hf}.self_attn.k_proj.weight", att + ("k_proj",), n_in=1),
             _Tensor(f"{hf}.self_attn.v_proj.weight", att + ("v_proj",), n_in=1),
@@ -156,7 +158,7 @@ def _tensor_map(config: ModelConfig) -> list[_Tensor]:
             _Tensor(f"{hf}.mlp.gate_proj.weight", ours + ("mlp", "gate_proj"), n_in=1),
             _Tensor(f"{hf}.mlp.up_proj.weight", ours + ("mlp", "up_proj"), n_in=1),
             _Tensor(f"{hf}.mlp.down_proj.weight", ours + ("mlp", "down_proj"), n_in=1),
-        ]  # fmt: skip
+        ]
         if config.qkv_bias:
             tensors += [
                 _Tensor(f"{hf}.self_attn.{n}_proj.bias", att + (f"{n}_bias",), flat=True)
@@ -282,8 +284,12 @@ def from_pretrained(
         )
     unused = set(files) - {t.hf_name for t in tensors}
     if unused - {"lm_head.weight"}:  # tied checkpoints sometimes also store the head
-        log.warning("ignoring %d tensors not used by %s: %s", len(unused), config.model_type,
-                    sorted(unused)[:5])  # fmt: skip
+        log.warning(
+            "ignoring %d tensors not used by %s: %s",
+            len(unused),
+            config.model_type,
+            sorted(unused)[:5],
+        )
     by_name = {t.hf_name: t for t in tensors}
     weight_dtype = _NUMPY_DTYPES[config.param_dtype]
     for name, array in _read_tensors(files, list(by_name)):

@@ -50,11 +50,17 @@ def _lora(module: nnx.Module, name: str, rngs, in_shape, out_shape, in_axes, out
     fan_in = math.prod(in_shape)
     bound = 1.0 / math.sqrt(fan_in)
     a = jax.random.uniform(rngs.params(), (*in_shape, lora.rank), jnp.float32, -bound, bound)
-    setattr(module, f"{name}_lora_a", LoraParam(a, out_sharding=(*in_axes, "lora_rank"),
-                                                eager_sharding=False))  # fmt: skip
+    setattr(
+        module,
+        f"{name}_lora_a",
+        LoraParam(a, out_sharding=(*in_axes, "lora_rank"), eager_sharding=False),
+    )
     b = jnp.zeros((lora.rank, *out_shape), jnp.float32)
-    setattr(module, f"{name}_lora_b", LoraParam(b, out_sharding=("lora_rank", *out_axes),
-                                                eager_sharding=False))  # fmt: skip
+    setattr(
+        module,
+        f"{name}_lora_b",
+        LoraParam(b, out_sharding=("lora_rank", *out_axes), eager_sharding=False),
+    )
 
 
 def _lora_delta(module: nnx.Module, name: str, x_BTI: jax.Array, y_BTO: jax.Array) -> jax.Array:
@@ -111,8 +117,9 @@ class GroupCache:
 def init_cache(config: ModelConfig, batch: int, max_length: int) -> KVCache:
     k_shape = (batch, config.num_kv_heads, config.head_dim, max_length)
     v_shape = (batch, config.num_kv_heads, max_length, config.head_dim)
-    zeros = lambda shape: tuple(jnp.zeros(shape, config.compute_dtype)
-                                for _ in range(config.num_layers))  # fmt: skip
+    zeros = lambda shape: tuple(
+        jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers)
+    )
     return KVCache(
         k=zeros(k_shape),
         v=zeros(v_shape),
@@ -180,8 +187,18 @@ class Attention(nnx.Module):
             y = y + getattr(self, f"{name}_bias")[...].astype(dt)
         return y
 
-    def __call__(self, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache=None, index=None,
-                 last=None, fresh=True):  # fmt: skip
+    def __call__(
+        self,
+        x_BTD,
+        cos_BTh,
+        sin_BTh,
+        q_mask_BT,
+        kv_mask_BS,
+        kv_cache=None,
+        index=None,
+        last=None,
+        fresh=True,
+    ):
         """q_mask_BT: real tokens among x's; kv_mask_BS: real tokens among the key slots (the
         cache's, this call's included). last: queries for the last `last` positions only
         (keys and values for all). fresh: the keys are exactly this call's tokens (no cache,
@@ -243,9 +260,10 @@ class Attention(nnx.Module):
         B, T, N, H = out_BTNH.shape
         # One contracting axis: with two (N, H), XLA:CPU transposed both operands per call.
         y_BTD = jnp.einsum(
-            "BTE,ED->BTD", out_BTNH.reshape(B, T, N * H),
+            "BTE,ED->BTD",
+            out_BTNH.reshape(B, T, N * H),
             self.o_proj[...].reshape(N * H, -1).astype(dt),
-        )  # fmt: skip
+        )
         y_BTD = _lora_delta(self, "o", out_BTNH, y_BTD)
         if self.config.o_bias:
             y_BTD = y_BTD + self.o_bias[...].astype(dt)
@@ -276,8 +294,11 @@ class MLP(nnx.Module):
         self.up_proj = _param(rngs, (D, F), ("embed", "mlp"), pd)
         self.down_proj = _param(rngs, (F, D), ("mlp", "embed"), pd)
         self.dtype, self.config = config.compute_dtype, config
-        for name, i, o, axes in (("gate", D, F, ("embed", "mlp")), ("up", D, F, ("embed", "mlp")),
-                                 ("down", F, D, ("mlp", "embed"))):  # fmt: skip
+        for name, i, o, axes in (
+            ("gate", D, F, ("embed", "mlp")),
+            ("up", D, F, ("embed", "mlp")),
+            ("down", F, D, ("mlp", "embed")),
+        ):
             _lora(self, name, rngs, (i,), (o,), axes[:1], axes[1:])
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
@@ -307,19 +328,41 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs, kernel: attention.Kernel):
         norm = lambda: RMSNorm(
-            config.hidden_size, config.rms_norm_eps, config.compute_dtype, config.weight_dtype,
+            config.hidden_size,
+            config.rms_norm_eps,
+            config.compute_dtype,
+            config.weight_dtype,
             "norm",
-        )  # fmt: skip
+        )
         self.input_norm, self.post_attention_norm = norm(), norm()
         self.attn = Attention(config, rngs, kernel)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache=None, index=None,
-                 last=None, fresh=True):  # fmt: skip
+    def __call__(
+        self,
+        x_BTD,
+        cos_BTh,
+        sin_BTh,
+        q_mask_BT,
+        kv_mask_BS,
+        kv_cache=None,
+        index=None,
+        last=None,
+        fresh=True,
+    ):
         """last: the output for the last `last` positions only; all of them fill kv_cache.
         The masks and `fresh` as in Attention."""
-        h_BTD, kv_cache = self.attn(self.input_norm(x_BTD), cos_BTh, sin_BTh, q_mask_BT,
-                                    kv_mask_BS, kv_cache, index, last, fresh)  # fmt: skip
+        h_BTD, kv_cache = self.attn(
+            self.input_norm(x_BTD),
+            cos_BTh,
+            sin_BTh,
+            q_mask_BT,
+            kv_mask_BS,
+            kv_cache,
+            index,
+            last,
+            fresh,
+        )
         x_BTD = (x_BTD if last is None else x_BTD[:, -last:]) + h_BTD
         return x_BTD + self.mlp(self.post_attention_norm(x_BTD)), kv_cache
 
@@ -333,8 +376,9 @@ class Block(nnx.Module):
         return x_B1D + self.mlp(self.post_attention_norm(x_B1D)), kv_cache
 
 
-def _block_forward(block: Block, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache, index,
-                   last, fresh):  # fmt: skip
+def _block_forward(
+    block: Block, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache, index, last, fresh
+):
     return block(x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv_cache, index, last, fresh)
 
 
@@ -352,8 +396,12 @@ class Qwen(nnx.Module):
         wrong kernel (attention.Kernel)."""
         V, D, pd = config.vocab_size, config.hidden_size, config.weight_dtype
         self.config = config
-        kernel = attention.kernel_for(config.attention, platform or jax.default_backend(),
-                                      config.compute_dtype, config.head_dim)  # fmt: skip
+        kernel = attention.kernel_for(
+            config.attention,
+            platform or jax.default_backend(),
+            config.compute_dtype,
+            config.head_dim,
+        )
         self.embed = _param(rngs, (V, D), ("vocab", "embed"), pd)
         self.layers = nnx.List([Block(config, rngs, kernel) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(D, config.rms_norm_eps, config.compute_dtype, pd, "norm")
@@ -362,8 +410,9 @@ class Qwen(nnx.Module):
         inv_freq, attention_factor = rope_frequencies(config)
         self.rope = (tuple(inv_freq.tolist()), attention_factor)
 
-    def __call__(self, input_ids, positions, attention_mask, cache: KVCache | None = None,
-                 rotary=None):  # fmt: skip
+    def __call__(
+        self, input_ids, positions, attention_mask, cache: KVCache | None = None, rotary=None
+    ):
         """input_ids, positions, attention_mask: [B, T] (mask: 1 for real tokens).
 
         Returns logits [B, T, V] in float32, or (logits, cache) when a cache is given.
@@ -386,8 +435,15 @@ class Qwen(nnx.Module):
         sin_BTh = jnp.sin(angles_BTh) * attention_factor
         return attention.computed_once((cos_BTh, sin_BTh), positions)
 
-    def hidden_states(self, input_ids, positions, attention_mask, cache: KVCache | None = None,
-                      rotary=None, last: int | None = None):  # fmt: skip
+    def hidden_states(
+        self,
+        input_ids,
+        positions,
+        attention_mask,
+        cache: KVCache | None = None,
+        rotary=None,
+        last: int | None = None,
+    ):
         """The final-normed hidden states [B, T, D] (and the cache), before the LM head.
 
         last: return the last `last` positions only, [B, last, D]. The last layer then runs
@@ -412,8 +468,9 @@ class Qwen(nnx.Module):
         for i, block in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             trim = last if i == len(self.layers) - 1 else None
-            x_BTD, kv = forward(block, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv, index,
-                                trim, fresh)  # fmt: skip
+            x_BTD, kv = forward(
+                block, x_BTD, cos_BTh, sin_BTh, q_mask_BT, kv_mask_BS, kv, index, trim, fresh
+            )
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
@@ -454,13 +511,17 @@ class Qwen(nnx.Module):
         dt = self.config.compute_dtype
         if self.config.tie_word_embeddings:
             return jnp.einsum(
-                "BTD,VD->BTV", hidden_BTD, self.embed[...].astype(dt),
+                "BTD,VD->BTV",
+                hidden_BTD,
+                self.embed[...].astype(dt),
                 preferred_element_type=jnp.float32,
-            )  # fmt: skip
+            )
         return jnp.einsum(
-            "BTD,DV->BTV", hidden_BTD, self.lm_head[...].astype(dt),
+            "BTD,DV->BTV",
+            hidden_BTD,
+            self.lm_head[...].astype(dt),
             preferred_element_type=jnp.float32,
-        )  # fmt: skip
+        )
 
 
 def abstract_model(config: ModelConfig, platform: str | None = None) -> Qwen:
@@ -470,36 +531,3 @@ def abstract_model(config: ModelConfig, platform: str | None = None) -> Qwen:
 
 def param_count(model: Qwen) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-def token_log_probs(
-    model: Qwen,
-    hidden_BTD: jax.Array,
-    targets_BT: jax.Array,
-    temperature: float = 1.0,
-    chunk: int = 256,
-) -> jax.Array:
-    """log softmax(logits / temperature) at the target tokens: float32 [B, T].
-
-    Works through T in chunks, each rematerialized in the backward pass, so the float32
-    logits [B, T, V] never exist at once (Qwen's V is 151,936).
-    """
-    B, T, D = hidden_BTD.shape
-
-    @jax.checkpoint
-    def chunk_log_probs(h_BcD, t_Bc):
-        logits = model.logits(h_BcD) / temperature
-        picked = jnp.take_along_axis(logits, t_Bc[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
-
-    if T <= chunk:
-        return chunk_log_probs(hidden_BTD, targets_BT)
-    n = -(-T // chunk)
-    pad = n * chunk - T
-    h_nBcD = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D)
-    t_nBc = jnp.pad(targets_BT, ((0, 0), (0, pad))).reshape(B, n, chunk)
-    out = jax.lax.map(
-        lambda args: chunk_log_probs(*args),
-        (h_nBcD.transpose(1, 0, 2, 3), t_nBc.transpose(1, 0, 2)),
-    )
-    return out.transpose(1, 0, 2).reshape(B, n * chunk)[:, :T]

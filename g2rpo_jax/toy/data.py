@@ -36,14 +36,17 @@ class Encoder:
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
-    def sft_arrays(self, problems: Sequence[task.Problem], seq_len: int,
-                   traces: Sequence[str] | None = None):  # fmt: skip
+    def sft_arrays(
+        self, problems: Sequence[task.Problem], seq_len: int, traces: Sequence[str] | None = None
+    ):
         """tokens int32 [N, seq_len] and loss mask float32 [N, seq_len] (sft.encode) of each
         prompt and its trace (default: the problem's own, correct one)."""
         prompts = self.ids([p.prompt for p in problems])
         traces = self.ids([p.trace for p in problems] if traces is None else traces)
-        pairs = [sft.encode(p, t, self.eos_id, seq_len, self.pad_id)
-                 for p, t in zip(prompts, traces, strict=True)]  # fmt: skip
+        pairs = [
+            sft.encode(p, t, self.eos_id, seq_len, self.pad_id)
+            for p, t in zip(prompts, traces, strict=True)
+        ]
         return np.stack([t for t, _ in pairs]), np.stack([m for _, m in pairs])
 
     def prompt_arrays(self, problems: Sequence[task.Problem]):

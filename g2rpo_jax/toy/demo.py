@@ -47,10 +47,18 @@ MAX_COMPLETION_LENGTH = 48  # a 4-digit trace is 45–46 tokens, EOS one more
 def model_config(vocab_size: int, eos_token_id: int) -> ModelConfig:
     """Qwen3 architecture (q/k norm, GQA 4:2, RoPE, SwiGLU, tied embeddings), 0.79M params."""
     return qwen3(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_layers=4,
-        num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=True,
-        rope_theta=10_000.0, max_position_embeddings=128, eos_token_id=eos_token_id,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        tie_word_embeddings=True,
+        rope_theta=10_000.0,
+        max_position_embeddings=128,
+        eos_token_id=eos_token_id,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +68,18 @@ class Recipe:
     num_eval: int = 500
     num_calibration: int = 256
     num_train: int = 1024
-    phase1: sft.SFTConfig = sft.SFTConfig(steps=400, batch_size=64, seq_len=48,
-                                          learning_rate=1e-3, warmup_steps=50)  # fmt: skip
+    phase1: sft.SFTConfig = sft.SFTConfig(
+        steps=400, batch_size=64, seq_len=48, learning_rate=1e-3, warmup_steps=50
+    )
     phase1_digits: tuple[int, ...] = (1, 2, 3)
-    phase2: sft.SFTConfig = sft.SFTConfig(steps=400, batch_size=64, seq_len=64,
-                                          learning_rate=1e-4, warmup_steps=30,
-                                          final_lr_fraction=1.0)  # fmt: skip
+    phase2: sft.SFTConfig = sft.SFTConfig(
+        steps=400,
+        batch_size=64,
+        seq_len=64,
+        learning_rate=1e-4,
+        warmup_steps=30,
+        final_lr_fraction=1.0,
+    )
     phase2_share: float = 0.15  # of 4-digit problems in phase 2; the rest 1–3 digits
     # Accuracy climbs ~0.08 in 10 phase-2 steps near the target: checking every 2 steps lands
     # rebuilds close to target_greedy whatever path their floats took.
@@ -94,18 +108,27 @@ def warm_start(recipe: Recipe, encoder: Encoder, sets: dict, log: Callable[[str]
 
     def stream(phase: int, digits, weights, seq_len, batch_size):
         def batches(k: int):
-            problems = task.make_problems((recipe.seed, phase, k), batch_size, digits, weights,
-                                          exclude=held_out)  # fmt: skip
+            problems = task.make_problems(
+                (recipe.seed, phase, k), batch_size, digits, weights, exclude=held_out
+            )
             return encoder.sft_arrays(problems, seq_len)
 
         return batches
 
     t0 = time.perf_counter()
     p1 = recipe.phase1
-    losses = sft.train(model, p1, stream(1, recipe.phase1_digits, None, p1.seq_len, p1.batch_size),
-                       log_every=100, log=log)  # fmt: skip
-    info["phase1"] = {"steps": p1.steps, "final_loss": losses[-1],
-                      "seconds": time.perf_counter() - t0}  # fmt: skip
+    losses = sft.train(
+        model,
+        p1,
+        stream(1, recipe.phase1_digits, None, p1.seq_len, p1.batch_size),
+        log_every=100,
+        log=log,
+    )
+    info["phase1"] = {
+        "steps": p1.steps,
+        "final_loss": losses[-1],
+        "seconds": time.perf_counter() - t0,
+    }
 
     t1 = time.perf_counter()
     p2, share = recipe.phase2, recipe.phase2_share
@@ -114,28 +137,45 @@ def warm_start(recipe: Recipe, encoder: Encoder, sets: dict, log: Callable[[str]
     checks = []
 
     def stop(steps: int, model: Qwen) -> bool:
-        acc = evaluation.accuracy(model, encoder, sets["calibration"], temperature=TEMPERATURE,
-                                  max_completion_length=MAX_COMPLETION_LENGTH,
-                                  sampled=False).greedy  # fmt: skip
+        acc = evaluation.accuracy(
+            model,
+            encoder,
+            sets["calibration"],
+            temperature=TEMPERATURE,
+            max_completion_length=MAX_COMPLETION_LENGTH,
+            sampled=False,
+        ).greedy
         checks.append((steps, acc))
         log(f"phase 2 step {steps}: calibration greedy accuracy {acc:.3f}")
         return acc >= recipe.target_greedy
 
     losses = sft.train(
-        model, p2, stream(2, (*recipe.phase1_digits, RL_DIGITS), weights, p2.seq_len,
-                          p2.batch_size),
-        check_every=recipe.check_every, stop=stop, log=log,
-    )  # fmt: skip
-    info["phase2"] = {"steps": len(losses), "final_loss": losses[-1], "checks": checks,
-                      "seconds": time.perf_counter() - t1}  # fmt: skip
+        model,
+        p2,
+        stream(2, (*recipe.phase1_digits, RL_DIGITS), weights, p2.seq_len, p2.batch_size),
+        check_every=recipe.check_every,
+        stop=stop,
+        log=log,
+    )
+    info["phase2"] = {
+        "steps": len(losses),
+        "final_loss": losses[-1],
+        "checks": checks,
+        "seconds": time.perf_counter() - t1,
+    }
     return model, info
 
 
-def held_out_accuracy(model: Qwen, encoder: Encoder, problems, seed: int = 0,
-                      sampled: bool = True):  # fmt: skip
-    return evaluation.accuracy(model, encoder, problems, temperature=TEMPERATURE,
-                               max_completion_length=MAX_COMPLETION_LENGTH, seed=seed,
-                               sampled=sampled)  # fmt: skip
+def held_out_accuracy(model: Qwen, encoder: Encoder, problems, seed: int = 0, sampled: bool = True):
+    return evaluation.accuracy(
+        model,
+        encoder,
+        problems,
+        temperature=TEMPERATURE,
+        max_completion_length=MAX_COMPLETION_LENGTH,
+        seed=seed,
+        sampled=sampled,
+    )
 
 
 def build(out_dir: str, recipe: Recipe = Recipe(), log: Callable[[str], None] = print) -> dict:

@@ -14,17 +14,27 @@ from g2rpo_jax.toy import sft, task
 from g2rpo_jax.toy.data import Encoder
 
 
-def sampling_config(encoder: Encoder, max_completion_length: int, temperature: float,
-                    batch_multiple: int = 64) -> SamplingConfig:  # fmt: skip
+def sampling_config(
+    encoder: Encoder, max_completion_length: int, temperature: float, batch_multiple: int = 64
+) -> SamplingConfig:
     """temperature 0: greedy; otherwise plain sampling (no top-k/top-p) at that temperature."""
     return SamplingConfig(
-        max_completion_length=max_completion_length, eos_ids=(encoder.eos_id,),
-        pad_id=encoder.pad_id, temperature=temperature, batch_multiple=batch_multiple,
-    )  # fmt: skip
+        max_completion_length=max_completion_length,
+        eos_ids=(encoder.eos_id,),
+        pad_id=encoder.pad_id,
+        temperature=temperature,
+        batch_multiple=batch_multiple,
+    )
 
 
-def completions(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem],
-                config: SamplingConfig, seed: int = 0, chunk: int = 512) -> list[str]:  # fmt: skip
+def completions(
+    model: Qwen,
+    encoder: Encoder,
+    problems: Sequence[task.Problem],
+    config: SamplingConfig,
+    seed: int = 0,
+    chunk: int = 512,
+) -> list[str]:
     """The decoded unguided completion of each problem (special tokens dropped)."""
     graphdef, params = nnx.split(model)
     sampler = sampling.sampler_for(graphdef, config)
@@ -32,8 +42,14 @@ def completions(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem],
     for start in range(0, len(problems), chunk):
         part = problems[start : start + chunk]
         ids, lengths = encoder.prompt_arrays(part)
-        out = sampler(params, ids, lengths, np.zeros((len(part), 0), np.int32),
-                      np.zeros(len(part), np.int32), jax.random.key(seed + start))  # fmt: skip
+        out = sampler(
+            params,
+            ids,
+            lengths,
+            np.zeros((len(part), 0), np.int32),
+            np.zeros(len(part), np.int32),
+            jax.random.key(seed + start),
+        )
         completion_ids, mask = jax.device_get((out.completion_ids, out.completion_mask))
         texts += evaluation.decode(encoder.tokenizer, completion_ids, mask)
     return texts
@@ -47,13 +63,22 @@ class Accuracy:
     num_problems: int
 
     def __str__(self) -> str:
-        return (f"greedy {self.greedy:.3f}, sampled (T={self.temperature:g}) {self.sampled:.3f} "
-                f"on {self.num_problems} problems")  # fmt: skip
+        return (
+            f"greedy {self.greedy:.3f}, sampled (T={self.temperature:g}) {self.sampled:.3f} "
+            f"on {self.num_problems} problems"
+        )
 
 
-def accuracy(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem], *,
-             temperature: float, max_completion_length: int, seed: int = 0,
-             sampled: bool = True) -> Accuracy:  # fmt: skip
+def accuracy(
+    model: Qwen,
+    encoder: Encoder,
+    problems: Sequence[task.Problem],
+    *,
+    temperature: float,
+    max_completion_length: int,
+    seed: int = 0,
+    sampled: bool = True,
+) -> Accuracy:
     """Fraction of problems whose unguided completion is exactly right, greedy and sampled."""
 
     def score(temp: float) -> float:
@@ -62,13 +87,16 @@ def accuracy(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem], *,
         return float(np.mean([task.is_correct(p, t) for p, t in zip(problems, texts, strict=True)]))
 
     return Accuracy(
-        greedy=score(0.0), sampled=score(temperature) if sampled else float("nan"),
-        temperature=temperature, num_problems=len(problems),
-    )  # fmt: skip
+        greedy=score(0.0),
+        sampled=score(temperature) if sampled else float("nan"),
+        temperature=temperature,
+        num_problems=len(problems),
+    )
 
 
-def trace_nll(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem],
-              seq_len: int, chunk: int = 512) -> np.ndarray:  # fmt: skip
+def trace_nll(
+    model: Qwen, encoder: Encoder, problems: Sequence[task.Problem], seq_len: int, chunk: int = 512
+) -> np.ndarray:
     """float64 [N]: −log π(trace ⊕ EOS | prompt) in nats under `model`, teacher-forced.
 
     The demo's curriculum difficulty: on the warm-started model it ranks 4-digit problems by
@@ -78,8 +106,11 @@ def trace_nll(model: Qwen, encoder: Encoder, problems: Sequence[task.Problem],
 
     @jax.jit
     def nll(params, tokens_BT, loss_mask_BT):
-        per_row = jax.vmap(lambda t, m: sft.cross_entropy(nnx.merge(graphdef, params), t[None],
-                                                          m[None]) * m[:-1].sum())  # fmt: skip
+        per_row = jax.vmap(
+            lambda t, m: (
+                sft.cross_entropy(nnx.merge(graphdef, params), t[None], m[None]) * m[:-1].sum()
+            )
+        )
         return per_row(tokens_BT, loss_mask_BT)
 
     out = []

@@ -35,15 +35,18 @@ class SFTConfig:
 
     def optimizer(self) -> OptimizerConfig:
         return OptimizerConfig(
-            total_steps=self.steps, learning_rate=self.learning_rate,
+            total_steps=self.steps,
+            learning_rate=self.learning_rate,
             warmup_steps=min(self.warmup_steps, self.steps - 1),
-            final_lr_fraction=self.final_lr_fraction, weight_decay=self.weight_decay,
+            final_lr_fraction=self.final_lr_fraction,
+            weight_decay=self.weight_decay,
             max_grad_norm=self.max_grad_norm,
-        )  # fmt: skip
+        )
 
 
-def encode(prompt_ids: Sequence[int], trace_ids: Sequence[int], eos_id: int, seq_len: int,
-           pad_id: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def encode(
+    prompt_ids: Sequence[int], trace_ids: Sequence[int], eos_id: int, seq_len: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One right-padded sequence `prompt ⊕ trace ⊕ EOS` [seq_len] and its loss mask, which
     marks the positions whose *next* token is a trace or EOS token."""
     ids = [*prompt_ids, *trace_ids, eos_id]
@@ -67,9 +70,16 @@ def cross_entropy(model: Qwen, tokens_BT: jax.Array, loss_mask_BT: jax.Array) ->
     return -jnp.sum(picked_BT * mask_BT) / jnp.maximum(mask_BT.sum(), 1.0)
 
 
-def train(model: Qwen, config: SFTConfig, batches: Callable[[int], tuple[np.ndarray, np.ndarray]],
-          *, log_every: int = 0, log: Callable[[str], None] = print,
-          check_every: int = 0, stop: Callable[[int, Qwen], bool] | None = None) -> list[float]:  # fmt: skip
+def train(
+    model: Qwen,
+    config: SFTConfig,
+    batches: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    *,
+    log_every: int = 0,
+    log: Callable[[str], None] = print,
+    check_every: int = 0,
+    stop: Callable[[int, Qwen], bool] | None = None,
+) -> list[float]:
     """Updates `model` in place for config.steps steps; `batches(k)` gives step k's
     (tokens [B, seq_len], loss mask [B, seq_len]). Returns the loss of every step.
 
@@ -96,8 +106,10 @@ def train(model: Qwen, config: SFTConfig, batches: Callable[[int], tuple[np.ndar
         params, opt_state, loss = step(params, opt_state, tokens, loss_mask)
         losses.append(loss)
         if log_every and ((k + 1) % log_every == 0 or k + 1 == config.steps):
-            log(f"sft step {k + 1}/{config.steps}: loss {float(loss):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+            log(
+                f"sft step {k + 1}/{config.steps}: loss {float(loss):.4f} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
         if stop is not None and check_every and (k + 1) % check_every == 0:
             nnx.update(model, params)
             if stop(k + 1, model):

@@ -64,21 +64,34 @@ VARIANTS = (
     Variant("grpo", "plain GRPO (α = 0)", {"guidance.ratio": 0.0}),
     Variant("sft", "SFT, B·G = 64 traces a step (control)", {}, sft_share=1.0),
     # Diagnostic, not in the issue's list: SFT on exactly the rows an RL run reads.
-    Variant("sft_rl_rows", "SFT, the B = 8 rows a step G²RPO-A reads (control)",
-            {"rows_per_step": 8, "order": "sorted"}, sft_share=1.0),
-    Variant("alpha1_half", f"α = 1, fixed ℓ = {HALF} (half)",
-            {"guidance.ratio": 1.0, "guidance.rule": "constant", "guidance.initial_length": HALF}),
-    Variant("fixed_half", f"α = 0.5, fixed ℓ = {HALF} (half)",
-            {"guidance.rule": "constant", "guidance.initial_length": HALF}),
+    Variant(
+        "sft_rl_rows",
+        "SFT, the B = 8 rows a step G²RPO-A reads (control)",
+        {"rows_per_step": 8, "order": "sorted"},
+        sft_share=1.0,
+    ),
+    Variant(
+        "alpha1_half",
+        f"α = 1, fixed ℓ = {HALF} (half)",
+        {"guidance.ratio": 1.0, "guidance.rule": "constant", "guidance.initial_length": HALF},
+    ),
+    Variant(
+        "fixed_half",
+        f"α = 0.5, fixed ℓ = {HALF} (half)",
+        {"guidance.rule": "constant", "guidance.initial_length": HALF},
+    ),
     Variant("fixed_full", f"α = 0.5, fixed ℓ = {FULL} (full)", {"guidance.rule": "constant"}),
     Variant("linear", f"α = 0.5, linear ℓ {FULL} → 0", {"guidance.rule": "linear"}),
     Variant("g2rpo_a", "G²RPO-A: α = 0.5, adaptive ℓ, curriculum", {}),
     Variant("g2rpo_a_random", "G²RPO-A, random order", {"data.order": "random"}),
     Variant("g2rpo_a_mask", "G²RPO-A, guidance_loss = mask", {"grpo.guidance_loss": "mask"}),
     # Diagnostic, not in the issue's list: plain GRPO without the 0.1 format reward.
-    Variant("grpo_acc_only", "plain GRPO, accuracy reward only",
-            {"guidance.ratio": 0.0, "rewards.weights": ml_collections.ConfigDict({"accuracy": 1.0})}),
-)  # fmt: skip
+    Variant(
+        "grpo_acc_only",
+        "plain GRPO, accuracy reward only",
+        {"guidance.ratio": 0.0, "rewards.weights": ml_collections.ConfigDict({"accuracy": 1.0})},
+    ),
+)
 _MAIN = {v.name: v for v in VARIANTS}
 _NOISY = f"{NOISY_FRACTION:.0%} traces wrong"
 _COVERED = f"traces on {COVERAGE:.0%} of rows"
@@ -87,24 +100,32 @@ _COVERED = f"traces on {COVERAGE:.0%} of rows"
 PART2 = (
     *(_MAIN[n] for n in ("sft", "grpo", "fixed_full", "g2rpo_a")),
     Variant("sft_noisy", f"SFT, {_NOISY}", {}, Traces.NOISY, 1.0),
-    Variant("fixed_full_noisy", f"α = 0.5, fixed ℓ = {FULL}, {_NOISY}",
-            {"guidance.rule": "constant"}, Traces.NOISY),
+    Variant(
+        "fixed_full_noisy",
+        f"α = 0.5, fixed ℓ = {FULL}, {_NOISY}",
+        {"guidance.rule": "constant"},
+        Traces.NOISY,
+    ),
     Variant("g2rpo_a_noisy", f"G²RPO-A (T = 2), {_NOISY}", {}, Traces.NOISY),
-    Variant("g2rpo_a_noisy_T1", f"G²RPO-A, T = 1, {_NOISY}", {"guidance.history": 1},
-            Traces.NOISY),
-    Variant("g2rpo_a_noisy_T4", f"G²RPO-A, T = 4, {_NOISY}", {"guidance.history": 4},
-            Traces.NOISY),
-    Variant("g2rpo_a_noisy_official", f"G²RPO-A, official cadence, {_NOISY}",
-            {"guidance.rule": "official"}, Traces.NOISY),
+    Variant("g2rpo_a_noisy_T1", f"G²RPO-A, T = 1, {_NOISY}", {"guidance.history": 1}, Traces.NOISY),
+    Variant("g2rpo_a_noisy_T4", f"G²RPO-A, T = 4, {_NOISY}", {"guidance.history": 4}, Traces.NOISY),
+    Variant(
+        "g2rpo_a_noisy_official",
+        f"G²RPO-A, official cadence, {_NOISY}",
+        {"guidance.rule": "official"},
+        Traces.NOISY,
+    ),
     Variant("sft_coverage", f"SFT, {_COVERED} (on those rows)", {}, Traces.COVERAGE, 1.0),
-    Variant("grpo_coverage", f"plain GRPO, {_COVERED}", {"guidance.ratio": 0.0},
-            Traces.COVERAGE),
-    Variant("g2rpo_a_coverage", f"G²RPO-A, {_COVERED} (the rest unguided)", {},
-            Traces.COVERAGE),
-    Variant("sft_then_grpo", "SFT for half the steps, then plain GRPO",
-            {"guidance.ratio": 0.0}, sft_share=0.5),
+    Variant("grpo_coverage", f"plain GRPO, {_COVERED}", {"guidance.ratio": 0.0}, Traces.COVERAGE),
+    Variant("g2rpo_a_coverage", f"G²RPO-A, {_COVERED} (the rest unguided)", {}, Traces.COVERAGE),
+    Variant(
+        "sft_then_grpo",
+        "SFT for half the steps, then plain GRPO",
+        {"guidance.ratio": 0.0},
+        sft_share=0.5,
+    ),
     Variant("sft_then_g2rpo_a", "SFT for half the steps, then G²RPO-A", {}, sft_share=0.5),
-)  # fmt: skip
+)
 PARTS = {1: VARIANTS, 2: PART2}
 BY_NAME = _MAIN | {v.name: v for v in PART2}
 
@@ -122,8 +143,9 @@ class Budget:
     one_epoch: bool = True
 
 
-def rl_config(base: ml_collections.ConfigDict, variant: Variant, seed: int,
-              budget: Budget) -> ml_collections.ConfigDict:  # fmt: skip
+def rl_config(
+    base: ml_collections.ConfigDict, variant: Variant, seed: int, budget: Budget
+) -> ml_collections.ConfigDict:
     c = copy.deepcopy(base)
     c.seed = c.data.seed = seed
     c.train.num_steps = c.train.save_every = budget.steps
@@ -169,9 +191,13 @@ def _final(model, held_out: HeldOut, seed: int) -> dict:
     )
     greedy = evaluation.sampling_config(encoder, demo.MAX_COMPLETION_LENGTH, 0.0)
     examples = evaluation.completions(model, encoder, problems[:3], greedy)
-    return {"greedy": acc.greedy, "sampled": acc.sampled,
-            "harder_greedy": harder.greedy, "harder_sampled": harder.sampled,
-            "examples": [p.prompt + t for p, t in zip(problems, examples, strict=False)]}  # fmt: skip
+    return {
+        "greedy": acc.greedy,
+        "sampled": acc.sampled,
+        "harder_greedy": harder.greedy,
+        "harder_sampled": harder.sampled,
+        "examples": [p.prompt + t for p, t in zip(problems, examples, strict=False)],
+    }
 
 
 # The trainer's `train(config, workdir)`: the study runs above the training loop, which
@@ -179,8 +205,9 @@ def _final(model, held_out: HeldOut, seed: int) -> dict:
 Train = Callable[[ml_collections.ConfigDict, str], object]
 
 
-def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str,
-           train: Train) -> tuple[dict, object]:  # fmt: skip
+def run_rl(
+    base, variant: Variant, seed: int, budget: Budget, workdir: str, train: Train
+) -> tuple[dict, object]:
     """One RL run from base.model.path; the record (without the final evaluation) and the
     trained policy."""
     config = rl_config(base, variant, seed, budget)
@@ -194,9 +221,12 @@ def run_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str,
     during = [(e["step"], e["pass@1"]) for e in eval_history(workdir)]
     metrics = read_jsonl(os.path.join(workdir, METRICS_FILE))
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
-    return {"wall_s": wall, "during": during,
-            "ell": [r["guidance_length"] for r in metrics],
-            "skipped_steps": int(sum(r.get("skipped", 0) for r in metrics))}, model  # fmt: skip
+    return {
+        "wall_s": wall,
+        "during": during,
+        "ell": [r["guidance_length"] for r in metrics],
+        "skipped_steps": int(sum(r.get("skipped", 0) for r in metrics)),
+    }, model
 
 
 def traced_rows(path: str) -> list[dict]:
@@ -206,14 +236,17 @@ def traced_rows(path: str) -> list[dict]:
     return [r for r in rows if "guidance" in r]
 
 
-def run_sft(base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
-            ) -> tuple[dict, object]:  # fmt: skip
+def run_sft(
+    base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
+) -> tuple[dict, object]:
     """The control: the reference traces of the training file (those it has), `rows_per_step`
     a step (default B·G, shuffled by seed; `order: sorted` reads them in the curriculum's
     order, as RL does). Returns the record (without the final evaluation) and the model."""
     model, _ = from_pretrained(base.model.path)
-    rows = [(task.parse_prompt(r["prompt"]), r["guidance"], r["difficulty"])
-            for r in traced_rows(base.data.path)]  # fmt: skip
+    rows = [
+        (task.parse_prompt(r["prompt"]), r["guidance"], r["difficulty"])
+        for r in traced_rows(base.data.path)
+    ]
     per_step = variant.overrides.get("rows_per_step", base.data.batch_size * base.grpo.group_size)
     epochs = -(-budget.steps * per_step // len(rows))
     if variant.overrides.get("order") == "sorted":
@@ -223,25 +256,28 @@ def run_sft(base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
         order = np.concatenate([rng.permutation(len(rows)) for _ in range(epochs)])
     opt = base.optimizer
     config = sft.SFTConfig(
-        steps=budget.steps, batch_size=per_step,
+        steps=budget.steps,
+        batch_size=per_step,
         seq_len=base.data.max_prompt_length + base.data.max_completion_length,
-        learning_rate=opt.learning_rate, warmup_steps=min(opt.warmup_steps, budget.steps - 1),
-        final_lr_fraction=opt.final_lr_fraction, weight_decay=opt.weight_decay,
+        learning_rate=opt.learning_rate,
+        warmup_steps=min(opt.warmup_steps, budget.steps - 1),
+        final_lr_fraction=opt.final_lr_fraction,
+        weight_decay=opt.weight_decay,
         max_grad_norm=opt.max_grad_norm,
-    )  # fmt: skip
+    )
     during_rows = held_out.problems[: budget.eval_rows_during]
     during = []
 
     def check(step: int, model) -> bool:
-        acc = demo.held_out_accuracy(model, held_out.encoder, during_rows, seed=seed,
-                                     sampled=False)  # fmt: skip
+        acc = demo.held_out_accuracy(model, held_out.encoder, during_rows, seed=seed, sampled=False)
         during.append((step, acc.greedy))
         return False
 
     def batch(k: int):
         chosen = [rows[i] for i in order[k * per_step : (k + 1) * per_step]]
-        return held_out.encoder.sft_arrays([p for p, *_ in chosen], config.seq_len,
-                                           traces=[t for _, t, _ in chosen])  # fmt: skip
+        return held_out.encoder.sft_arrays(
+            [p for p, *_ in chosen], config.seq_len, traces=[t for _, t, _ in chosen]
+        )
 
     check(0, model)
     t0 = time.perf_counter()
@@ -250,24 +286,35 @@ def run_sft(base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
     return {"wall_s": wall, "during": during, "ell": [], "skipped_steps": 0}, model
 
 
-def run_sft_then_rl(base, variant: Variant, seed: int, budget: Budget, workdir: str,
-                    held_out: HeldOut, train: Train) -> tuple[dict, object]:  # fmt: skip
+def run_sft_then_rl(
+    base, variant: Variant, seed: int, budget: Budget, workdir: str, held_out: HeldOut, train: Train
+) -> tuple[dict, object]:
     """SFT for round(sft_share · steps) steps, then RL from that model for the rest."""
     sft_steps = round(variant.sft_share * budget.steps)
-    first, model = run_sft(base, variant, seed, dataclasses.replace(budget, steps=sft_steps),
-                           held_out)  # fmt: skip
+    first, model = run_sft(
+        base, variant, seed, dataclasses.replace(budget, steps=sft_steps), held_out
+    )
     model_dir = os.path.join(workdir, "sft_model")
     shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
     save_pretrained(model, model_dir)
     held_out.encoder.tokenizer.save_pretrained(model_dir)
     rl_base = copy.deepcopy(base)
     rl_base.model.path = model_dir
-    rest, model = run_rl(rl_base, variant, seed,
-                         dataclasses.replace(budget, steps=budget.steps - sft_steps), workdir,
-                         train)  # fmt: skip
-    return {"wall_s": first["wall_s"] + rest["wall_s"], "sft_steps": sft_steps,
-            "during": first["during"] + [(sft_steps + s, a) for s, a in rest["during"]],
-            "ell": rest["ell"], "skipped_steps": rest["skipped_steps"]}, model  # fmt: skip
+    rest, model = run_rl(
+        rl_base,
+        variant,
+        seed,
+        dataclasses.replace(budget, steps=budget.steps - sft_steps),
+        workdir,
+        train,
+    )
+    return {
+        "wall_s": first["wall_s"] + rest["wall_s"],
+        "sft_steps": sft_steps,
+        "during": first["during"] + [(sft_steps + s, a) for s, a in rest["during"]],
+        "ell": rest["ell"],
+        "skipped_steps": rest["skipped_steps"],
+    }, model
 
 
 def training_files(train_file: str, out_dir: str) -> dict[Traces, str]:
@@ -275,8 +322,10 @@ def training_files(train_file: str, out_dir: str) -> dict[Traces, str]:
     corrupted and the kept rows are drawn once (seed 0), the same for every run."""
     with open(train_file) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    made = {Traces.NOISY: traces.noisy_rows(rows, NOISY_FRACTION, seed=0),
-            Traces.COVERAGE: traces.covered_rows(rows, COVERAGE, seed=0)}  # fmt: skip
+    made = {
+        Traces.NOISY: traces.noisy_rows(rows, NOISY_FRACTION, seed=0),
+        Traces.COVERAGE: traces.covered_rows(rows, COVERAGE, seed=0),
+    }
     stem = os.path.splitext(os.path.basename(train_file))[0]
     return {Traces.CLEAN: train_file} | {
         kind: write_jsonl(os.path.join(out_dir, f"{stem}_{kind}.jsonl"), kind_rows)
@@ -284,8 +333,15 @@ def training_files(train_file: str, out_dir: str) -> dict[Traces, str]:
     }
 
 
-def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, budget: Budget,
-              train: Train, log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
+def run_study(
+    out_dir: str,
+    base: ml_collections.ConfigDict,
+    variants,
+    seeds,
+    budget: Budget,
+    train: Train,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Runs every (seed, variant) not yet in OUT/results.jsonl, seed by seed, appending one
     record per run; returns all records."""
     os.makedirs(out_dir, exist_ok=True)
@@ -293,16 +349,31 @@ def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, bu
     done = read_jsonl(path)
     train_file = base.data.path
     if budget.one_epoch:
-        train_file = train_subset(train_file, budget.steps * base.data.batch_size,
-                                  os.path.join(out_dir, "train_subset.jsonl"))  # fmt: skip
+        train_file = train_subset(
+            train_file,
+            budget.steps * base.data.batch_size,
+            os.path.join(out_dir, "train_subset.jsonl"),
+        )
     files = training_files(train_file, out_dir)
-    held_out = HeldOut(Encoder(load_tokenizer(base.model.path)), read_problems(base.eval.path),
-                       harder_problems())  # fmt: skip
+    held_out = HeldOut(
+        Encoder(load_tokenizer(base.model.path)), read_problems(base.eval.path), harder_problems()
+    )
     if not any(r["variant"] == "base" for r in done):
         model, _ = from_pretrained(base.model.path)
-        done.append(_append(path, {"variant": "base", "seed": 0, "wall_s": 0.0, "during": [],
-                                   **_final(model, held_out, 0), "ell": [],
-                                   "skipped_steps": 0}))  # fmt: skip
+        done.append(
+            _append(
+                path,
+                {
+                    "variant": "base",
+                    "seed": 0,
+                    "wall_s": 0.0,
+                    "during": [],
+                    **_final(model, held_out, 0),
+                    "ell": [],
+                    "skipped_steps": 0,
+                },
+            )
+        )
     for seed in seeds:
         for variant in variants:
             if any(r["variant"] == variant.name and r["seed"] == seed for r in done):
@@ -314,16 +385,25 @@ def run_study(out_dir: str, base: ml_collections.ConfigDict, variants, seeds, bu
             if variant.sft_share >= 1.0:
                 record, model = run_sft(run_base, variant, seed, budget, held_out)
             elif variant.sft_share > 0.0:
-                record, model = run_sft_then_rl(run_base, variant, seed, budget, workdir,
-                                                held_out, train)  # fmt: skip
+                record, model = run_sft_then_rl(
+                    run_base, variant, seed, budget, workdir, held_out, train
+                )
             else:
                 shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
                 record, model = run_rl(run_base, variant, seed, budget, workdir, train)
-            record = {"variant": variant.name, "seed": seed, "steps": budget.steps,
-                      "traces": str(variant.traces), **record, **_final(model, held_out, seed)}  # fmt: skip
+            record = {
+                "variant": variant.name,
+                "seed": seed,
+                "steps": budget.steps,
+                "traces": str(variant.traces),
+                **record,
+                **_final(model, held_out, seed),
+            }
             done.append(_append(path, record))
-            log(f"  greedy {record['greedy']:.3f} sampled {record['sampled']:.3f} harder greedy "
-                f"{record['harder_greedy']:.3f} ({record['wall_s']:.0f} s)")  # fmt: skip
+            log(
+                f"  greedy {record['greedy']:.3f} sampled {record['sampled']:.3f} harder greedy "
+                f"{record['harder_greedy']:.3f} ({record['wall_s']:.0f} s)"
+            )
     return done
 
 

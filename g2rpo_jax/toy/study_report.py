@@ -19,8 +19,10 @@ def table(records: list[dict], variants=VARIANTS) -> str:
     the harder set's columns where the records have them (part 2)."""
     harder = all("harder_greedy" in r for r in records)
     extra = " harder greedy | harder sampled |" if harder else ""
-    lines = [f"| variant | greedy | sampled (T = 1) |{extra} greedy per seed | wall s / run | "
-             "seeds |", "| --- " * (6 + 2 * harder) + "|"]  # fmt: skip
+    lines = [
+        f"| variant | greedy | sampled (T = 1) |{extra} greedy per seed | wall s / run | seeds |",
+        "| --- " * (6 + 2 * harder) + "|",
+    ]
     names = ["base"] + [v.name for v in variants]
     labels = {"base": "base model (before RL)"} | {v.name: v.label for v in variants}
     for name in names:
@@ -31,42 +33,55 @@ def table(records: list[dict], variants=VARIANTS) -> str:
         stats = " | ".join(_stats([r[k] for r in rows]) for k in keys)
         per_seed = ", ".join(f"{r['greedy']:.3f}" for r in rows)
         wall = "–" if name == "base" else f"{np.mean([r['wall_s'] for r in rows]):.0f}"
-        lines.append(f"| {labels[name]} (`{name}`) | {stats} | {per_seed} | {wall} | "
-                     f"{len(rows)} |")  # fmt: skip
+        lines.append(f"| {labels[name]} (`{name}`) | {stats} | {per_seed} | {wall} | {len(rows)} |")
     return "\n".join(lines) + "\n"
 
 
 # Part 2's settings: the SFT control of each and the RL variants that compete with it.
 SETTINGS = {
     "clean traces": ("sft", ("grpo", "fixed_full", "g2rpo_a")),
-    f"noisy ({NOISY_FRACTION:.0%} wrong)": ("sft_noisy", ("fixed_full_noisy", "g2rpo_a_noisy",
-                                            "g2rpo_a_noisy_T1", "g2rpo_a_noisy_T4",
-                                            "g2rpo_a_noisy_official")),
+    f"noisy ({NOISY_FRACTION:.0%} wrong)": (
+        "sft_noisy",
+        (
+            "fixed_full_noisy",
+            "g2rpo_a_noisy",
+            "g2rpo_a_noisy_T1",
+            "g2rpo_a_noisy_T4",
+            "g2rpo_a_noisy_official",
+        ),
+    ),
     f"coverage ({COVERAGE:.0%})": ("sft_coverage", ("grpo_coverage", "g2rpo_a_coverage")),
     "SFT, then RL": ("sft", ("sft_then_grpo", "sft_then_g2rpo_a")),
-}  # fmt: skip
+}
 
 
 def gaps(records: list[dict], key: str = "greedy") -> str:
     """Markdown: per setting, the best RL variant (by mean `key`) minus its SFT control, with
     the standard error of that difference over seeds, √(s²_RL/n + s²_SFT/n), and the range of
     the per-seed differences (seed k of one against seed k of the other)."""
-    lines = [f"| setting | SFT | best RL | RL − SFT ({key}) | ± s.e. | per-seed range |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"| setting | SFT | best RL | RL − SFT ({key}) | ± s.e. | per-seed range |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for setting, (control, contenders) in SETTINGS.items():
-        by_seed = {n: {r["seed"]: r[key] for r in records if r["variant"] == n}
-                   for n in (control, *contenders)}  # fmt: skip
+        by_seed = {
+            n: {r["seed"]: r[key] for r in records if r["variant"] == n}
+            for n in (control, *contenders)
+        }
         ran = [n for n in contenders if by_seed[n]]
         if not by_seed[control] or not ran:
             continue
         best = max(ran, key=lambda n: np.mean(list(by_seed[n].values())))
         rl, sft_values = (np.asarray(list(by_seed[n].values())) for n in (best, control))
         se = np.sqrt(np.var(rl, ddof=1) / len(rl) + np.var(sft_values, ddof=1) / len(sft_values))
-        paired = [by_seed[best][k] - by_seed[control][k] for k in by_seed[best]
-                  if k in by_seed[control]]  # fmt: skip
-        lines.append(f"| {setting} | `{control}` {sft_values.mean():.3f} | `{best}` "
-                     f"{rl.mean():.3f} | {rl.mean() - sft_values.mean():+.3f} | {se:.3f} | "
-                     f"{min(paired):+.3f} … {max(paired):+.3f} |")  # fmt: skip
+        paired = [
+            by_seed[best][k] - by_seed[control][k] for k in by_seed[best] if k in by_seed[control]
+        ]
+        lines.append(
+            f"| {setting} | `{control}` {sft_values.mean():.3f} | `{best}` "
+            f"{rl.mean():.3f} | {rl.mean() - sft_values.mean():+.3f} | {se:.3f} | "
+            f"{min(paired):+.3f} … {max(paired):+.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -93,8 +108,9 @@ def write_plots(records: list[dict], out_dir: str, variants=VARIANTS) -> list[st
         for i, v in enumerate(values):
             ax.scatter([x[i] + offset] * len(v), v, color="k", s=6, zorder=3)
     if base:
-        ax.axhline(base[0]["greedy"], color="gray", linestyle="--", linewidth=1,
-                   label="base model, greedy")  # fmt: skip
+        ax.axhline(
+            base[0]["greedy"], color="gray", linestyle="--", linewidth=1, label="base model, greedy"
+        )
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set(ylabel="held-out accuracy (unguided)", title="Final accuracy: mean ± std over seeds")
     ax.legend(fontsize=8)
@@ -120,8 +136,11 @@ def write_plots(records: list[dict], out_dir: str, variants=VARIANTS) -> list[st
                 color=colors[name],
                 linestyle="--" if name == "alpha1_half" else "-",
             )
-    axes[0].set(xlabel="step", ylabel="greedy accuracy (held-out subset)",
-                title="During training (mean over seeds)")  # fmt: skip
+    axes[0].set(
+        xlabel="step",
+        ylabel="greedy accuracy (held-out subset)",
+        title="During training (mean over seeds)",
+    )
     axes[1].set(xlabel="step", ylabel="ℓ (tokens)", title="Guidance length (mean over seeds)")
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -62,8 +62,12 @@ class Problem:
 
     def row(self) -> dict:
         """The problem as a data row (DESIGN.md "Data rows")."""
-        return {"prompt": self.prompt, "answer": self.answer, "guidance": self.trace,
-                "difficulty": float(self.digits)}  # fmt: skip
+        return {
+            "prompt": self.prompt,
+            "answer": self.answer,
+            "guidance": self.trace,
+            "difficulty": float(self.digits),
+        }
 
 
 def lsd_first(value: int, digits: int) -> str:
@@ -82,9 +86,13 @@ def sample_problem(rng: np.random.Generator, digits: int) -> Problem:
     return Problem(a, b, digits)
 
 
-def make_problems(seed: int | Sequence[int], count: int, digits: int | Sequence[int],
-                  weights: Sequence[float] | None = None,
-                  exclude: Collection[Problem] = ()) -> list[Problem]:  # fmt: skip
+def make_problems(
+    seed: int | Sequence[int],
+    count: int,
+    digits: int | Sequence[int],
+    weights: Sequence[float] | None = None,
+    exclude: Collection[Problem] = (),
+) -> list[Problem]:
     """`count` problems drawn from `np.random.default_rng(seed)`: the same seed, the same list.
 
     digits: one size, or sizes drawn per problem with probabilities `weights` (default

@@ -32,8 +32,9 @@ def _backend() -> Tokenizer:
     backend = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t in SPECIAL_TOKENS])  # fmt: skip
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
+    )
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in task.TAGS])
     return backend
 
@@ -41,9 +42,13 @@ def _backend() -> Tokenizer:
 def build_tokenizer() -> transformers.PreTrainedTokenizerFast:
     """The tokenizer object (save it with `save_pretrained`)."""
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=_backend(), eos_token=IM_END, pad_token=ENDOFTEXT, unk_token=UNK,
-        chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
-    )  # fmt: skip
+        tokenizer_object=_backend(),
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        unk_token=UNK,
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def save_tokenizer(out_dir: str) -> transformers.PreTrainedTokenizerBase:

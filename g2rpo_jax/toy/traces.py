@@ -19,8 +19,11 @@ def corrupted_trace(problem: task.Problem, step: int) -> str:
     sum, answer included, carried on from it; the answer is then never `problem.answer`."""
     if not 0 <= step < problem.digits:
         raise ValueError(f"step {step} is not one of the {problem.digits} steps")
-    digits = zip(task.lsd_first(problem.a, problem.digits),
-                 task.lsd_first(problem.b, problem.digits), strict=True)  # fmt: skip
+    digits = zip(
+        task.lsd_first(problem.a, problem.digits),
+        task.lsd_first(problem.b, problem.digits),
+        strict=True,
+    )
     steps, answer, carry = [], [], 0
     for i, (x, y) in enumerate(digits):
         total = int(x) + int(y) + carry
@@ -29,8 +32,10 @@ def corrupted_trace(problem: task.Problem, step: int) -> str:
         answer.append(str(total % 10))
         carry = carry_out
     answer += ["1"] if carry else []
-    return (f"{task.THINK}{''.join(steps)}{task.END_THINK}\n"
-            f"{task.ANSWER}{''.join(answer)}{task.END_ANSWER}")  # fmt: skip
+    return (
+        f"{task.THINK}{''.join(steps)}{task.END_THINK}\n"
+        f"{task.ANSWER}{''.join(answer)}{task.END_ANSWER}"
+    )
 
 
 def noisy_rows(rows: Sequence[dict], fraction: float, seed: int) -> list[dict]:
@@ -49,8 +54,10 @@ def covered_rows(rows: Sequence[dict], fraction: float, seed: int) -> list[dict]
     """`rows` with the trace kept on round(fraction · N) of them, drawn by `seed`, and
     removed (no `guidance` key) from the rest."""
     keep = set(_chosen(len(rows), fraction, np.random.default_rng(seed)))
-    return [dict(r) if i in keep else {k: v for k, v in r.items() if k != "guidance"}
-            for i, r in enumerate(rows)]  # fmt: skip
+    return [
+        dict(r) if i in keep else {k: v for k, v in r.items() if k != "guidance"}
+        for i, r in enumerate(rows)
+    ]
 
 
 def _chosen(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
