@@ -38,8 +38,9 @@ import numpy as np
 from flax import nnx
 
 from g2rpo_jax.models.config import ModelConfig
+from g2rpo_jax.models.kv_cache import extend_cache, init_cache
 from g2rpo_jax.models.log_probs import token_log_probs
-from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache
+from g2rpo_jax.models.qwen import Qwen
 from g2rpo_jax.token_choice import sample_tokens
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class SamplingConfig:
     min_bucket: int = 16
     decode_phases: int = 4
     param_dtype: str = "float32"
+    share_prefix: bool = True
+    compact: bool = True
 
     def __post_init__(self):
         if self.max_completion_length < 1:

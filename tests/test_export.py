@@ -19,7 +19,7 @@ from jax._src.cudnn import fused_attention_stablehlo
 from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
 from g2rpo_jax.models import abstract_model, attention, preset
 from g2rpo_jax.models.config import ModelConfig
-from g2rpo_jax.rollout import GroupSampler
+from g2rpo_jax.rollout import Groups, GroupSampler
 from g2rpo_jax.sampling import Sampler, SamplingConfig
 
 PAPER_TOKENS = 512 + 4096
@@ -134,16 +134,24 @@ def test_sampler_lowers_with_auto_attention(platform):
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_group_sampler_lowers_with_auto_attention(platform):
     """The group prefill (the platform's kernel) and the decode over a group-shared prefix
-    (attention.decode_grouped, generic einsums), compacted phases included."""
+    (group_cache.attend through attention.decode_scores / decode_values, generic einsums),
+    compacted widths included."""
     graphdef, params = nnx.split(abstract_model(TINY, platform))
     G = 4
-    sampler = GroupSampler(graphdef, SamplingConfig(max_completion_length=32, eos_ids=(1,),
-                                                    temperature=1.0, top_p=0.95),
-                           group_size=G, num_guided=2)  # fmt: skip
+    config = SamplingConfig(max_completion_length=32, eos_ids=(1,), temperature=1.0, top_p=0.95)
+    sampler = GroupSampler(graphdef, config, group_size=G, num_guided=2)
     B, P, L = 2, 32, 16
     int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    groups = Groups(
+        prompt_ids=int32(B, P),
+        prompt_len=int32(B),
+        trace_ids=int32(B, L),
+        trace_len=int32(B),
+        ell=int32(),
+        num_guided=int32(),
+        max_new_tokens=int32(B * G),
+        row_ids=jax.ShapeDtypeStruct((B * G,), jnp.uint32),
+    )
     key = jax.eval_shape(lambda: jax.random.key(0))
-    row_ids = jax.ShapeDtypeStruct((B * G,), jnp.uint32)
-    text = _export(sampler._sample, platform, _abstract(params), int32(B, P), int32(B),
-                   int32(B, L), int32(B), int32(), int32(B * G), row_ids, key)  # fmt: skip
+    text = _export(sampler._sample, platform, _abstract(params), groups, key)
     assert KERNEL_CALL[platform] in text

@@ -2,7 +2,8 @@
 
 from g2rpo_jax.models.config import PRESETS, ModelConfig, RopeScaling, preset
 from g2rpo_jax.models.hf import from_pretrained, save_pretrained
-from g2rpo_jax.models.qwen import KVCache, Qwen, abstract_model, init_cache, positions_from_mask
+from g2rpo_jax.models.kv_cache import KVCache, init_cache
+from g2rpo_jax.models.qwen import Qwen, abstract_model, positions_from_mask
 
 __all__ = [
     "PRESETS",

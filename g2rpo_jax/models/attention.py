@@ -10,8 +10,8 @@ G = N / K, H head dim.
   than reads from `jax.default_backend()`, so a program exported for "tpu" or "cuda" from
   this CPU machine is that platform's program).
 - `decode`: one query per row over a KV cache.
-- `decode_grouped`: one query per row over a prefix held once per group of M rows plus the
-  row's own cache: two partial attentions merged by their log-sum-exp (the rollout's decode).
+- `decode_scores`, `decode_values`: a decode's two products, for decodes built from parts
+  (models/group_cache.py).
 - `computed_once`: values a program must compute once and read many times.
 The XLA:CPU forms of the decodes and `computed_once` live in xla_cpu.py; `jax.lax.
 platform_dependent` picks them only in programs lowered for CPU.
@@ -387,12 +387,12 @@ def decode(q_BKGH, k_BKHS, v_BKSH, kv_mask_BS, q_slot: jax.Array) -> jax.Array:
     (k transposed [B, K, H, S], v [B, K, S, H]): [B, K, G, H] in q's dtype."""
     S = kv_mask_BS.shape[1]
     mask_BS = kv_mask_BS & (jnp.arange(S) <= q_slot)[None]
-    s_BKGS = _scores(q_BKGH, k_BKHS, q_slot)
+    s_BKGS = decode_scores(q_BKGH, k_BKHS, q_slot)
     probs_BKGS = jax.nn.softmax(jnp.where(mask_BS[:, None, None], s_BKGS, MASKED), axis=-1)
-    return _values(probs_BKGS.astype(q_BKGH.dtype), v_BKSH)
+    return decode_values(probs_BKGS.astype(q_BKGH.dtype), v_BKSH)
 
 
-def _scores(q_BKGH, k_BKHS, q_slot) -> jax.Array:
+def decode_scores(q_BKGH, k_BKHS, q_slot) -> jax.Array:
     """q·k / √H, float32 [B, K, G, S] (the XLA:CPU multiply-reduce on CPU)."""
     dt = q_BKGH.dtype
 
@@ -405,59 +405,13 @@ def _scores(q_BKGH, k_BKHS, q_slot) -> jax.Array:
     return s_BKGS / math.sqrt(q_BKGH.shape[-1])
 
 
-def _values(probs_BKGS, v_BKSH) -> jax.Array:
+def decode_values(probs_BKGS, v_BKSH) -> jax.Array:
     """probs · v: [B, K, G, H] in probs' dtype."""
 
     def einsum(probs_BKGS, v_BKSH):
         return jnp.einsum("BKGS,BKSH->BKGH", probs_BKGS, v_BKSH.astype(probs_BKGS.dtype))
 
     return jax.lax.platform_dependent(probs_BKGS, v_BKSH, cpu=xla_cpu.decode_values, default=einsum)
-
-
-def _partial(s_XS, visible_XS):
-    """Softmax over the visible keys of one part, and that part's log-sum-exp [X, 1]
-    (MASKED where the part has no visible key: its probabilities are then all 0)."""
-    m_X1 = jnp.max(jnp.where(visible_XS, s_XS, MASKED), axis=-1, keepdims=True)
-    e_XS = jnp.where(visible_XS, jnp.exp(s_XS - m_X1), 0.0)
-    l_X1 = jnp.sum(e_XS, axis=-1, keepdims=True)
-    some = l_X1 > 0
-    probs_XS = e_XS / jnp.where(some, l_X1, 1.0)
-    return probs_XS, jnp.where(some, m_X1 + jnp.log(jnp.where(some, l_X1, 1.0)), MASKED)
-
-
-def decode_grouped(q_BMKGH, prefix_k_BKHS, prefix_v_BKSH, prefix_mask_BMS, k_BMKHC, v_BMKCH,
-                   mask_BMC, q_slot: jax.Array) -> jax.Array:  # fmt: skip
-    """One query per row, B groups of M rows: each row attends over the prefix slots it sees
-    of its group's prefix (held once per group, S slots; prefix_mask) and over its own cache
-    (C slots, the real ones at or before `q_slot`, an int32 scalar). [B, M, K, G, H] in q's
-    dtype.
-
-    The two parts are attended separately, each a softmax with its log-sum-exp λ; the whole
-    softmax is their mix: out = Σ_i exp(λ_i − λ) · out_i with λ = log(exp λ_1 + exp λ_2).
-    The prefix part is one decode of M·G query heads per kv head, so each group's prefix is
-    read once for its M rows.
-    """
-    B, M, K, G, H = q_BMKGH.shape
-    S, C = prefix_mask_BMS.shape[-1], mask_BMC.shape[-1]
-    dt = q_BMKGH.dtype
-    # The prefix: the group's rows as extra query heads, [B, K, M·G, H].
-    q_BKXH = q_BMKGH.transpose(0, 2, 1, 3, 4).reshape(B, K, M * G, H)
-    s_BKMGS = _scores(q_BKXH, prefix_k_BKHS, q_slot).reshape(B, K, M, G, S)
-    p_BKMGS, lse_BKMG1 = _partial(s_BKMGS, prefix_mask_BMS[:, None, :, None, :])
-    prefix_BKXH = _values(p_BKMGS.reshape(B, K, M * G, S).astype(dt), prefix_v_BKSH)
-    prefix_BMKGH = prefix_BKXH.reshape(B, K, M, G, H).transpose(0, 2, 1, 3, 4)
-    lse_prefix_BMKG1 = lse_BKMG1.transpose(0, 2, 1, 3, 4)
-    # The rows' own tokens, R = B·M rows.
-    rows = lambda x: x.reshape(B * M, *x.shape[2:])
-    s_RKGC = _scores(rows(q_BMKGH), rows(k_BMKHC), q_slot)
-    visible_RC = rows(mask_BMC) & (jnp.arange(C) <= q_slot)[None]
-    p_RKGC, lse_RKG1 = _partial(s_RKGC, visible_RC[:, None, None, :])
-    own_BMKGH = _values(p_RKGC.astype(dt), rows(v_BMKCH)).reshape(B, M, K, G, H)
-    lse_own_BMKG1 = lse_RKG1.reshape(B, M, K, G, 1)
-    lse = jnp.logaddexp(lse_prefix_BMKG1, lse_own_BMKG1)
-    out = (jnp.exp(lse_prefix_BMKG1 - lse) * prefix_BMKGH.astype(jnp.float32)
-           + jnp.exp(lse_own_BMKG1 - lse) * own_BMKGH.astype(jnp.float32))  # fmt: skip
-    return out.astype(dt)
 
 
 def computed_once(x, anchor: jax.Array):

@@ -14,7 +14,6 @@ Two entry points share one layer stack:
 
 import math
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +21,8 @@ from flax import nnx
 
 from g2rpo_jax.models import attention
 from g2rpo_jax.models.config import ModelConfig
+from g2rpo_jax.models.kv_cache import KVCache, write
+from g2rpo_jax.models.kv_cache import init_cache as init_cache  # re-exported: its old home
 from g2rpo_jax.models.rope import apply_rope, rope_frequencies
 
 
@@ -76,69 +77,6 @@ def _lora_delta(module: nnx.Module, name: str, x_BTI: jax.Array, y_BTO: jax.Arra
     n_in = a.ndim - 1
     h_BTr = jnp.tensordot(x_BTI, a, axes=n_in)
     return y_BTO + (lora.scale * jnp.tensordot(h_BTr, b, axes=1)).astype(y_BTO.dtype)
-
-
-@flax.struct.dataclass
-class KVCache:
-    """Keys and values of every layer in S fixed slots, shared by all rows.
-
-    k: per layer [B, K, H, S], keys transposed: a decode step's q·k sums over H with the S
-    slots contiguous, which XLA:CPU runs ~1.5x faster than B·K tiny [G, H] @ [H, S] dots.
-    v: per layer [B, K, S, H], each slot's values contiguous for the sum over S.
-    mask: [B, S], which slots hold a real token.
-    index: the slot where the next call writes its first token (int32 scalar).
-    """
-
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
-    mask: jax.Array
-    index: jax.Array
-
-
-@flax.struct.dataclass
-class GroupCache:
-    """The decode cache of B·M rows in B groups of M that share a prefix (the rollout's
-    candidates of one prompt): the prefix held once per group, each row's tokens its own.
-
-    prefix: the groups' prefixes, [B, S] slots (a prefill's cache; decode only reads it).
-    prefix_mask: [B·M, S], the prefix slots each row sees (a row's prefix may be a part of
-    its group's: the prompt alone, or prompt ⊕ guidance).
-    own: the rows' own tokens, [B·M, C] slots, written at own.index.
-    group_of_row: None when the rows are the B groups' M rows in order; else [rows], each
-    row's group (rows in any order and number, as after a gather of some of them).
-    """
-
-    prefix: KVCache
-    prefix_mask: jax.Array
-    own: KVCache
-    group_of_row: jax.Array | None = None
-
-
-def init_cache(config: ModelConfig, batch: int, max_length: int) -> KVCache:
-    k_shape = (batch, config.num_kv_heads, config.head_dim, max_length)
-    v_shape = (batch, config.num_kv_heads, max_length, config.head_dim)
-    zeros = lambda shape: tuple(
-        jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers)
-    )
-    return KVCache(
-        k=zeros(k_shape),
-        v=zeros(v_shape),
-        mask=jnp.zeros((batch, max_length), bool),
-        index=jnp.zeros((), jnp.int32),
-    )
-
-
-def extend_cache(cache: KVCache, extra: int) -> KVCache:
-    """The same cache with `extra` empty slots appended, so a call attends over only the
-    slots it can use (a prefill over its own width, each decode phase over what it fills)."""
-    pad_k = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
-    pad_v = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
-    return KVCache(
-        k=tuple(map(pad_k, cache.k)),
-        v=tuple(map(pad_v, cache.v)),
-        mask=jnp.pad(cache.mask, ((0, 0), (0, extra))),
-        index=cache.index,
-    )
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
@@ -206,9 +144,9 @@ class Attention(nnx.Module):
         """
         cfg = self.config
         queries = slice(None) if last is None else slice(-last, None)
-        q_BTNH, k_BTKH, v_BTKH = self._qkv(x_BTD, cos_BTh, sin_BTh, queries)
+        q_BTNH, k_BTKH, v_BTKH = self.qkv(x_BTD, cos_BTh, sin_BTh, queries)
         if kv_cache is not None:
-            k_BKHS, v_BKSH = kv_cache = _write(kv_cache, k_BTKH, v_BTKH, index)
+            k_BKHS, v_BKSH = kv_cache = write(kv_cache, k_BTKH, v_BTKH, index)
         B, T, N, H = q_BTNH.shape
         K = cfg.num_kv_heads
         q_offset = (0 if fresh else index) + x_BTD.shape[1] - T  # the first query's slot
@@ -224,28 +162,9 @@ class Attention(nnx.Module):
             out_BTNH = attention.attend(
                 q_BTNH, k_BSKH, v_BSKH, q_mask_BT[:, queries], kv_mask_BS, q_offset, self.kernel
             )
-        return self._output(out_BTNH), kv_cache
+        return self.output(out_BTNH), kv_cache
 
-    def decode_grouped(self, x_B1D, cos_B1h, sin_B1h, prefix_kv, prefix_mask_BS, kv_cache,
-                       kv_mask_BC, index):  # fmt: skip
-        """One token per row, B = groups · M rows: attends over the group's prefix (k, v of
-        the groups, the slots of it each row sees in prefix_mask) and the row's own cache,
-        into which this token's keys and values go at slot `index`."""
-        q_BTNH, k_BTKH, v_BTKH = self._qkv(x_B1D, cos_B1h, sin_B1h, slice(None))
-        k_BKHC, v_BKCH = kv_cache = _write(kv_cache, k_BTKH, v_BTKH, index)
-        prefix_k, prefix_v = prefix_kv
-        groups = prefix_k.shape[0]
-        B, _, N, H = q_BTNH.shape
-        K = self.config.num_kv_heads
-        by_group = lambda x: x.reshape(groups, B // groups, *x.shape[1:])
-        out_BMKGH = attention.decode_grouped(
-            by_group(q_BTNH.reshape(B, K, N // K, H)), prefix_k, prefix_v,
-            by_group(prefix_mask_BS), by_group(k_BKHC), by_group(v_BKCH), by_group(kv_mask_BC),
-            index,
-        )  # fmt: skip
-        return self._output(out_BMKGH.reshape(B, 1, N, H)), kv_cache
-
-    def _qkv(self, x_BTD, cos_BTh, sin_BTh, queries: slice):
+    def qkv(self, x_BTD, cos_BTh, sin_BTh, queries: slice):
         """Queries (for the `queries` positions), keys and values, normed and rotated."""
         q_BTNH = self._project(x_BTD[:, queries], "q")
         k_BTKH, v_BTKH = self._project(x_BTD, "k"), self._project(x_BTD, "v")
@@ -254,7 +173,7 @@ class Attention(nnx.Module):
         q_BTNH = apply_rope(q_BTNH, cos_BTh[:, queries], sin_BTh[:, queries])
         return q_BTNH, apply_rope(k_BTKH, cos_BTh, sin_BTh), v_BTKH
 
-    def _output(self, out_BTNH):
+    def output(self, out_BTNH):
         """The attention output projected back to the model dim, [B, T, D]."""
         dt = self.config.compute_dtype
         B, T, N, H = out_BTNH.shape
@@ -268,18 +187,6 @@ class Attention(nnx.Module):
         if self.config.o_bias:
             y_BTD = y_BTD + self.o_bias[...].astype(dt)
         return y_BTD
-
-
-def _write(kv_cache, k_BTKH, v_BTKH, index):
-    """The cache (k [B, K, H, S], v [B, K, S, H]) with T new keys and values at `index`."""
-    k_cache, v_cache = kv_cache
-    k_BKHS = jax.lax.dynamic_update_slice(
-        k_cache, k_BTKH.transpose(0, 2, 3, 1).astype(k_cache.dtype), (0, 0, 0, index)
-    )
-    v_BKSH = jax.lax.dynamic_update_slice(
-        v_cache, v_BTKH.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0)
-    )
-    return k_BKHS, v_BKSH
 
 
 # The MLP's tile along T (MLP.__call__): its [B, T, F] activations are the largest a layer
@@ -365,15 +272,6 @@ class Block(nnx.Module):
         )
         x_BTD = (x_BTD if last is None else x_BTD[:, -last:]) + h_BTD
         return x_BTD + self.mlp(self.post_attention_norm(x_BTD)), kv_cache
-
-    def decode_grouped(self, x_B1D, cos_B1h, sin_B1h, prefix_kv, prefix_mask_BS, kv_cache,
-                       kv_mask_BC, index):  # fmt: skip
-        """A decode step over a group-shared prefix and each row's own cache (Attention)."""
-        h_B1D, kv_cache = self.attn.decode_grouped(self.input_norm(x_B1D), cos_B1h, sin_B1h,
-                                                   prefix_kv, prefix_mask_BS, kv_cache,
-                                                   kv_mask_BC, index)  # fmt: skip
-        x_B1D = x_B1D + h_B1D
-        return x_B1D + self.mlp(self.post_attention_norm(x_B1D)), kv_cache
 
 
 def _block_forward(
@@ -477,34 +375,6 @@ class Qwen(nnx.Module):
         if cache is not None:
             cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=kv_mask_BS, index=cache.index + T)
         return self.final_norm(x_BTD), cache
-
-    def decode_grouped(self, token_B, positions_B, cache: GroupCache, rotary=None):
-        """One token per row over a GroupCache: (logits [B, V] in float32, cache).
-
-        token_B, positions_B: [B·M] (rows in group order, or as cache.group_of_row says);
-        rotary: `self.rotary(positions_B[:, None])`, when the caller already has it. Each row
-        sees its prefix and its own earlier tokens, so the logits are those of a row-wise
-        cache holding the same tokens.
-        """
-        cfg, own = self.config, cache.own
-        x_B1D = self.embed[...][token_B[:, None]].astype(cfg.compute_dtype)
-        cos_B1h, sin_B1h = self.rotary(positions_B[:, None]) if rotary is None else rotary
-        kv_mask_BC = jax.lax.dynamic_update_slice(
-            own.mask, jnp.ones((own.mask.shape[0], 1), bool), (0, own.index)
-        )
-        rows = cache.group_of_row
-        # Rows out of group order: each its own group of one, its prefix read by index.
-        prefix = lambda x: x if rows is None else x[rows]
-        new_k, new_v = [], []
-        for i, block in enumerate(self.layers):
-            x_B1D, (k, v) = block.decode_grouped(
-                x_B1D, cos_B1h, sin_B1h, (prefix(cache.prefix.k[i]), prefix(cache.prefix.v[i])),
-                cache.prefix_mask, (own.k[i], own.v[i]), kv_mask_BC, own.index,
-            )  # fmt: skip
-            new_k.append(k)
-            new_v.append(v)
-        own = KVCache(k=tuple(new_k), v=tuple(new_v), mask=kv_mask_BC, index=own.index + 1)
-        return self.logits(self.final_norm(x_B1D))[:, 0], cache.replace(own=own)
 
     def logits(self, hidden_BTD: jax.Array) -> jax.Array:
         """LM head in the compute dtype, accumulated and returned in float32."""
