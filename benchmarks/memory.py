@@ -3,6 +3,7 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/memory.py
     python benchmarks/memory.py --presets=qwen3-0.6b --mesh=1,8,1 --devices=8
     python benchmarks/memory.py --validate          # predicted vs measured, small models
+    python benchmarks/memory.py --rollout           # the rollout's KV cache, row-wise vs shared
 
 Nothing is allocated: the train state and the batch are jax.ShapeDtypeStructs with their
 shardings, and `jax.jit(train_step).lower(...).compile().memory_analysis()` reports the
@@ -32,6 +33,13 @@ reference the base itself (no copy).
 holds B·N·T² scores per layer; "chunked" is linear in T, and stands in for splash and cuDNN,
 whose kernels keep the same residuals (q, k, v, the output and one log-sum-exp per row) but
 cannot be compiled for this host.
+
+`--rollout`: the rollout's KV cache per device at the paper's shapes (B prompts × G, ℓ,
+the completion budget counting guidance), from the cache's shapes (models/kv_cache.py):
+row-wise, every row holds prompt ⊕ guidance (the sampler's buckets: P and L the next
+powers of two) plus its generated slots; shared (sampling.share_prefix), each group's
+prefix is held once and each row holds only its generated slots (models/group_cache.py).
+Groups and rows split over data × fsdp; the compute dtype's bytes per value.
 
 `--hidden-states` compares the attention implementations on what they change alone: the
 compiled temporaries of forward + backward of the hidden states (2 layers of the first
@@ -80,7 +88,7 @@ import numpy as np  # noqa: E402
 from _common import log, machine  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from g2rpo_jax import grpo, guidance, optimization, sharding, train_step  # noqa: E402
+from g2rpo_jax import grpo, guidance, optimization, sampling, sharding, train_step  # noqa: E402
 from g2rpo_jax.models import ModelConfig, abstract_model, attention, preset  # noqa: E402
 from g2rpo_jax.models.config import LoraConfig  # noqa: E402
 
@@ -206,6 +214,26 @@ def compare_attention(config: ModelConfig, tokens: int) -> list[dict]:
     finally:
         attention.attend = attend
     return rows
+
+
+def rollout_cache(
+    config: ModelConfig, prompts: int, G: int, prompt: int, ell: int, budget: int, dp: int
+) -> dict:
+    """The rollout KV cache per device in GiB, row-wise vs shared (the final decode phase,
+    when every slot exists)."""
+    P, L = sampling.bucket(prompt, 16), sampling.bucket(ell, 16)
+    generated = budget - 1  # slots the decode writes (the last token is never run)
+    per_slot = config.num_layers * 2 * config.num_kv_heads * config.head_dim
+    per_slot *= jnp.dtype(config.compute_dtype).itemsize
+    groups, rows = -(-prompts // dp), -(-prompts * G // dp)
+    row_wise = rows * (P + L + generated) * per_slot
+    shared = (groups * (P + L) + rows * generated) * per_slot
+    return dict(
+        rows_per_device=rows,
+        row_wise_gib=round(row_wise / 2**30, 2),
+        shared_gib=round(shared / 2**30, 2),
+        ratio=round(row_wise / shared, 2),
+    )
 
 
 def table(rows: list[dict]) -> str:
@@ -348,7 +376,32 @@ def main():
         "instead of extrapolating from 2 and 4 layers",
     )
     parser.add_argument("--validate", action="store_true", help="predicted vs measured, small")
+    parser.add_argument("--rollout", action="store_true", help="the rollout's KV cache")
+    parser.add_argument("--ell", type=int, default=3072, help="ℓ, guidance tokens (--rollout)")
     args = parser.parse_args()
+
+    if args.rollout:
+        mesh_shape = tuple(int(x) for x in args.mesh.split(","))
+        dp = mesh_shape[0] * mesh_shape[1]
+        results = []
+        for name in args.presets.split(","):
+            config = preset(name, dtype=args.dtype, param_dtype=args.param_dtype)
+            cache = rollout_cache(
+                config, args.prompts, args.group, args.prompt, args.ell, args.completion, dp
+            )
+            results.append(dict(model=name, **cache))
+            log(f"{name}: {cache}")
+        shape = dict(
+            prompts=args.prompts,
+            G=args.group,
+            prompt=args.prompt,
+            ell=args.ell,
+            budget=args.completion,
+            mesh=args.mesh,
+            dtype=args.dtype,
+        )
+        print(json.dumps(dict(bench="memory_rollout", shape=shape, results=results)))
+        return
 
     if args.validate:
         results = []

@@ -15,7 +15,8 @@ from g2rpo_jax.sampling import FINISH_LENGTH
 
 class BatchRollout:
     """Guidance plan → sampling → decoding → rewards for one batch of B prompts; returns
-    the train step's rows [B·G] (on the mesh), host-side numbers and a few samples."""
+    the train step's rows [B·G] (on the mesh), host-side numbers and a few samples.
+    `sampler`: rollout.sampler_for's, called with the B prompts, traces and ℓ."""
 
     def __init__(self, exp: Experiment, tokenizer, sampler, pool, mesh):
         self.exp, self.tokenizer, self.sampler, self.pool = exp, tokenizer, sampler, pool
@@ -43,12 +44,15 @@ class BatchRollout:
         row_ids = (
             batch["index"].astype(np.uint32)[:, None] * G + np.arange(G, dtype=np.uint32)
         ).reshape(-1)
+        # B prompts, their traces and ℓ: the sampler plans the guidance as `lengths` does
+        # and returns the B·G rows group-major (rollout.sampler_for).
         out = self.sampler(
             params,
-            np.repeat(batch["prompt_ids"], G, 0),
-            np.repeat(batch["prompt_length"], G, 0),
-            np.repeat(batch["guidance_ids"], G, 0),
-            lengths,
+            batch["prompt_ids"],
+            batch["prompt_length"],
+            batch["guidance_ids"],
+            batch["guidance_length"],
+            ell,
             key,
             row_ids=row_ids,
         )

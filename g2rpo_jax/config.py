@@ -104,6 +104,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
     c.sampling.decode_phases = 4  # decode loops, each over a cache grown to what it fills
     c.sampling.param_dtype = "float32"  # float32 | bfloat16: a copy the rollouts read
+    c.sampling.share_prefix = True  # a group's prompt ⊕ guidance prefilled and held once
+    c.sampling.compact = True  # finished rows leave the decode batch (both off: row-wise)
 
     c.grpo = ml_collections.ConfigDict()  # SPEC §2–3
     c.grpo.group_size = 12  # G

@@ -17,7 +17,8 @@ from g2rpo_jax.data.sources import read_records, resolve_format
 from g2rpo_jax.data.tokenization import Tokenizer, encode_prompts
 from g2rpo_jax.rewards import RewardConfig, RewardPool
 from g2rpo_jax.rewards.code import check_tests
-from g2rpo_jax.sampling import Sampler, SamplingConfig
+from g2rpo_jax.rollout import RolloutSampler
+from g2rpo_jax.sampling import SamplingConfig
 
 
 def decode(tokenizer: Tokenizer, ids: np.ndarray, mask: np.ndarray) -> list[str]:
@@ -145,7 +146,7 @@ class Scored:
 
 def sample_and_score(
     params,
-    sampler: Sampler,
+    sampler: RolloutSampler,
     tokenizer: Tokenizer,
     examples,
     pool: RewardPool,
@@ -154,7 +155,8 @@ def sample_and_score(
     rng,
     row_ids=None,
 ) -> Scored:
-    """n unguided samples of each example with `sampler`, scored by the accuracy reward.
+    """n unguided samples of each example with `sampler` (rollout.sampler_for's, G = n), scored
+    by the accuracy reward.
 
     Candidate i (example i // n) samples with the stream fold_in(rng, row_ids[i]) (default
     i), as `Sampler` does: give row_ids to make a row's samples independent of its batch.
@@ -164,16 +166,8 @@ def sample_and_score(
     for i, e in enumerate(examples):
         ids[i, : len(e.prompt_ids)] = e.prompt_ids
     lengths = np.asarray([len(e.prompt_ids) for e in examples], np.int32)
-    rows = len(examples) * n
-    out = sampler(
-        params,
-        np.repeat(ids, n, 0),
-        np.repeat(lengths, n, 0),
-        np.zeros((rows, 0), np.int32),
-        np.zeros(rows, np.int32),
-        rng,
-        row_ids=row_ids,
-    )
+    no_trace = np.zeros(len(examples), np.int32)
+    out = sampler(params, ids, lengths, no_trace[:, None], no_trace, 0, rng, row_ids=row_ids)
     completion_ids, mask, finish = jax.device_get(
         (out.completion_ids, out.completion_mask, out.finish_reason)
     )
@@ -188,7 +182,7 @@ def sample_and_score(
 
 def evaluate(
     params,
-    sampler: Sampler,
+    sampler: RolloutSampler,
     tokenizer: Tokenizer,
     examples,
     pool: RewardPool,

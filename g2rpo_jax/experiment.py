@@ -127,6 +127,8 @@ def build(c: ml_collections.ConfigDict, *, num_devices: int, process_count: int 
         batch_multiple=s.batch_multiple,
         decode_phases=s.decode_phases,
         param_dtype=s.param_dtype,
+        share_prefix=s.share_prefix,
+        compact=s.compact,
     )
     grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
     # Greedy rollouts report temperature-1 log-probs.
@@ -286,6 +288,8 @@ def _evaluation(c: ml_collections.ConfigDict, data: DataConfig) -> EvalConfig:
         top_k=e.top_k,
         batch_multiple=s.batch_multiple,
         decode_phases=s.decode_phases,
+        share_prefix=s.share_prefix,
+        compact=s.compact,
     )
     fields = _make("data.fields", FieldMap, **c.data.fields.to_dict())
     return EvalConfig(

@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from g2rpo_jax import evaluation, experiment, sampling, sharding, train_step
+from g2rpo_jax import evaluation, experiment, rollout, sampling, sharding, train_step
 from g2rpo_jax.config import ConfigError
 from g2rpo_jax.data import difficulty
 from g2rpo_jax.data.schema import Row
@@ -175,7 +175,9 @@ class Estimator:
             ),
             pad_id=pad_id(self.tokenizer),
         )
-        self.sampler = sampling.sampler_for(graphdef, decoding, train_step.batch_sharding(mesh))
+        self.sampler = rollout.sampler_for(
+            graphdef, decoding, journal.settings.samples, 0, train_step.batch_sharding(mesh)
+        )
         # Only the accuracy reward decides a pass; the others would cost time for nothing.
         self.pool = RewardPool(dataclasses.replace(exp.rewards, weights={exp.accuracy_reward: 1.0}))
 

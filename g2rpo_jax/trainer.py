@@ -40,6 +40,7 @@ from g2rpo_jax import (
     dynamic_sampling,
     evaluation,
     experiment,
+    guidance,
     hub,
     logging_utils,
     sharding,
@@ -48,13 +49,14 @@ from g2rpo_jax import (
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
 from g2rpo_jax import lora as lora_lib
+from g2rpo_jax import rollout as rollout_lib
 from g2rpo_jax.batch_rollout import BatchRollout
 from g2rpo_jax.data import make_dataset
 from g2rpo_jax.data.tokenization import TOKENIZER_DIR, Tokenizer, load_tokenizer, pad_id
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
 from g2rpo_jax.preemption import Preemption, stop_requested
 from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import rollout_params, sampler_for, stop_ids
+from g2rpo_jax.sampling import rollout_params, stop_ids
 
 BASE_MODEL = checkpoint_lib.BASE_MODEL
 
@@ -303,9 +305,11 @@ def _setup(config: ml_collections.ConfigDict, workdir: str):
     if base is not None:  # a LoRA run's base location, kept in every checkpoint's meta
         meta[BASE_MODEL] = base
     eos, pad = stop_ids(tokenizer, model_config, exp.model.path), pad_id(tokenizer)
-    sampler = sampler_for(
+    sampler = rollout_lib.sampler_for(
         graphdef,
         dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
+        exp.group_size,
+        guidance.num_guided(exp.guidance.ratio, exp.group_size),
         train_step.batch_sharding(mesh),
     )
     logger = logging_utils.RunLogger(
@@ -408,7 +412,8 @@ def _evaluation(exp, tokenizer, graphdef, eos, pad: int, pool) -> Callable | Non
         parse_gold if exp.accuracy_reward == "accuracy" else None,
         evaluation.tests_check(exp.rewards),
     )
-    sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos, pad_id=pad))
+    decoding = dataclasses.replace(exp.eval.sampling, eos_ids=eos, pad_id=pad)
+    sampler = rollout_lib.sampler_for(graphdef, decoding, exp.eval.num_samples, 0)
     return lambda policy: evaluation.evaluate(
         policy, sampler, tokenizer, rows, pool, exp.eval, exp.accuracy_reward, seed=exp.seed
     )

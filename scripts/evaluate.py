@@ -23,7 +23,7 @@ import transformers
 from absl import app, flags
 from flax import nnx
 
-from g2rpo_jax import checkpoint, cli, evaluation, sampling
+from g2rpo_jax import checkpoint, cli, evaluation, rollout, sampling
 from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.data.tokenization import pad_id
 from g2rpo_jax.models import from_pretrained
@@ -64,6 +64,10 @@ _TRUST = flags.DEFINE_bool(
 )
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_SHARE_PREFIX = flags.DEFINE_bool(
+    "share_prefix", True, "Prefill each problem's prompt once for its n samples."
+)
+_COMPACT = flags.DEFINE_bool("compact", True, "Finished rows leave the decode batch.")
 flags.mark_flags_as_required(["model", "data"])
 
 
@@ -129,6 +133,8 @@ def main(argv: list[str]) -> None:
         temperature=_TEMPERATURE.value,
         top_p=_TOP_P.value,
         top_k=_TOP_K.value,
+        share_prefix=_SHARE_PREFIX.value,
+        compact=_COMPACT.value,
     )
     pass_k = tuple(int(k) for k in _PASS_K.value)
     if any(not 1 <= k <= _NUM_SAMPLES.value for k in pass_k):
@@ -137,7 +143,7 @@ def main(argv: list[str]) -> None:
         _DATA.value, _NUM_SAMPLES.value, pass_k, decoding, _BATCH_SIZE.value, _MAX_ROWS.value
     )
     graphdef, params = nnx.split(model)
-    sampler = sampling.sampler_for(graphdef, decoding)
+    sampler = rollout.sampler_for(graphdef, decoding, _NUM_SAMPLES.value, 0)
     rewards = RewardConfig(
         weights={reward: 1.0}, workers=_WORKERS.value, trust_test_code=_TRUST.value
     )

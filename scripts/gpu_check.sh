@@ -15,7 +15,8 @@
 #
 # Parts (each under its own timeout; a failure is recorded in the JSON, never fatal):
 #   tests       pytest tests/test_models.py tests/test_sampling.py tests/test_train_step.py
-#               tests/test_attention.py with JAX on the GPU at full fp32 matmul precision
+#               tests/test_attention.py tests/test_rollout.py with JAX on the GPU at full fp32
+#               matmul precision
 #               (JAX's GPU default is TF32, too loose for the 1e-5 parity checks). The
 #               multi-device sharding tests need 8 devices and are deselected on one GPU.
 #   attention   benchmarks/attention.py: Qwen3-0.6B attention, 2 × 4,608 tokens, bf16, forward
@@ -24,8 +25,11 @@
 #               64 prompt tokens + 512 new tokens, ours vs transformers `generate`.
 #   train_step  benchmarks/train_step.py --model=qwen3-0.6b --dtype=bfloat16: the GRPO update
 #               (16 × 256 tokens, fp32 weights, bf16 compute) vs transformers + torch autocast.
+#   rollout     benchmarks/rollout.py --runs=1: issue 34's guided workload (large model,
+#               4 prompts × G = 8), shared + compact vs row-wise vs transformers.
 # Environment: PY (default python3), OUT (where logs go; default a temp dir), TIMEOUT_TESTS /
-# TIMEOUT_ATTENTION / TIMEOUT_SAMPLER / TIMEOUT_TRAIN (seconds; defaults 150 / 60 / 140 / 90),
+# TIMEOUT_ATTENTION / TIMEOUT_SAMPLER / TIMEOUT_TRAIN / TIMEOUT_ROLLOUT (seconds; defaults
+# 150 / 60 / 140 / 90 / 90),
 # ALLOW_CPU=1 (dry run of the script's plumbing without a GPU).
 set -euo pipefail
 
@@ -77,6 +81,7 @@ run nvidia_smi 30 nvidia-smi --query-gpu=name,memory.total,driver_version --form
 JAX_DEFAULT_MATMUL_PRECISION=highest run tests "${TIMEOUT_TESTS:-150}" \
     "$PY" -m pytest -q -p no:cacheprovider -n 4 \
     tests/test_models.py tests/test_sampling.py tests/test_train_step.py tests/test_attention.py \
+    tests/test_rollout.py \
     -k "not sharded_step_equals and not makes_no_host_transfers"
 
 run attention "${TIMEOUT_ATTENTION:-60}" \
@@ -87,6 +92,8 @@ run sampler "${TIMEOUT_SAMPLER:-140}" \
 
 run train_step "${TIMEOUT_TRAIN:-90}" \
     "$PY" benchmarks/train_step.py --model=qwen3-0.6b --dtype=bfloat16 --runs=5
+
+run rollout "${TIMEOUT_ROLLOUT:-90}" "$PY" benchmarks/rollout.py --runs=1
 
 "$PY" - "$OUT" "$START" <<'EOF'
 import json, pathlib, re, sys, time
@@ -120,7 +127,7 @@ def part(name):
 probe = part("probe").get("result", {})
 smi_ok = (out / "nvidia_smi.rc").exists() and (out / "nvidia_smi.rc").read_text().strip() == "0"
 gpu = (out / "nvidia_smi.log").read_text().strip() if smi_ok else ""
-parts = {name: part(name) for name in ("tests", "attention", "sampler", "train_step")}
+parts = {name: part(name) for name in ("tests", "attention", "sampler", "train_step", "rollout")}
 print(json.dumps({
     "bench": "gpu_check",
     "ok": all(p["rc"] == 0 for p in parts.values()),
