@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from g2rpo_jax.models.group_cache import GroupCache
 from g2rpo_jax.models.kv_cache import init_cache
@@ -206,9 +207,10 @@ class GroupSampler:
     decode_steps counts the steps each row was computed.
 
     Bucket policy as Sampler's: P the next power of two ≥ the longest prompt, L the next ≥
-    the largest ℓ′ (0 when nothing is guided). With a row `sharding`, B is rounded up to a
-    multiple of the devices the rows split over, with padding prompts whose rows generate
-    nothing and are dropped.
+    the largest ℓ′ (0 when nothing is guided); with a row `sharding`, B rounded up so that
+    B·G is a multiple of batch_multiple and B of the devices the rows split over, with
+    padding prompts whose rows generate nothing and are dropped (one process; several need
+    B·G a multiple of batch_multiple on each).
     """
 
     def __init__(
@@ -251,19 +253,27 @@ class GroupSampler:
         groups = self._groups(
             prompt_ids, prompt_lengths, trace_ids, trace_lengths, int(ell), row_ids, max_new_tokens
         )
+        padded = groups.row_ids.shape[0] != len(prompt_lengths) * self.G
+        out = self._sample(params, self._place(groups), rng)
+        return _first_rows(out, len(prompt_lengths) * self.G) if padded else out
+
+    def _place(self, groups: Groups) -> Groups:
+        """The host arrays on device: this process's groups split over its devices, or, when
+        they do not divide over them (few prompts per process), every process's groups on
+        every device; the output rows are split over the devices either way."""
         if self.sharding is None:
-            groups = jax.device_put(groups)
-        else:
-            replicated = jax.sharding.NamedSharding(
-                self.sharding.mesh, jax.sharding.PartitionSpec()
-            )
+            return jax.device_put(groups)
+        replicated = jax.sharding.NamedSharding(self.sharding.mesh, jax.sharding.PartitionSpec())
+        split = groups.prompt_len.shape[0] % (_row_splits(self.sharding) // jax.process_count())
+        if not split:
             place = lambda a: jax.make_array_from_process_local_data(
                 replicated if np.ndim(a) == 0 else self.sharding, a
             )
-            groups = jax.tree.map(place, groups)
-        out = self._sample(params, groups, rng)
-        rows = len(prompt_lengths) * self.G
-        return _first_rows(out, rows) if groups.row_ids.shape[0] != rows else out
+            return jax.tree.map(place, groups)
+        gather = lambda a: (
+            a if np.ndim(a) == 0 else multihost_utils.process_allgather(a, tiled=True)
+        )
+        return jax.tree.map(lambda a: jax.device_put(gather(a), replicated), groups)
 
     def _groups(
         self,
@@ -278,13 +288,21 @@ class GroupSampler:
         """The host arrays of one call, padded to their buckets (numpy)."""
         cfg, G = self.config, self.G
         prompts = len(prompt_lengths)
-        multiple = _row_splits(self.sharding) // jax.process_count()
+        # Rows split over devices: one process pads to a bucket of whole rows per device
+        # (also fewer programs); several cannot pad, and need rows that split over their
+        # devices (Sampler's rule). Alone, padding would only cost.
+        multiple = 1
+        if self.sharding is not None:
+            rows_multiple = cfg.batch_multiple // math.gcd(cfg.batch_multiple, G)
+            multiple = math.lcm(rows_multiple, _row_splits(self.sharding))
+        if jax.process_count() > 1:
+            multiple = 1
+            if prompts * G % cfg.batch_multiple:
+                raise ValueError(
+                    f"{prompts * G} rows per process: a multi-process batch needs a "
+                    f"multiple of batch_multiple={cfg.batch_multiple} on every process"
+                )
         batch = -(-prompts // multiple) * multiple
-        if batch != prompts and jax.process_count() > 1:
-            raise ValueError(
-                f"{prompts} prompts per process: a multi-process batch needs a "
-                f"multiple of {multiple} on every process"
-            )
         P = bucket(int(prompt_lengths.max()), cfg.min_bucket)
         used = min(ell, int(trace_lengths.max())) if self.num_guided else 0
 
@@ -315,9 +333,7 @@ class GroupSampler:
 
 
 def _row_splits(sharding) -> int:
-    """How many parts a row `sharding` splits the first dim into (1 without one)."""
-    if sharding is None:
-        return 1
+    """How many parts a row `sharding` splits the first dim into."""
     axes = sharding.spec[0] if len(sharding.spec) else None
     axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
     return math.prod(sharding.mesh.shape[a] for a in axes)
