@@ -23,7 +23,8 @@ tokens / median wall seconds. Prints one JSON line; benchmarks/README.md explain
 
 --step times the whole step on that workload, shared vs row-wise: rollout → completions
 decoded as id text → rewards (accuracy + format, in-process; all 0 on random text) →
-`train_step` (β = 0.04 with a reference, μ = 1, AdamW) on the B·G rows.
+`train_step` (β = 0.04 with a reference, μ = 1, AdamW, 4 micro-batches of one group) on
+the B·G rows.
 """
 
 import argparse
@@ -232,7 +233,10 @@ def bench_step(
 ) -> dict:
     """The whole step (rollout → rewards → train_step), shared vs row-wise, alternating."""
     grpo_config = grpo.GRPOConfig(beta=0.04, max_completion_length=BUDGET)
-    optimizer = optimization.OptimizerConfig(total_steps=100, learning_rate=1e-6, warmup_steps=0)
+    # 4 micro-batches of one group each: the full batch's activations would not fit 16 GB.
+    optimizer = optimization.OptimizerConfig(
+        total_steps=100, learning_rate=1e-6, warmup_steps=0, micro_batches=4
+    )
     guidance_config = guidance.GuidanceConfig(ratio=GUIDED / G, initial_length=ELL)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     state = train_step.init_train_state(
