@@ -43,6 +43,7 @@ from flax import nnx
 from sampler import CONFIGS
 
 from g2rpo_jax import grpo, guidance, optimization, rollout, sharding, train_step
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.rewards import RewardConfig, RewardPool
 from g2rpo_jax.sampling import FINISH_LENGTH, SamplingConfig
@@ -97,9 +98,9 @@ def bench(args) -> dict:
     lengths = np.clip(drawn, 1, row_budget).astype(np.int32)
     useful = int(lengths.sum())
     config = SamplingConfig(max_completion_length=BUDGET, decode_phases=args.decode_phases)
-    shared = rollout.sampler_for(graphdef, config, G, GUIDED)
+    shared = rollout.sampler_for(graphdef, config, TokenIds(), G, GUIDED)
     off = dataclasses.replace(config, share_prefix=False, compact=False)
-    row_wise = rollout.sampler_for(graphdef, off, G, GUIDED)
+    row_wise = rollout.sampler_for(graphdef, off, TokenIds(), G, GUIDED)
     if args.step:
         return bench_step(
             args,
@@ -232,7 +233,7 @@ def bench_step(
     lengths,
 ) -> dict:
     """The whole step (rollout → rewards → train_step), shared vs row-wise, alternating."""
-    grpo_config = grpo.GRPOConfig(beta=0.04, max_completion_length=BUDGET)
+    grpo_config = grpo.GRPOConfig(group_size=G, beta=0.04, max_completion_length=BUDGET)
     # 4 micro-batches of one group each: the full batch's activations would not fit 16 GB.
     optimizer = optimization.OptimizerConfig(
         total_steps=100, learning_rate=1e-6, warmup_steps=0, micro_batches=4
@@ -244,7 +245,7 @@ def bench_step(
     )
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
     update = train_step.make_train_step(
-        graphdef, grpo_config, optimizer, guidance_config, G, mesh, state
+        graphdef, grpo_config, optimizer, guidance_config, mesh, state
     )
     pool = RewardPool(RewardConfig(weights=(("accuracy", 1.0), ("format", 0.1)), workers=0))
     R, seeds = B * G, iter(range(1 << 30))

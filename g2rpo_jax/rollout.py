@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models.group_cache import GroupCache
 from g2rpo_jax.models.kv_cache import init_cache
 from g2rpo_jax.models.log_probs import token_log_probs
@@ -74,11 +75,12 @@ class Groups:
     row_ids: jax.Array
 
 
-def _sample_groups(graphdef, config: SamplingConfig, G: int, params, groups: Groups, rng):
+def _sample_groups(
+    graphdef, config: SamplingConfig, tokens: TokenIds, G: int, params, groups: Groups, rng
+):
     model: Qwen = nnx.merge(graphdef, params)
-    model.config = model.config.replace(remat=False)  # as in sampling._sample
-    s, prompt_ids_RP, prompt_mask_RP = _prefill(model, config, G, groups, rng)
-    s = decode(model, config, G, config.compact, s)
+    s, prompt_ids_RP, prompt_mask_RP = _prefill(model, config, tokens, G, groups, rng)
+    s = decode(model, config, tokens, G, s)
     C = s.completion_RC.shape[1]
     completion_mask_RC = jnp.arange(C)[None] < (s.guidance_len + s.num_generated)[:, None]
     return RolloutOutput(
@@ -94,7 +96,7 @@ def _sample_groups(graphdef, config: SamplingConfig, G: int, params, groups: Gro
     )
 
 
-def _prefill(model: Qwen, config: SamplingConfig, G: int, groups: Groups, rng):
+def _prefill(model: Qwen, config: SamplingConfig, tokens: TokenIds, G: int, groups: Groups, rng):
     """Each group's prefix prefilled once: the decode loop's first state (the rows'
     first logits, the guidance written into the completions) and the rows' prompts."""
     B, P = groups.prompt_ids.shape
@@ -103,7 +105,7 @@ def _prefill(model: Qwen, config: SamplingConfig, G: int, groups: Groups, rng):
     # ℓ′ of each group (none when nothing is guided; the host sizes L ≥ every ℓ′)
     used_B = jnp.minimum(groups.ell, groups.trace_len) if L else jnp.zeros((B,), jnp.int32)
     tokens_BW, mask_BW, positions_BW = assemble_prefix(
-        groups.prompt_ids, groups.prompt_len, groups.trace_ids, used_B, config.pad_id
+        groups.prompt_ids, groups.prompt_len, groups.trace_ids, used_B, tokens.pad
     )
     # X = L + 1: the outputs that predict the guidance tokens and each kind of row's first.
     hidden_BXD, prefix = model.hidden_states(
@@ -119,7 +121,7 @@ def _prefill(model: Qwen, config: SamplingConfig, G: int, groups: Groups, rng):
     first_B2D = jnp.take_along_axis(hidden_BXD, after_B2[:, :, None], axis=1)
     logits_RV = model.logits(first_B2D)[:, guided_G.astype(jnp.int32)].reshape(R, -1)
     completion_RC, log_probs_RC = _guidance(
-        model, config, hidden_BXD, tokens_BW, used_B, guidance_len_R, G
+        model, config, tokens.pad, hidden_BXD, tokens_BW, used_B, guidance_len_R, G
     )
     # The prefix slots each row sees: its group's up to the end of its own prefix.
     prefix_end_R = W - jnp.where(guided_R, 0, rows(used_B))
@@ -151,19 +153,26 @@ def _prefill(model: Qwen, config: SamplingConfig, G: int, groups: Groups, rng):
     window_BP = jnp.arange(P)[None] + (L - used_B)[:, None]
     prompt_mask_BP = jnp.take_along_axis(mask_BW, window_BP, axis=1)
     prompt_ids_BP = jnp.take_along_axis(tokens_BW, window_BP, 1)
-    prompt_ids_BP = jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id)
+    prompt_ids_BP = jnp.where(prompt_mask_BP, prompt_ids_BP, tokens.pad)
     return state, rows(prompt_ids_BP), rows(prompt_mask_BP)
 
 
 def _guidance(
-    model: Qwen, config: SamplingConfig, hidden_BXD, tokens_BW, used_B, guidance_len_R, G: int
+    model: Qwen,
+    config: SamplingConfig,
+    pad: int,
+    hidden_BXD,
+    tokens_BW,
+    used_B,
+    guidance_len_R,
+    G: int,
 ):
     """The completions [R, C] started with each guided row's ℓ′ trace tokens, and their
     log-probs from the prefill (sampling._prefill's, once per group)."""
     W, L = tokens_BW.shape[1], hidden_BXD.shape[1] - 1
     R = guidance_len_R.shape[0]
     C = config.max_completion_length + (0 if config.guidance_in_budget else L)
-    completion_RC = jnp.full((R, C), config.pad_id, jnp.int32)
+    completion_RC = jnp.full((R, C), pad, jnp.int32)
     if not L:
         return completion_RC, jnp.zeros((R, C), jnp.float32)
     cols_C = jnp.arange(C)[None, :]
@@ -181,9 +190,9 @@ def _guidance(
 
 
 @functools.cache
-def _compiled(graphdef, config: SamplingConfig, G: int, sharding):
+def _compiled(graphdef, config: SamplingConfig, tokens: TokenIds, G: int, sharding):
     """The jitted sampler of these settings: every GroupSampler of them (any α) shares it."""
-    sample = functools.partial(_sample_groups, graphdef, config, G)
+    sample = functools.partial(_sample_groups, graphdef, config, tokens, G)
     return jax.jit(sample, out_shardings=sharding)
 
 
@@ -217,15 +226,17 @@ class GroupSampler:
         self,
         graphdef: nnx.GraphDef,
         config: SamplingConfig,
+        tokens: TokenIds,
         group_size: int,
         num_guided: int,
         sharding=None,
     ):
         if not 0 <= num_guided <= group_size:
             raise ValueError(f"num_guided={num_guided} must be in [0, G={group_size}]")
-        self.config, self.G, self.num_guided = config, group_size, num_guided
+        self.config, self.tokens = config, tokens
+        self.G, self.num_guided = group_size, num_guided
         self.sharding = sharding
-        self._sample = _compiled(graphdef, config, group_size, sharding)
+        self._sample = _compiled(graphdef, config, tokens, group_size, sharding)
 
     @property
     def num_compiled(self) -> int:
@@ -275,19 +286,11 @@ class GroupSampler:
         )
         return jax.tree.map(lambda a: jax.device_put(gather(a), replicated), groups)
 
-    def _groups(
-        self,
-        prompt_ids,
-        prompt_lengths,
-        trace_ids,
-        trace_lengths,
-        ell: int,
-        row_ids,
-        max_new_tokens,
-    ) -> Groups:
-        """The host arrays of one call, padded to their buckets (numpy)."""
+    def _groups(self, ids, lengths, trace_ids, trace_lengths, ell, row_ids, budgets) -> Groups:
+        """The host arrays of one call (__call__'s, budgets its max_new_tokens), padded to
+        their buckets (numpy)."""
         cfg, G = self.config, self.G
-        prompts = len(prompt_lengths)
+        prompts = len(lengths)
         # Rows split over devices: one process pads to a bucket of whole rows per device
         # (also fewer programs); several cannot pad, and need rows that split over their
         # devices (Sampler's rule). Alone, padding would only cost.
@@ -303,11 +306,11 @@ class GroupSampler:
                     f"multiple of batch_multiple={cfg.batch_multiple} on every process"
                 )
         batch = -(-prompts // multiple) * multiple
-        P = bucket(int(prompt_lengths.max()), cfg.min_bucket)
+        P = bucket(int(lengths.max()), cfg.min_bucket)
         used = min(ell, int(trace_lengths.max())) if self.num_guided else 0
 
         def rows_of(array, width):
-            out = np.full((batch, width), cfg.pad_id, np.int32)
+            out = np.full((batch, width), self.tokens.pad, np.int32)
             array = np.asarray(array)[:, :width]
             out[:prompts, : array.shape[1]] = array
             return out
@@ -315,17 +318,17 @@ class GroupSampler:
         pad = lambda x, fill, n: np.concatenate([np.asarray(x, np.int32), np.full(n, fill)])
         rows, extra = prompts * G, (batch - prompts) * G
         row_ids = np.arange(rows) if row_ids is None else np.asarray(row_ids)
-        if max_new_tokens is None:
-            max_new_tokens = np.full(rows, cfg.max_completion_length, np.int32)
+        if budgets is None:
+            budgets = np.full(rows, cfg.max_completion_length, np.int32)
         # Padding prompts: one token, no trace, no tokens to generate; their rows are dropped.
         return Groups(
-            prompt_ids=rows_of(prompt_ids, P),
-            prompt_len=pad(prompt_lengths, 1, batch - prompts).astype(np.int32),
+            prompt_ids=rows_of(ids, P),
+            prompt_len=pad(lengths, 1, batch - prompts).astype(np.int32),
             trace_ids=rows_of(trace_ids, bucket(used, cfg.min_bucket)),
             trace_len=pad(trace_lengths, 0, batch - prompts).astype(np.int32),
             ell=np.int32(ell),
             num_guided=np.int32(self.num_guided),
-            max_new_tokens=pad(max_new_tokens, 0, extra).astype(np.int32),
+            max_new_tokens=pad(budgets, 0, extra).astype(np.int32),
             row_ids=np.concatenate([row_ids, np.arange(extra) + row_ids.max() + 1]).astype(
                 np.uint32
             ),
@@ -344,9 +347,9 @@ class RowWise:
     trace given to the planned candidates (guidance.guidance_lengths, on the host). The
     rollout of `sampling.share_prefix = compact = False`, kept so anyone can compare."""
 
-    def __init__(self, sampler: Sampler, group_size: int, num_guided: int):
+    def __init__(self, sampler, group_size: int, num_guided: int):
         self.sampler, self.G, self.num_guided = sampler, group_size, num_guided
-        self.config = sampler.config
+        self.config, self.tokens = sampler.config, sampler.tokens
 
     def __call__(
         self,
@@ -360,83 +363,54 @@ class RowWise:
         row_ids=None,
         max_new_tokens=None,
     ) -> SampleOutput:
-        if max_new_tokens is not None:
-            raise ValueError("per-row budgets need sampling.share_prefix or sampling.compact")
-        G = self.G
-        trace_lengths = np.asarray(trace_lengths, np.int32)
-        per_prompt = np.minimum(ell, trace_lengths)[:, None]
-        lengths = np.where(np.arange(G) < self.num_guided, per_prompt, 0).reshape(-1)
-        repeat = lambda x: np.repeat(np.asarray(x), G, 0)
-        return self.sampler(
-            params,
-            repeat(prompt_ids),
-            repeat(prompt_lengths),
-            repeat(trace_ids),
-            lengths.astype(np.int32),
-            rng,
-            row_ids=row_ids,
-        )
-
-
-class OneRowGroups:
-    """Compaction without prefix sharing: GroupSampler on groups of one row, each prompt
-    repeated G times and each row's planned guidance its own trace length."""
-
-    def __init__(self, sampler: GroupSampler, group_size: int, num_guided: int):
-        self.sampler, self.G, self.num_guided = sampler, group_size, num_guided
-        self.config = sampler.config
-
-    def __call__(
-        self,
-        params,
-        prompt_ids,
-        prompt_lengths,
-        trace_ids,
-        trace_lengths,
-        ell: int,
-        rng,
-        row_ids=None,
-        max_new_tokens=None,
-    ) -> RolloutOutput:
-        G = self.G
         per_prompt = np.minimum(ell, np.asarray(trace_lengths, np.int32))[:, None]
-        lengths = np.where(np.arange(G) < self.num_guided, per_prompt, 0).reshape(-1)
-        repeat = lambda x: np.repeat(np.asarray(x), G, 0)
-        return self.sampler(
-            params,
-            repeat(prompt_ids),
-            repeat(prompt_lengths),
-            repeat(trace_ids),
-            lengths,
-            ell,
-            rng,
-            row_ids=row_ids,
-            max_new_tokens=max_new_tokens,
-        )
+        planned = np.where(np.arange(self.G) < self.num_guided, per_prompt, 0).reshape(-1)
+        repeat = lambda x: np.repeat(np.asarray(x), self.G, 0)
+        rows = (repeat(prompt_ids), repeat(prompt_lengths), repeat(trace_ids), planned)
+        return self._sample(params, *rows, ell, rng, row_ids, max_new_tokens)
+
+    def _sample(self, params, ids, lengths, trace_ids, planned, ell, rng, row_ids, budgets):
+        if budgets is not None:
+            raise ValueError("per-row budgets need sampling.share_prefix or sampling.compact")
+        return self.sampler(params, ids, lengths, trace_ids, planned, rng, row_ids=row_ids)
+
+
+class OneRowGroups(RowWise):
+    """Compaction without prefix sharing: GroupSampler on groups of one row (RowWise's
+    rows), each row's planned guidance its trace length."""
+
+    def _sample(self, params, ids, lengths, trace_ids, planned, ell, rng, row_ids, budgets):
+        return self.sampler(params, ids, lengths, trace_ids, planned, ell, rng, row_ids, budgets)
 
 
 # What sampler_for returns: all called as GroupSampler is.
-RolloutSampler = GroupSampler | RowWise | OneRowGroups
+RolloutSampler = GroupSampler | RowWise
 # Samplers shared by every run in a process (tests, repeated evaluations): one compile each.
 _SAMPLERS: dict = {}
 
 
 def sampler_for(
-    graphdef: nnx.GraphDef, config: SamplingConfig, group_size: int, num_guided: int, sharding=None
+    graphdef: nnx.GraphDef,
+    config: SamplingConfig,
+    tokens: TokenIds,
+    group_size: int,
+    num_guided: int,
+    sharding=None,
 ) -> RolloutSampler:
     """The rollout sampler of these settings, built once per process, all called as
     GroupSampler is: `sampling.share_prefix` → GroupSampler (compacted when
     `sampling.compact`); compact alone → GroupSampler over groups of one row; neither →
     the row-wise Sampler (RowWise)."""
-    key = (graphdef, config, group_size, num_guided, sharding)
+    key = (graphdef, config, tokens, group_size, num_guided, sharding)
     if key not in _SAMPLERS:
         if config.share_prefix:
-            made = GroupSampler(graphdef, config, group_size, num_guided, sharding)
+            made = GroupSampler(graphdef, config, tokens, group_size, num_guided, sharding)
         elif config.compact:
-            one = GroupSampler(graphdef, config, 1, 1, sharding)
+            one = GroupSampler(graphdef, config, tokens, 1, 1, sharding)
             made = OneRowGroups(one, group_size, num_guided)
         else:
-            made = RowWise(Sampler(graphdef, config, sharding), group_size, num_guided)
+            row_wise = Sampler(graphdef, config, tokens, sharding)
+            made = RowWise(row_wise, group_size, num_guided)
         _SAMPLERS[key] = made
     return _SAMPLERS[key]
 

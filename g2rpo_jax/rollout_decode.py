@@ -13,6 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import group_cache
 from g2rpo_jax.models.group_cache import GroupCache
 from g2rpo_jax.models.kv_cache import extend_cache
@@ -100,14 +101,14 @@ def _scatter(full: LoopState, sub: LoopState, order: jax.Array) -> LoopState:
     )
 
 
-def decode(model: Qwen, config: SamplingConfig, G: int, compact: bool, s: LoopState):
+def decode(model: Qwen, config: SamplingConfig, tokens: TokenIds, G: int, s: LoopState):
     """The decode loop in the Sampler's phases (its cache grown at each boundary). With
-    `compact`, the live rows run gathered into the smallest width that holds them
+    `config.compact`, the live rows run gathered into the smallest width that holds them
     (compact_widths), narrowed again as soon as they fit a smaller one: each width's loop is
     compiled once per phase, and a row costs steps while it is live or fills a bucket."""
     R = s.completion_RC.shape[0]
-    step = _step(model, config)
-    widths = [R] + (compact_widths(R) if compact else [])
+    step = _step(model, config, tokens)
+    widths = [R] + (compact_widths(R) if config.compact else [])
     floors = widths[1:] + [0]  # a width's loop ends once the live rows fit the next
 
     def run(width: int, floor: int, end: int):
@@ -132,18 +133,18 @@ def decode(model: Qwen, config: SamplingConfig, G: int, compact: bool, s: LoopSt
             return jax.lax.switch(which, branches, s)
 
         s = jax.lax.while_loop(lambda s, end=end: (s.step < end) & ~jnp.all(s.done), narrowest, s)
-    return _choose(config, s)[0]
+    return _choose(config, tokens, s)[0]
 
 
-def _choose(config: SamplingConfig, s: LoopState) -> tuple[LoopState, jax.Array]:
+def _choose(config: SamplingConfig, tokens: TokenIds, s: LoopState) -> tuple[LoopState, jax.Array]:
     """Each live row's next token, written into its completion (sampling._decode's)."""
     C = s.completion_RC.shape[1]
     token, lp = sample_tokens(s.logits_V, s.keys, s.step, config)
     live = ~s.done
-    token = jnp.where(live, token, config.pad_id)
+    token = jnp.where(live, token, tokens.pad)
     column = jnp.where(live, s.guidance_len + s.num_generated, C)  # C: dropped
     num_generated = s.num_generated + live
-    hit_eos = live & jnp.isin(token, jnp.asarray(config.eos_ids or (-1,), jnp.int32))
+    hit_eos = live & jnp.isin(token, jnp.asarray(tokens.eos or (-1,), jnp.int32))
     return s.replace(
         step=s.step + 1,
         done=s.done | hit_eos | (num_generated >= s.budget),
@@ -154,12 +155,12 @@ def _choose(config: SamplingConfig, s: LoopState) -> tuple[LoopState, jax.Array]
     ), token
 
 
-def _step(model: Qwen, config: SamplingConfig):
+def _step(model: Qwen, config: SamplingConfig, tokens: TokenIds):
     """One decode step: choose each live row's token, then the logits after it (its keys
     and values into the rows' own cache)."""
 
     def step(s: LoopState) -> LoopState:
-        s, token = _choose(config, s)
+        s, token = _choose(config, tokens, s)
         logits_V, cache = group_cache.decode(model, token, s.positions, s.cache, s.rotary)
         return s.replace(
             logits_V=logits_V,

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from g2rpo_jax import guidance, rollout
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import attention, from_pretrained, group_cache
 from g2rpo_jax.rollout import GroupSampler
 from g2rpo_jax.rollout_decode import compact_widths
@@ -20,14 +21,12 @@ TRACE_LENGTHS = np.array([24, 5, 0, 12])  # with ℓ = 10: one trace shorter tha
 ELL = 10
 # Tokens the tiny models emit at different steps in different rows (asserted below), so
 # rows end at different steps, some by EOS and some by length.
-EOS_IDS = (13, 26, 29, 122)
+TOKENS = TokenIds(eos=(13, 26, 29, 122))
 # 28 tokens: two decode phases when sampled, so the rows' own cache grows once under
 # compaction; one when greedy (less to compile).
 CONFIGS = {
-    "greedy": SamplingConfig(
-        max_completion_length=28, greedy=True, eos_ids=EOS_IDS, decode_phases=1
-    ),
-    "sampled": SamplingConfig(max_completion_length=28, temperature=0.8, eos_ids=EOS_IDS),
+    "greedy": SamplingConfig(max_completion_length=28, greedy=True, decode_phases=1),
+    "sampled": SamplingConfig(max_completion_length=28, temperature=0.8),
 }
 FIELDS = (
     "prompt_ids",
@@ -72,7 +71,7 @@ def group_sampler(loaded, mode: str, num_guided: int) -> GroupSampler:
     """GroupSamplers of one config share their compiled programs (any α)."""
     graphdef, _, built = loaded
     if (mode, num_guided) not in built:
-        built[mode, num_guided] = GroupSampler(graphdef, CONFIGS[mode], G, num_guided)
+        built[mode, num_guided] = GroupSampler(graphdef, CONFIGS[mode], TOKENS, G, num_guided)
     return built[mode, num_guided]
 
 
@@ -96,7 +95,7 @@ def both(loaded, mode: str, num_guided: int, max_new_tokens=None):
     )
     lengths = guidance.guidance_lengths(TRACE_LENGTHS, np.int32(ELL), G, num_guided)
     if mode not in built:
-        built[mode] = Sampler(graphdef, CONFIGS[mode])
+        built[mode] = Sampler(graphdef, CONFIGS[mode], TOKENS)
     row_wise = built[mode](
         params,
         np.repeat(prompts, G, 0),
@@ -192,7 +191,7 @@ def test_no_host_syncs_and_one_program_per_bucket(models):
 
 def test_num_guided_is_checked():
     with pytest.raises(ValueError, match="num_guided=4"):
-        GroupSampler(None, CONFIGS["greedy"], 3, 4)
+        GroupSampler(None, CONFIGS["greedy"], TOKENS, 3, 4)
 
 
 def test_grouped_decode_equals_one_softmax_over_the_rows_prefix_and_own_slots():
@@ -231,7 +230,7 @@ def test_sampler_for_picks_by_the_switches_and_row_wise_gets_the_plan():
     row-wise Sampler on the prompts repeated G times with guidance.guidance_lengths."""
     config = CONFIGS["sampled"]
     pick = lambda **switches: rollout.sampler_for(
-        None, dataclasses.replace(config, **switches), G, 1
+        None, dataclasses.replace(config, **switches), TOKENS, G, 1
     )
     assert isinstance(pick(), GroupSampler) and pick().G == G
     one_row = pick(share_prefix=False)
