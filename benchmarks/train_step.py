@@ -226,7 +226,7 @@ def main():
         del hf
 
     batch = make_batch(rows, group, prompt, completion, config.vocab_size, args.shared_prompts)
-    grpo_config = grpo.GRPOConfig(beta=BETA)
+    grpo_config = grpo.GRPOConfig(group_size=group, beta=BETA)
     opt_config = optimization.OptimizerConfig(
         total_steps=1000,
         learning_rate=LR,
@@ -240,7 +240,7 @@ def main():
     graphdef = nnx.graphdef(model)
     del model  # its buffers are the state's, which the step donates
     step = train_step.make_train_step(
-        graphdef, grpo_config, opt_config, GUIDANCE, group, mesh, state
+        graphdef, grpo_config, opt_config, GUIDANCE, mesh, state, remat=args.remat
     )
     device_batch = jax.device_put(batch, train_step.batch_sharding(mesh))
     holder = {"state": state}

@@ -27,6 +27,7 @@ def completion_log_probs(
     rows: jax.sharding.NamedSharding | None = None,
     group_size: int = 1,
     head: Head = token_log_probs,
+    remat: bool = False,
 ) -> jax.Array | TokenStats:
     """log π(completion token) under `params`, float32 [R, C], from a forward over
     `[prompt ⊕ completion]` (guidance tokens stay in attention under either loss mode); with
@@ -40,28 +41,31 @@ def completion_log_probs(
     serves the group's G completions: the same log-probs for (G−1)/G fewer prompt FLOPs.
     (Differentiating through this holds both branches' residuals; the train step branches
     outside its gradient instead.)
+    remat: recompute each layer in the backward pass (`Qwen.hidden_states`).
     """
     R = batch["prompt_ids"].shape[0]
     if group_size <= 1 or R % group_size:
-        return log_probs_per_row(graphdef, params, batch, rows, head)
-    shared = lambda p, b: log_probs_shared_prompt(graphdef, p, b, rows, head, group_size)
-    full = lambda p, b: log_probs_per_row(graphdef, p, b, rows, head)
+        return log_probs_per_row(graphdef, params, batch, rows, head, remat)
+    shared = lambda p, b: log_probs_shared_prompt(graphdef, p, b, rows, head, group_size, remat)
+    full = lambda p, b: log_probs_per_row(graphdef, p, b, rows, head, remat)
     return jax.lax.cond(groups_share_prompt(batch, group_size), shared, full, params, batch)
 
 
-def log_probs_per_row(graphdef, params, batch, rows, head: Head):
+def log_probs_per_row(graphdef, params, batch, rows, head: Head, remat: bool = False):
     """Every row's `[prompt ⊕ completion]` through the model."""
     pin = lambda x: x if rows is None else _constrain_rows(x, rows)
     model = nnx.merge(graphdef, params)
     ids = pin(jnp.concatenate([batch["prompt_ids"], batch["completion_ids"]], axis=1))
     mask = pin(jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1))
-    hidden = pin(model.hidden_states(ids, positions_from_mask(mask), mask)[0])
+    hidden = pin(model.hidden_states(ids, positions_from_mask(mask), mask, remat=remat)[0])
     P, C = batch["prompt_ids"].shape[1], batch["completion_ids"].shape[1]
     out = head(model, hidden[:, P - 1 : P + C - 1], pin(batch["completion_ids"]))
     return jax.tree.map(pin, out)
 
 
-def log_probs_shared_prompt(graphdef, params, batch, rows, head: Head, group_size: int):
+def log_probs_shared_prompt(
+    graphdef, params, batch, rows, head: Head, group_size: int, remat: bool = False
+):
     """Each group's prompt once (a prefill into a KV cache), the cache repeated to the G rows,
     then the completions: positions and masks exactly as in `log_probs_per_row`."""
     G = group_size
@@ -75,7 +79,11 @@ def log_probs_shared_prompt(graphdef, params, batch, rows, head: Head, group_siz
     prompt_mask = pin(first(batch["prompt_mask"]))
     cache = init_cache(model.config, prompt_mask.shape[0], P + C)
     hidden_prompt, cache = model.hidden_states(
-        pin(first(batch["prompt_ids"])), pin(first(positions[:, :P])), prompt_mask, cache
+        pin(first(batch["prompt_ids"])),
+        pin(first(positions[:, :P])),
+        prompt_mask,
+        cache,
+        remat=remat,
     )
     cache = KVCache(
         k=tuple(map(expand, cache.k)),
@@ -85,7 +93,7 @@ def log_probs_shared_prompt(graphdef, params, batch, rows, head: Head, group_siz
     )
     completion_ids = pin(batch["completion_ids"])
     hidden, _ = model.hidden_states(
-        completion_ids, pin(positions[:, P:]), pin(batch["completion_mask"]), cache
+        completion_ids, pin(positions[:, P:]), pin(batch["completion_mask"]), cache, remat=remat
     )
     # Token t is predicted from the hidden state before it: the prompt's last, then t − 1.
     hidden = jnp.concatenate([expand(hidden_prompt[:, -1:]), hidden[:, : C - 1]], axis=1)
