@@ -218,9 +218,7 @@ def main():
     hf = transformers.Qwen3ForCausalLM(config)
     with tempfile.TemporaryDirectory() as directory:
         hf.save_pretrained(directory)
-        model, model_config = from_pretrained(
-            directory, dtype=args.dtype, param_dtype="float32", remat=args.remat
-        )
+        model, model_config = from_pretrained(directory, dtype=args.dtype, param_dtype="float32")
     params = int(sum(p.numel() for p in hf.parameters()))
     if not args.torch:
         del hf
