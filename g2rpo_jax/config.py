@@ -104,6 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
     c.sampling.decode_phases = 4  # decode loops, each over a cache grown to what it fills
     c.sampling.param_dtype = "float32"  # float32 | bfloat16: a copy the rollouts read
+    # Each group's prompt, and its guided rows' common guidance prefix, through the model
+    # once (the train step's forwards); False: every row on its own, to compare and bisect.
+    c.sampling.share_prefix = True
 
     c.grpo = ml_collections.ConfigDict()  # SPEC §2–3
     c.grpo.group_size = 12  # G

@@ -127,6 +127,7 @@ def build(c: ml_collections.ConfigDict, *, num_devices: int, process_count: int 
         batch_multiple=s.batch_multiple,
         decode_phases=s.decode_phases,
         param_dtype=s.param_dtype,
+        share_prefix=s.share_prefix,
     )
     grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
     # Greedy rollouts report temperature-1 log-probs.

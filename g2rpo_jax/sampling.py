@@ -61,6 +61,9 @@ class SamplingConfig:
     fewer slots (module docstring).
     param_dtype: the dtype of the weights the trainer's rollouts read (`rollout_params`):
     float32, or bfloat16 for half the weight traffic of every decode step.
+    share_prefix: each group's prompt and its guided rows' guidance prefix go through the
+    model once where a forward can share them (today the train step's, `StepSettings`);
+    False: every row on its own.
     """
 
     max_completion_length: int
@@ -75,6 +78,7 @@ class SamplingConfig:
     min_bucket: int = 16
     decode_phases: int = 4
     param_dtype: str = "float32"
+    share_prefix: bool = True
 
     def __post_init__(self):
         if self.max_completion_length < 1:

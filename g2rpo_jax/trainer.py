@@ -125,10 +125,11 @@ _STEPS: dict = {}
 
 
 def _train_step(graphdef, exp: experiment.Experiment, mesh, state):
-    key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh)
+    share = exp.sampling.share_prefix
+    key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh, share)
     if key not in _STEPS:
         _STEPS[key] = train_step.make_train_step(
-            graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh, state
+            graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh, state, share
         )
     return _STEPS[key]
 
