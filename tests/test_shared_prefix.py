@@ -1,5 +1,5 @@
-"""The train step's shared guidance prefix: each group's prompt ⊕ trace[:ℓ′] through the
-model once gives the row-wise loss and gradients (issue 34, acceptance 2)."""
+"""The train step's shared forwards: each group's prompt, or its prompt ⊕ trace[:ℓ′], through
+the model once gives the row-wise loss and gradients (issue 34, acceptance 2)."""
 
 import functools
 
@@ -83,28 +83,31 @@ def _settings(graphdef, guidance_loss: str, num_updates: int) -> train_step.Step
     return train_step.StepSettings(graphdef, config, OPTIMIZER, GUIDANCE, G, None, 1)
 
 
-def test_shared_guidance_gives_the_row_wise_loss_and_gradients(hf_qwen3_dir):
-    """Under guidance_loss include (each guided row's loss on the group's one copy of the
-    guidance tokens) and mask (in attention only), μ = 1 and μ = 2: the loss and every
-    parameter's gradient within 1e-5 of the row-wise forward's."""
+def test_shared_forwards_give_the_row_wise_loss_and_gradients(hf_qwen3_dir):
+    """Each group's prompt once, and each group's prompt ⊕ guidance once (each guided row's
+    loss on the group's one copy of the guidance tokens under guidance_loss include, in
+    attention only under mask), at μ = 1 and μ = 2: the loss and every parameter's gradient
+    within 1e-5 of the row-wise forward's."""
     batch = jax.tree.map(jnp.asarray, guided_batch())
     model, _ = from_pretrained(hf_qwen3_dir)
     graphdef, params = nnx.split(model)
     settings_list = [_settings(graphdef, mode, mu) for mode in ("include", "mask") for mu in (1, 2)]
     noise = jnp.asarray(0.1 * np.random.RandomState(1).randn(G * len(TRACES), C), jnp.float32)
-    shared = functools.partial(
-        shared_prefix.log_probs_shared_guidance, group_size=G, num_guided=GUIDED, width=SUFFIX
-    )
     assert completion_forward.groups_share_prompt(batch, G)
     assert shared_prefix.groups_share_guidance(batch, G, GUIDED, SUFFIX)
     args = (graphdef, params, batch)
-    shared_loss, shared_grads = _losses_and_grads(*args, shared, settings_list, noise)
     row_wise = completion_forward.log_probs_per_row
     row_loss, row_grads = _losses_and_grads(*args, row_wise, settings_list, noise)
-    np.testing.assert_allclose(shared_loss, row_loss, atol=1e-5)
     assert len(set(np.asarray(row_loss).round(6))) == 4  # the four settings differ
-    for a, b in zip(jax.tree.leaves(shared_grads), jax.tree.leaves(row_grads), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    shared_prompt = functools.partial(completion_forward.log_probs_shared_prompt, group_size=G)
+    shared_guidance = functools.partial(
+        shared_prefix.log_probs_shared_guidance, group_size=G, num_guided=GUIDED, width=SUFFIX
+    )
+    for forward in (shared_prompt, shared_guidance):
+        loss, grads = _losses_and_grads(*args, forward, settings_list, noise)
+        np.testing.assert_allclose(loss, row_loss, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(row_grads), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
 def test_forward_choice_takes_the_narrowest_shared_forward_the_batch_has():
