@@ -84,8 +84,14 @@ def forward_choice(
     return index.astype(jnp.int32), tuple(forwards)
 
 
-def log_probs_per_row(graphdef, params, batch, rows, head: Head):
-    """Every row's `[prompt ⊕ completion]` through the model."""
+def log_probs_per_row(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    batch: dict,
+    rows: jax.sharding.NamedSharding | None,
+    head: Head,
+) -> jax.Array | TokenStats:
+    """Every row's `[prompt ⊕ completion]` [R, P + C] through the model: [R, C] outputs."""
     pin = lambda x: constrain_rows(x, rows)
     model = nnx.merge(graphdef, params)
     ids = pin(jnp.concatenate([batch["prompt_ids"], batch["completion_ids"]], axis=1))
@@ -96,7 +102,14 @@ def log_probs_per_row(graphdef, params, batch, rows, head: Head):
     return jax.tree.map(pin, out)
 
 
-def log_probs_shared_prompt(graphdef, params, batch, rows, head: Head, group_size: int):
+def log_probs_shared_prompt(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    batch: dict,
+    rows: jax.sharding.NamedSharding | None,
+    head: Head,
+    group_size: int,
+) -> jax.Array | TokenStats:
     """Each group's prompt once (a prefill into a KV cache), the cache repeated to the G rows,
     then the completions: positions and masks exactly as in `log_probs_per_row`."""
     G = group_size

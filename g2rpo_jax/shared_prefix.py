@@ -11,12 +11,14 @@ slots: n = ceil(α·G), guidance.guidance_lengths), Q = R/G groups, P prompt wid
 C completion width, W the guided rows' suffix width (static, `suffix_widths`), D model dim.
 """
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from g2rpo_jax.models.log_probs import Head, TokenStats
-from g2rpo_jax.models.qwen import KVCache, extend_cache, init_cache, positions_from_mask
+from g2rpo_jax.models.qwen import KVCache, Qwen, extend_cache, init_cache, positions_from_mask
 from g2rpo_jax.sharding import constrain_rows
 
 # A guided suffix narrower than this is not worth a compiled branch (the sampler's smallest
@@ -122,24 +124,38 @@ def _slots(x: jax.Array, G: int, slots: slice) -> jax.Array:
 
 
 def _repeat(cache: KVCache, times: int, extra: int) -> KVCache:
-    """Each group's cache for `times` consecutive rows, with `extra` empty slots after it."""
+    """Each group's cache ([Q, ...]) for `times` consecutive rows ([Q·times, ...]), with
+    `extra` empty slots after it."""
     rep = lambda x: jnp.repeat(x, times, axis=0)
     k, v, mask = tuple(map(rep, cache.k)), tuple(map(rep, cache.v)), rep(cache.mask)
     return extend_cache(KVCache(k=k, v=v, mask=mask, index=cache.index), extra)
 
 
-def _suffix_inputs(ids_C, positions_C, mask_C, length, W: int):
+def _suffix_inputs(
+    ids_C: jax.Array, positions_C: jax.Array, mask_C: jax.Array, length: jax.Array, W: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """ids, positions and mask [rows, W] of each guided row's completion columns
-    ℓ′ … ℓ′ + W − 1 (masked past the completion)."""
+    ℓ′ … ℓ′ + W − 1 (masked past the completion), from its [rows, C] ones and ℓ′ [rows]."""
     C = ids_C.shape[1]
     columns = length[:, None] + jnp.arange(W)[None]
     take = lambda x: jnp.take_along_axis(x, jnp.minimum(columns, C - 1), axis=1)
     return take(ids_C), take(positions_C), take(mask_C.astype(bool)) & (columns < C)
 
 
-def _unguided(model, batch, positions, hidden_prefix, cache, head, G: int, n: int, pin):
+def _unguided(
+    model: Qwen,
+    batch: dict,
+    positions: jax.Array,
+    hidden_prefix: jax.Array,
+    cache: KVCache,
+    head: Head,
+    G: int,
+    n: int,
+    pin: Callable[[jax.Array], jax.Array],
+) -> jax.Array | TokenStats:
     """The unguided rows' [Q·(G − n), C] outputs, over the prompt's slots of the prefix's
-    `cache` (a group's unguided rows see its prompt only)."""
+    `cache` (a group's unguided rows see its prompt only). positions: [R, P + C], the
+    row-wise forward's; hidden_prefix: [Q, P + C, D]."""
     P, C = batch["prompt_ids"].shape[1], batch["completion_ids"].shape[1]
     prompt_cache = KVCache(
         k=tuple(k[..., :P] for k in cache.k),
@@ -160,9 +176,12 @@ def _unguided(model, batch, positions, hidden_prefix, cache, head, G: int, n: in
     return head(model, pin(jnp.concatenate([before, hidden[:, : C - 1]], axis=1)), ids)
 
 
-def _guided_rows(guidance_QC, suffix_W, guided_length, n: int) -> jax.Array:
-    """Each guided row's [C] outputs: the group's guidance tokens' for columns < ℓ′, then its
-    own suffix's; 0 past the suffix (padding, by `groups_share_guidance`)."""
+def _guided_rows(
+    guidance_QC: jax.Array, suffix_W: jax.Array, guided_length: jax.Array, n: int
+) -> jax.Array:
+    """Each guided row's [C] outputs, [Q·n, C]: the group's guidance tokens' (guidance_QC
+    [Q, C]) for columns < ℓ′ (guided_length [Q·n]), then its own suffix's (suffix_W
+    [Q·n, W]); 0 past the suffix (padding, by `groups_share_guidance`)."""
     C, W = guidance_QC.shape[1], suffix_W.shape[1]
     both = jnp.concatenate([jnp.repeat(guidance_QC, n, axis=0), suffix_W], axis=1)  # [Q·n, C+W]
     cols = jnp.arange(C)[None]
