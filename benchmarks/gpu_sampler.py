@@ -29,6 +29,7 @@ import transformers
 from _common import log, machine, timed
 from flax import nnx
 
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import PRESETS, from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig
 
@@ -75,7 +76,7 @@ def main():
     rng = np.random.default_rng(0)
     B, P, N = args.batch, args.prompt, args.new_tokens
     prompts = rng.integers(1, V - 1, (B, P), dtype=np.int32)
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=N))
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=N), TokenIds())
     calls = iter(range(1_000_000))
     no_guidance = (np.zeros((B, 0), np.int32), np.zeros(B, np.int32))
 

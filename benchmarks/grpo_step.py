@@ -30,6 +30,7 @@ from _common import CpuMonitor, log, machine, wait_for_quiet
 from flax import nnx
 
 from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import ModelConfig, Qwen
 from g2rpo_jax.rewards import RewardConfig, RewardPool
 from g2rpo_jax.sampling import FINISH_LENGTH, Sampler, SamplingConfig
@@ -49,7 +50,7 @@ TINY = ModelConfig(
 )
 PROMPTS, G, PROMPT_LEN, COMPLETION_LEN = 8, 8, 32, 64
 GUIDANCE = guidance.GuidanceConfig(ratio=0.5, initial_length=32, min_length=1, max_length=64)
-GRPO = grpo.GRPOConfig(beta=0.04)
+GRPO = grpo.GRPOConfig(group_size=G, beta=0.04)
 OPTIMIZER = optimization.OptimizerConfig(total_steps=100, learning_rate=1e-6, warmup_steps=0)
 REWARDS = RewardConfig(weights=(("accuracy", 1.0), ("format", 0.1)), workers=0)
 
@@ -79,8 +80,8 @@ def main():
     state = train_step.init_train_state(model, GRPO, OPTIMIZER, GUIDANCE)
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
     del model
-    update = train_step.make_train_step(graphdef, GRPO, OPTIMIZER, GUIDANCE, G, mesh, state)
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=COMPLETION_LEN))
+    update = train_step.make_train_step(graphdef, GRPO, OPTIMIZER, GUIDANCE, mesh, state)
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=COMPLETION_LEN), TokenIds())
     pool = RewardPool(REWARDS)
     n_guided = guidance.num_guided(GUIDANCE.ratio, G)
     rng = np.random.default_rng(0)

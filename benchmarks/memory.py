@@ -133,13 +133,14 @@ def analyse(
     completion: int,
     micro: int,
     mesh,
+    remat: bool = False,
 ) -> dict:
     """Compile train_step on abstract inputs; the per-device memory analysis in bytes."""
-    grpo_config = grpo.GRPOConfig(beta=beta)
+    grpo_config = grpo.GRPOConfig(group_size=group, beta=beta)
     optimizer = optimization.OptimizerConfig(total_steps=1000, micro_batches=micro)
     graphdef, state = abstract_state(config, grpo_config, optimizer, mesh)
     step = train_step.make_train_step(
-        graphdef, grpo_config, optimizer, GUIDANCE, group, mesh, state
+        graphdef, grpo_config, optimizer, GUIDANCE, mesh, state, remat=remat
     )
     start = time.perf_counter()
     compiled = step.lower(state, abstract_batch(rows, prompt, completion, mesh)).compile()
@@ -160,7 +161,7 @@ def analyse(
 _FIELDS = ("arguments", "outputs", "aliased", "temp", "peak")
 
 
-def estimate(config: ModelConfig, full: bool, *args) -> dict:
+def estimate(config: ModelConfig, full: bool, *args, remat: bool = False) -> dict:
     """`analyse` at the real depth, or at 2 and 4 layers extrapolated linearly to it.
 
     Every buffer the step holds is either per layer (weights, their gradients and moments,
@@ -169,8 +170,8 @@ def estimate(config: ModelConfig, full: bool, *args) -> dict:
     (28 layers) to within 0.5% (benchmarks/README.md).
     """
     if full or config.num_layers <= 4:
-        return analyse(config, *args) | {"compiled_layers": [config.num_layers]}
-    low, high = (analyse(config.replace(num_layers=n), *args) for n in (2, 4))
+        return analyse(config, *args, remat=remat) | {"compiled_layers": [config.num_layers]}
+    low, high = (analyse(config.replace(num_layers=n), *args, remat=remat) for n in (2, 4))
     per_layer = {k: (high[k] - low[k]) / 2 for k in _FIELDS}
     out = {k: int(high[k] + per_layer[k] * (config.num_layers - 4)) for k in _FIELDS}
     return out | {
@@ -180,11 +181,12 @@ def estimate(config: ModelConfig, full: bool, *args) -> dict:
 
 
 def hidden_states_temp(config: ModelConfig, tokens: int) -> dict:
-    """GiB of compiled temporaries of value-and-gradient of Σ hidden states, one row."""
+    """GiB of compiled temporaries of value-and-gradient of Σ hidden states, one row, remat."""
     graphdef, params = nnx.split(abstract_model(config, "cpu"))
 
     def loss(params, ids, mask):
-        hidden, _ = nnx.merge(graphdef, params).hidden_states(ids, jnp.cumsum(mask, 1) - 1, mask)
+        model = nnx.merge(graphdef, params)
+        hidden, _ = model.hidden_states(ids, jnp.cumsum(mask, 1) - 1, mask, remat=True)
         return jnp.sum(hidden.astype(jnp.float32))
 
     row = lambda dt: jax.ShapeDtypeStruct((1, tokens), dt)
@@ -245,16 +247,14 @@ def validate(
     from g2rpo_jax.models import Qwen
 
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    grpo_config = grpo.GRPOConfig(beta=beta)
+    grpo_config = grpo.GRPOConfig(group_size=group, beta=beta)
     optimizer = optimization.OptimizerConfig(total_steps=1000)
     predicted = analyse(config, beta, rows, group, prompt, completion, 1, mesh)
     model = Qwen(config, rngs=nnx.Rngs(0))
     graphdef = nnx.graphdef(model)
     state = train_step.init_train_state(model, grpo_config, optimizer, GUIDANCE)
     del model
-    step = train_step.make_train_step(
-        graphdef, grpo_config, optimizer, GUIDANCE, group, mesh, state
-    )
+    step = train_step.make_train_step(graphdef, grpo_config, optimizer, GUIDANCE, mesh, state)
     rng = np.random.default_rng(0)
     batch = {
         "prompt_ids": rng.integers(1, config.vocab_size, (rows, prompt), dtype=np.int32),
@@ -370,7 +370,7 @@ def main():
 
     if args.hidden_states:
         name = args.presets.split(",")[0]
-        config = preset(name, dtype="float32", param_dtype="float32", remat=True)
+        config = preset(name, dtype="float32", param_dtype="float32")
         config = config.replace(num_layers=args.layers or 2)
         tokens = args.prompt + args.completion
         results = compare_attention(config, tokens)
@@ -398,7 +398,7 @@ def main():
     results = []
     for name in args.presets.split(","):
         for remat in (x == "yes" for x in args.remat.split(",")):
-            config = preset(name, dtype=args.dtype, param_dtype=args.param_dtype, remat=remat)
+            config = preset(name, dtype=args.dtype, param_dtype=args.param_dtype)
             if args.layers:
                 config = config.replace(num_layers=args.layers)
             config = config.replace(lora=LoraConfig(rank=args.lora_rank), attention=args.attention)
@@ -414,6 +414,7 @@ def main():
                     args.completion,
                     args.micro_batches,
                     mesh,
+                    remat=remat,
                 )
                 results.append(
                     dict(

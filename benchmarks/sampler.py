@@ -30,6 +30,7 @@ import transformers
 from _common import CpuMonitor, log, machine, matmul_peak_gflops, timed, wait_for_quiet
 from flax import nnx
 
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig, rollout_params
 
@@ -117,7 +118,7 @@ def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) ->
     traces = rng.integers(1, V - 1, (BATCH, NEW_TOKENS), dtype=np.int32)
     unguided = np.zeros(BATCH, np.int32)
     half_guided = np.where(np.arange(BATCH) < GUIDED_ROWS, GUIDANCE_LEN, 0).astype(np.int32)
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=NEW_TOKENS))
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=NEW_TOKENS), TokenIds())
     seeds = iter(range(1 << 30))
 
     def ours(ells, weights=params):

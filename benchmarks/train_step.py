@@ -171,7 +171,7 @@ def guided_comparison(args, graphdef, state, batch: dict, group: int, ratio: flo
     """Our step on a guided batch three ways, alternating `args.runs` passes: row-wise,
     each group's prompt once (no guided slots in the step's settings), prompt ⊕ guidance
     once. Returns their median seconds, compile times and first losses."""
-    grpo_config = grpo.GRPOConfig(beta=BETA)
+    grpo_config = grpo.GRPOConfig(group_size=group, beta=BETA)
     opt_config = optimization.OptimizerConfig(
         total_steps=1000, learning_rate=LR, warmup_steps=0, max_grad_norm=CLIP
     )
@@ -195,7 +195,14 @@ def guided_comparison(args, graphdef, state, batch: dict, group: int, ratio: flo
     for name, (alpha, share) in sides.items():
         plan = guidance.GuidanceConfig(ratio=alpha, initial_length=ell, max_length=ell)
         steps[name] = train_step.make_train_step(
-            graphdef, grpo_config, opt_config, plan, group, mesh, state, share
+            graphdef,
+            grpo_config,
+            opt_config,
+            plan,
+            mesh,
+            state,
+            remat=args.remat,
+            share_prefix=share,
         )
         log(f"{name}: compile + first step")
         compile_s[name] = timed(lambda n=name: first.update({n: run(n)}))
@@ -305,9 +312,7 @@ def main():
     hf = transformers.Qwen3ForCausalLM(config)
     with tempfile.TemporaryDirectory() as directory:
         hf.save_pretrained(directory)
-        model, model_config = from_pretrained(
-            directory, dtype=args.dtype, param_dtype="float32", remat=args.remat
-        )
+        model, model_config = from_pretrained(directory, dtype=args.dtype, param_dtype="float32")
     params = int(sum(p.numel() for p in hf.parameters()))
     if not args.torch:
         del hf
@@ -315,7 +320,7 @@ def main():
     batch = make_batch(rows, group, prompt, completion, config.vocab_size, args.shared_prompts)
     if args.guided:
         batch = make_guided_batch(rows, group, prompt, completion, config.vocab_size, args.guided)
-    grpo_config = grpo.GRPOConfig(beta=BETA)
+    grpo_config = grpo.GRPOConfig(group_size=group, beta=BETA)
     opt_config = optimization.OptimizerConfig(
         total_steps=1000,
         learning_rate=LR,
@@ -331,11 +336,12 @@ def main():
     if args.guided:
         result = guided_comparison(args, graphdef, state, batch, group, args.guided)
         shape = dict(rows=rows, group=group, prompt=prompt, completion=completion, beta=BETA)
-        result |= dict(model=args.model, params=params, dtype=args.dtype, batch=shape)
+        result |= dict(model=args.model, params=params, dtype=args.dtype, remat=args.remat)
+        result |= dict(batch=shape)
         print(json.dumps(result | {"machine": machine()}), flush=True)
         return
     step = train_step.make_train_step(
-        graphdef, grpo_config, opt_config, GUIDANCE, group, mesh, state
+        graphdef, grpo_config, opt_config, GUIDANCE, mesh, state, remat=args.remat
     )
     device_batch = jax.device_put(batch, train_step.batch_sharding(mesh))
     holder = {"state": state}

@@ -24,7 +24,7 @@ def get_config(arg: str | None = None):
     c = config_lib.default_config()
     c.model.path = os.path.join(_DEMO, "model")
     c.model.dtype = c.model.param_dtype = "float32"
-    c.model.remat = False
+    c.train.remat = False
 
     c.data.path = os.path.join(_DEMO, "train.jsonl")  # 4-digit problems, difficulty = NLL
     c.data.use_chat_template = False  # prompts are plain text ("563+141=")

@@ -19,8 +19,8 @@ class BatchRollout:
 
     def __init__(self, exp: Experiment, tokenizer, sampler, pool, mesh):
         self.exp, self.tokenizer, self.sampler, self.pool = exp, tokenizer, sampler, pool
-        self.G = exp.group_size
-        self.n_guided = guidance.num_guided(exp.guidance.ratio, exp.group_size)  # ceil(α·G)
+        self.G = exp.grpo.group_size
+        self.n_guided = guidance.num_guided(exp.guidance.ratio, exp.grpo.group_size)  # ceil(α·G)
         self.names = tuple(name for name, _ in exp.rewards.weights)
         self.accuracy_column = self.names.index(exp.accuracy_reward)
         self.key = jax.random.key(exp.seed)

@@ -51,6 +51,8 @@ def model_config_to_json(config: ModelConfig) -> dict:
 
 def model_config_from_json(d: dict) -> ModelConfig:
     d = dict(d)
+    # Checkpoints written while remat was a model field (it is a train-step setting now).
+    d.pop("remat", None)
     if d.get("rope_scaling") is not None:
         d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
     if d.get("lora") is not None:

@@ -22,7 +22,7 @@ from g2rpo_jax.shared_prefix import (
     suffix_widths,
 )
 
-# forward(graphdef, params, batch, rows, head) → the head's [R, C] outputs.
+# forward(graphdef, params, batch, rows, head, remat=False) → the head's [R, C] outputs.
 Forward = Callable[..., jax.Array | TokenStats]
 
 
@@ -34,6 +34,7 @@ def completion_log_probs(
     group_size: int = 1,
     head: Head = token_log_probs,
     num_guided: int = 0,
+    remat: bool = False,
 ) -> jax.Array | TokenStats:
     """log π(completion token) under `params`, float32 [R, C], from a forward over
     `[prompt ⊕ completion]` (guidance tokens stay in attention under either loss mode); with
@@ -49,9 +50,10 @@ def completion_log_probs(
     tokens are shared as well, each group's prompt ⊕ guidance runs once (`forward_choice`).
     (Differentiating through this holds every branch's residuals; the train step branches
     outside its gradient instead.)
+    remat: recompute each layer in the backward pass (`Qwen.hidden_states`).
     """
     index, forwards = forward_choice(batch, group_size, num_guided)
-    branches = [lambda p, b, f=f: f(graphdef, p, b, rows, head) for f in forwards]
+    branches = [lambda p, b, f=f: f(graphdef, p, b, rows, head, remat=remat) for f in forwards]
     return jax.lax.switch(index, branches, params, batch)
 
 
@@ -90,13 +92,14 @@ def log_probs_per_row(
     batch: dict,
     rows: jax.sharding.NamedSharding | None,
     head: Head,
+    remat: bool = False,
 ) -> jax.Array | TokenStats:
     """Every row's `[prompt ⊕ completion]` [R, P + C] through the model: [R, C] outputs."""
     pin = lambda x: constrain_rows(x, rows)
     model = nnx.merge(graphdef, params)
     ids = pin(jnp.concatenate([batch["prompt_ids"], batch["completion_ids"]], axis=1))
     mask = pin(jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1))
-    hidden = pin(model.hidden_states(ids, positions_from_mask(mask), mask)[0])
+    hidden = pin(model.hidden_states(ids, positions_from_mask(mask), mask, remat=remat)[0])
     P, C = batch["prompt_ids"].shape[1], batch["completion_ids"].shape[1]
     out = head(model, hidden[:, P - 1 : P + C - 1], pin(batch["completion_ids"]))
     return jax.tree.map(pin, out)
@@ -109,6 +112,7 @@ def log_probs_shared_prompt(
     rows: jax.sharding.NamedSharding | None,
     head: Head,
     group_size: int,
+    remat: bool = False,
 ) -> jax.Array | TokenStats:
     """Each group's prompt once (a prefill into a KV cache), the cache repeated to the G rows,
     then the completions: positions and masks exactly as in `log_probs_per_row`."""
@@ -123,7 +127,11 @@ def log_probs_shared_prompt(
     prompt_mask = pin(first(batch["prompt_mask"]))
     cache = init_cache(model.config, prompt_mask.shape[0], P + C)
     hidden_prompt, cache = model.hidden_states(
-        pin(first(batch["prompt_ids"])), pin(first(positions[:, :P])), prompt_mask, cache
+        pin(first(batch["prompt_ids"])),
+        pin(first(positions[:, :P])),
+        prompt_mask,
+        cache,
+        remat=remat,
     )
     cache = KVCache(
         k=tuple(map(expand, cache.k)),
@@ -133,7 +141,7 @@ def log_probs_shared_prompt(
     )
     completion_ids = pin(batch["completion_ids"])
     hidden, _ = model.hidden_states(
-        completion_ids, pin(positions[:, P:]), pin(batch["completion_mask"]), cache
+        completion_ids, pin(positions[:, P:]), pin(batch["completion_mask"]), cache, remat=remat
     )
     # Token t is predicted from the hidden state before it: the prompt's last, then t − 1.
     hidden = jnp.concatenate([expand(hidden_prompt[:, -1:]), hidden[:, : C - 1]], axis=1)

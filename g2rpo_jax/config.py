@@ -40,6 +40,7 @@ _FREE_KEYS = ("model.overrides", "rewards.weights")
 # Keys that configs once had, with what to do instead.
 _REMOVED_KEYS = {
     "model.lora.dropout": "removed (only 0 was ever supported): delete the line",
+    "model.remat": "moved: remat is a train-step setting, config.train.remat",
 }
 
 
@@ -51,150 +52,187 @@ def default_config() -> ml_collections.ConfigDict:
     """Every option with its default; configs/*.py change what they need."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # sampling keys are fold_in(key(seed), step); random init uses it too
-
-    c.model = ml_collections.ConfigDict()
-    c.model.path = ""  # Hugging Face folder or hub id of the initial policy; "" = random init
-    c.model.preset = ""  # architecture (models.PRESETS): random init, and the offline shape check
-    c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields over the preset
-    c.model.fit_vocab_to_tokenizer = False  # random init: vocab_size = len(tokenizer)
-    c.model.dtype = "bfloat16"  # compute dtype
-    c.model.param_dtype = "float32"  # weights and optimizer state
-    c.model.remat = True  # recompute each layer in the backward pass
-    # auto | xla | chunked | splash | cudnn (models/attention.py); auto picks by platform.
-    c.model.attention = "auto"
-    # Low-rank adapters W + (alpha/rank)·A·B trained on a frozen base (README "LoRA").
-    c.model.lora = ml_collections.ConfigDict()
-    c.model.lora.rank = 0  # r; 0 = full fine-tuning
-    c.model.lora.alpha = 16.0
-    c.model.lora.targets = LORA_TARGETS  # projections by name: q k v o gate up down
-
+    c.model = _model_defaults()
     c.tokenizer = ""  # folder or hub id; "" = model.path; "builtin:bytes" = byte-level (tests)
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
+    c.data = _data_defaults()
+    c.sampling = _sampling_defaults()  # rollout decoding
+    c.grpo = _grpo_defaults()  # SPEC §2–3
+    c.optimizer = _optimizer_defaults()  # AdamW, warmup + cosine (SPEC §7)
+    c.guidance = _guidance_defaults()  # SPEC §1, §4
+    c.rewards = _rewards_defaults()  # SPEC §6
+    c.train = _train_defaults()  # the loop
+    c.eval = _eval_defaults()  # periodic eval and scripts/evaluate.py (SPEC §7)
+    return c
 
-    c.data = ml_collections.ConfigDict()
+
+def _model_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.path = ""  # Hugging Face folder or hub id of the initial policy; "" = random init
+    g.preset = ""  # architecture (models.PRESETS): random init, and the offline shape check
+    g.overrides = ml_collections.ConfigDict()  # ModelConfig fields over the preset
+    g.fit_vocab_to_tokenizer = False  # random init: vocab_size = len(tokenizer)
+    g.dtype = "bfloat16"  # compute dtype
+    g.param_dtype = "float32"  # weights and optimizer state
+    # auto | xla | chunked | splash | cudnn (models/attention.py); auto picks by platform.
+    g.attention = "auto"
+    # Low-rank adapters W + (alpha/rank)·A·B trained on a frozen base (README "LoRA").
+    g.lora = ml_collections.ConfigDict()
+    g.lora.rank = 0  # r; 0 = full fine-tuning
+    g.lora.alpha = 16.0
+    g.lora.targets = LORA_TARGETS  # projections by name: q k v o gate up down
+    return g
+
+
+def _data_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
     # Training rows: JSONL, Parquet, saved HF dataset, TFDS data_dir, or `hf:<hub id>`.
-    c.data.path = ""
-    c.data.format = "auto"  # auto | jsonl | parquet | hf_disk | hf_hub | tfds
-    c.data.split = "train"
-    c.data.fields = ml_collections.ConfigDict()  # source column of each row field
-    c.data.fields.prompt = "prompt"
-    c.data.fields.answer = "answer"
-    c.data.fields.guidance = "guidance"
-    c.data.fields.guidance_correctness = config_dict.placeholder(str)
-    c.data.fields.difficulty = config_dict.FieldReference("difficulty", field_type=str)
-    c.data.fields.tests = config_dict.FieldReference("tests", field_type=str)
-    c.data.fields.guidance_optional = False  # True: rows without a trace train unguided
-    c.data.max_prompt_length = 512  # longer prompts are dropped
-    c.data.max_completion_length = 4096  # guidance tokens included (SPEC §1)
-    c.data.batch_size = 8  # B, prompts per step per host
-    c.data.order = "sorted"  # curriculum (SPEC §5): sorted | random | none
-    c.data.seed = 0
-    c.data.num_epochs = 1
-    c.data.skip_bad_rows = False
-    c.data.system_prompt = config_dict.placeholder(str)
-    c.data.enable_thinking = True
-    c.data.use_chat_template = True
+    g.path = ""
+    g.format = "auto"  # auto | jsonl | parquet | hf_disk | hf_hub | tfds
+    g.split = "train"
+    g.fields = ml_collections.ConfigDict()  # source column of each row field
+    g.fields.prompt = "prompt"
+    g.fields.answer = "answer"
+    g.fields.guidance = "guidance"
+    g.fields.guidance_correctness = config_dict.placeholder(str)
+    g.fields.difficulty = config_dict.FieldReference("difficulty", field_type=str)
+    g.fields.tests = config_dict.FieldReference("tests", field_type=str)
+    g.fields.guidance_optional = False  # True: rows without a trace train unguided
+    g.max_prompt_length = 512  # longer prompts are dropped
+    g.max_completion_length = 4096  # guidance tokens included (SPEC §1)
+    g.batch_size = 8  # B, prompts per step per host
+    g.order = "sorted"  # curriculum (SPEC §5): sorted | random | none
+    g.seed = 0
+    g.num_epochs = 1
+    g.skip_bad_rows = False
+    g.system_prompt = config_dict.placeholder(str)
+    g.enable_thinking = True
+    g.use_chat_template = True
+    return g
 
-    c.sampling = ml_collections.ConfigDict()  # rollout decoding
-    c.sampling.temperature = 0.7
-    c.sampling.top_p = 1.0
-    c.sampling.top_k = 0
-    c.sampling.guidance_in_budget = True  # max_completion_length counts guidance tokens
-    c.sampling.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
-    c.sampling.decode_phases = 4  # decode loops, each over a cache grown to what it fills
-    c.sampling.param_dtype = "float32"  # float32 | bfloat16: a copy the rollouts read
+
+def _sampling_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.temperature = 0.7
+    g.top_p = 1.0
+    g.top_k = 0
+    g.guidance_in_budget = True  # max_completion_length counts guidance tokens
+    g.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
+    g.decode_phases = 4  # decode loops, each over a cache grown to what it fills
+    g.param_dtype = "float32"  # float32 | bfloat16: a copy the rollouts read
     # Each group's prompt, and its guided rows' common guidance prefix, through the model
     # once (the train step's forwards); False: every row on its own, to compare and bisect.
-    c.sampling.share_prefix = True
+    g.share_prefix = True
+    return g
 
-    c.grpo = ml_collections.ConfigDict()  # SPEC §2–3
-    c.grpo.group_size = 12  # G
-    c.grpo.beta = 0.04  # β; 0 drops the reference model
-    c.grpo.epsilon_low = 0.2  # ε
-    c.grpo.epsilon_high = 0.2
-    c.grpo.num_updates = 1  # μ
-    c.grpo.aggregation = "seq_mean"  # seq_mean | token_mean | seq_sum_fixed
-    c.grpo.guidance_loss = "include"  # include | mask
-    c.grpo.advantage_std = "group_unbiased"  # group_unbiased | group_population | none | batch
-    c.grpo.skip_zero_advantage_steps = True
-    c.grpo.mask_truncated = False  # rows cut at the length budget leave the loss (TRL)
-    c.grpo.filter_zero_std_groups = False  # drop groups whose rewards tie, refill (DAPO)
-    c.grpo.filter_max_extra_batches = 3  # at most this many extra sampler calls a step
-    c.grpo.kl_estimator = "k3"  # k3 | k1 | k2
-    c.grpo.importance_level = "token"  # token | sequence (GSPO)
+
+def _grpo_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.group_size = 12  # G
+    g.beta = 0.04  # β; 0 drops the reference model
+    g.epsilon_low = 0.2  # ε
+    g.epsilon_high = 0.2
+    g.num_updates = 1  # μ
+    g.aggregation = "seq_mean"  # seq_mean | token_mean | seq_sum_fixed
+    g.guidance_loss = "include"  # include | mask
+    g.advantage_std = "group_unbiased"  # group_unbiased | group_population | none | batch
+    g.skip_zero_advantage_steps = True
+    g.mask_truncated = False  # rows cut at the length budget leave the loss (TRL)
+    g.filter_zero_std_groups = False  # drop groups whose rewards tie, refill (DAPO)
+    g.filter_max_extra_batches = 3  # at most this many extra sampler calls a step
+    g.kl_estimator = "k3"  # k3 | k1 | k2
+    g.importance_level = "token"  # token | sequence (GSPO)
     # Sampler–trainer mismatch: none | token_truncate | token_mask | sequence_truncate |
     # sequence_mask, with its bounds on π_old / π_sampler (None: unbounded).
-    c.grpo.rollout_correction = "none"
-    c.grpo.rollout_correction_max = config_dict.FieldReference(3.0, field_type=float)
-    c.grpo.rollout_correction_min = config_dict.placeholder(float)
+    g.rollout_correction = "none"
+    g.rollout_correction_max = config_dict.FieldReference(3.0, field_type=float)
+    g.rollout_correction_min = config_dict.placeholder(float)
+    return g
 
-    c.optimizer = ml_collections.ConfigDict()  # AdamW, warmup + cosine (SPEC §7)
-    c.optimizer.learning_rate = 1e-5
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-8
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.warmup_steps = config_dict.placeholder(int)  # wins over warmup_ratio
-    c.optimizer.warmup_ratio = 0.05
-    c.optimizer.final_lr_fraction = 0.1
-    c.optimizer.max_grad_norm = config_dict.FieldReference(1.0, field_type=float)
-    c.optimizer.micro_batches = 1  # gradient accumulation inside a step
 
-    c.guidance = ml_collections.ConfigDict()  # SPEC §1, §4
-    c.guidance.ratio = 0.75  # α: the first ceil(α·G) candidates of a group are guided
-    c.guidance.rule = "paper"  # paper | official | constant | linear | step | concave | convex
-    c.guidance.initial_length = 3072  # ℓ0
-    c.guidance.min_length = 1  # ℓ_min
-    c.guidance.max_length = 3072  # ℓ_max
-    c.guidance.history = 2  # T
-    c.guidance.steps = 4  # S of the `step` schedule
-    c.guidance.signal = "accuracy"  # accuracy | unguided_accuracy | total_reward
+def _optimizer_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.learning_rate = 1e-5
+    g.b1 = 0.9
+    g.b2 = 0.999
+    g.eps = 1e-8
+    g.weight_decay = 0.0
+    g.warmup_steps = config_dict.placeholder(int)  # wins over warmup_ratio
+    g.warmup_ratio = 0.05
+    g.final_lr_fraction = 0.1
+    g.max_grad_norm = config_dict.FieldReference(1.0, field_type=float)
+    g.micro_batches = 1  # gradient accumulation inside a step
+    return g
 
-    c.rewards = ml_collections.ConfigDict()  # SPEC §6
-    c.rewards.weights = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.1})
-    c.rewards.accuracy_reward = "accuracy"  # the reward read as accuracy (controller, eval)
-    c.rewards.workers = 4  # reward processes; 0 = in the trainer process
-    c.rewards.sandbox = ml_collections.ConfigDict()  # code execution limits
-    c.rewards.sandbox.timeout_s = 5.0
-    c.rewards.sandbox.cpu_s = 5
-    c.rewards.sandbox.memory_mb = 1024
-    c.rewards.sandbox.namespaces = True
-    c.rewards.sandbox.user = "nobody"  # run as this user when root; "" = the trainer's user
-    c.rewards.sandbox.python = ""  # interpreter for programs; "" = the trainer's
-    c.rewards.code = ml_collections.ConfigDict()
+
+def _guidance_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.ratio = 0.75  # α: the first ceil(α·G) candidates of a group are guided
+    g.rule = "paper"  # paper | official | constant | linear | step | concave | convex
+    g.initial_length = 3072  # ℓ0
+    g.min_length = 1  # ℓ_min
+    g.max_length = 3072  # ℓ_max
+    g.history = 2  # T
+    g.steps = 4  # S of the `step` schedule
+    g.signal = "accuracy"  # accuracy | unguided_accuracy | total_reward
+    return g
+
+
+def _rewards_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.weights = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.1})
+    g.accuracy_reward = "accuracy"  # the reward read as accuracy (controller, eval)
+    g.workers = 4  # reward processes; 0 = in the trainer process
+    g.sandbox = ml_collections.ConfigDict()  # code execution limits
+    g.sandbox.timeout_s = 5.0
+    g.sandbox.cpu_s = 5
+    g.sandbox.memory_mb = 1024
+    g.sandbox.namespaces = True
+    g.sandbox.user = "nobody"  # run as this user when root; "" = the trainer's user
+    g.sandbox.python = ""  # interpreter for programs; "" = the trainer's
+    g.code = ml_collections.ConfigDict()
     # True: test code that is not call-based runs in the program's process (gameable).
-    c.rewards.code.trust_test_code = False
+    g.code.trust_test_code = False
+    return g
 
-    c.train = ml_collections.ConfigDict()  # the loop
-    c.train.num_steps = 0  # 0 = every batch of data.num_epochs
-    c.train.sample_every = 10  # log sample completions every n steps (0 = never)
-    c.train.num_logged_samples = 4
-    c.train.eval_every = 0  # evaluate on eval.path every n steps (0 = never)
-    c.train.save_every = 100
-    c.train.keep_checkpoints = 3
-    c.train.async_checkpointing = True
-    c.train.progress_bar = True
-    c.train.wandb_project = ""  # log to Weights & Biases too when set and installed
-    c.train.eval_at_start = False  # evaluate before the first step too (the step-0 baseline)
-    c.train.plots = False  # at the end: PNG plots and the before → after line (report.py)
+
+def _train_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.num_steps = 0  # 0 = every batch of data.num_epochs
+    # Recompute each layer's activations in the train step's backward instead of storing
+    # them (memory for ~1/3 more compute; README "Memory"). The sampler never differentiates.
+    g.remat = True
+    g.sample_every = 10  # log sample completions every n steps (0 = never)
+    g.num_logged_samples = 4
+    g.eval_every = 0  # evaluate on eval.path every n steps (0 = never)
+    g.save_every = 100
+    g.keep_checkpoints = 3
+    g.async_checkpointing = True
+    g.progress_bar = True
+    g.wandb_project = ""  # log to Weights & Biases too when set and installed
+    g.eval_at_start = False  # evaluate before the first step too (the step-0 baseline)
+    g.plots = False  # at the end: PNG plots and the before → after line (report.py)
     # Warn when ≥ 90% of completions are truncated, or every group ties, this many steps in
     # a row (0 = never); stop_on_alarm then saves and stops (exit code 2).
-    c.train.alarm_steps = 20
-    c.train.stop_on_alarm = False
+    g.alarm_steps = 20
+    g.stop_on_alarm = False
+    return g
 
-    c.eval = ml_collections.ConfigDict()  # periodic eval and scripts/evaluate.py (SPEC §7)
-    c.eval.path = ""  # problems, in any data.path form; known hub sets bring their fields
-    c.eval.split = ""  # "" = data.split
-    c.eval.num_samples = 1  # n completions per problem
-    c.eval.pass_k = (1,)  # pass@k reported for each k ≤ n
-    c.eval.temperature = 0.6
-    c.eval.top_p = 0.95
-    c.eval.top_k = 20
-    c.eval.max_completion_length = 0  # 0 = data.max_completion_length
-    c.eval.batch_size = 8  # prompts per sampler call
-    c.eval.max_rows = 0  # 0 = every row
-    return c
+
+def _eval_defaults() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.path = ""  # problems, in any data.path form; known hub sets bring their fields
+    g.split = ""  # "" = data.split
+    g.num_samples = 1  # n completions per problem
+    g.pass_k = (1,)  # pass@k reported for each k ≤ n
+    g.temperature = 0.6
+    g.top_p = 0.95
+    g.top_k = 20
+    g.max_completion_length = 0  # 0 = data.max_completion_length
+    g.batch_size = 8  # prompts per sampler call
+    g.max_rows = 0  # 0 = every row
+    return g
 
 
 def math_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -228,7 +266,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
     c.model.fit_vocab_to_tokenizer = True
     c.model.dtype = c.model.param_dtype = "float32"
-    c.model.remat = False
+    c.train.remat = False
     c.tokenizer = BYTES_TOKENIZER
     # Byte tokens: a system prompt costs one per byte on top of the problem's 96.
     c.data.max_prompt_length = 96 + len((c.data.system_prompt or "").encode())

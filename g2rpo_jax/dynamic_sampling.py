@@ -29,14 +29,13 @@ def sample_filtered(
     k: int,
     next_batch: Callable,
     config: grpo.GRPOConfig,
-    group_size: int,
     pad_id: int,
 ) -> tuple[dict, dict, list]:
     """`rollout(params, batch, ell, k, draw)` → (rows, host, samples) as the trainer's;
     `next_batch()` the data's next batch or None when it ran out. Returns the step's rows
     (numpy, [B·G, ...]), host numbers with `filter/*` counts, and the first draw's samples.
     """
-    num_groups = len(batch["index"])
+    num_groups, group_size = len(batch["index"]), config.group_size
     draws, hosts, samples = [], [], None
     for draw in range(config.filter_max_extra_batches + 1):
         if draw:

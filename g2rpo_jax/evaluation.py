@@ -160,7 +160,7 @@ def sample_and_score(
     i), as `Sampler` does: give row_ids to make a row's samples independent of its batch.
     """
     width = max(len(e.prompt_ids) for e in examples)
-    ids = np.full((len(examples), width), sampler.config.pad_id, np.int32)
+    ids = np.full((len(examples), width), sampler.tokens.pad, np.int32)
     for i, e in enumerate(examples):
         ids[i, : len(e.prompt_ids)] = e.prompt_ids
     lengths = np.asarray([len(e.prompt_ids) for e in examples], np.int32)

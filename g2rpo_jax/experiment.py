@@ -7,6 +7,7 @@ order the Experiment lists them.
 """
 
 import dataclasses
+import re
 
 import ml_collections
 
@@ -34,7 +35,6 @@ class ModelSource:
     fit_vocab_to_tokenizer: bool
     dtype: str
     param_dtype: str
-    remat: bool
     lora: LoraConfig = LoraConfig()
     attention: str = "auto"
 
@@ -42,6 +42,7 @@ class ModelSource:
 @dataclasses.dataclass(frozen=True)
 class TrainLoopConfig:
     num_steps: int  # 0 = every batch of the data's epochs
+    remat: bool  # the train step recomputes each layer in the backward pass
     sample_every: int
     num_logged_samples: int
     eval_every: int
@@ -67,7 +68,6 @@ class Experiment:
     data: DataConfig
     sampling: SamplingConfig  # eos/pad ids are filled in once the tokenizer is known
     grpo: GRPOConfig
-    group_size: int  # G
     optimizer: OptimizerConfig
     guidance: GuidanceConfig
     rewards: RewardConfig
@@ -83,18 +83,28 @@ class Experiment:
 
 
 def _make(group: str, cls, **kwargs):
-    """cls(**kwargs), with the dataclass's own validation error prefixed by the group."""
+    """cls(**kwargs), with the dataclass's own validation error naming the field."""
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"config.{group}: {e}") from None
+        raise ConfigError(_naming_field(group, cls, str(e))) from None
 
 
 def _replace(group: str, instance, **changes):
     try:
         return dataclasses.replace(instance, **changes)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"config.{group}: {e}") from None
+        raise ConfigError(_naming_field(group, type(instance), str(e))) from None
+
+
+def _naming_field(group: str, cls, message: str) -> str:
+    """`config.group.field…` when the message starts with one of the dataclass's fields
+    (they do: "group_size (G) must be >= 2"), else `config.group: message`."""
+    first = re.match(r"[A-Za-z_]\w*", message)
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else ()
+    if first and first.group() in fields:
+        return f"config.{group}.{message}"
+    return f"config.{group}: {message}"
 
 
 def build(c: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> Experiment:
@@ -107,12 +117,10 @@ def build(c: ml_collections.ConfigDict, *, num_devices: int, process_count: int 
     model = _model_source(c.model)
     if not (c.tokenizer or model.path):
         fail("tokenizer", "set a tokenizer folder or hub id (or model.path, whose it is)")
-    group_size = c.grpo.group_size
-    if group_size < 2:
-        fail("grpo.group_size", f"G={group_size}: a group needs at least 2 candidates")
     mesh_shape = _make(
         "mesh.shape", resolve_mesh_shape, shape=c.mesh.shape, num_devices=num_devices
     )
+    grpo = _grpo(c)
     _check_rows(c, mesh_shape, num_devices, process_count)
     data = _data(c.data)
     d, s = c.data, c.sampling
@@ -129,15 +137,6 @@ def build(c: ml_collections.ConfigDict, *, num_devices: int, process_count: int 
         param_dtype=s.param_dtype,
         share_prefix=s.share_prefix,
     )
-    grpo_kw = {k: v for k, v in c.grpo.to_dict().items() if k != "group_size"}
-    # Greedy rollouts report temperature-1 log-probs.
-    grpo = _make(
-        "grpo",
-        GRPOConfig,
-        **grpo_kw,
-        max_completion_length=d.max_completion_length,
-        sampling_temperature=s.temperature if s.temperature > 0 else 1.0,
-    )
     train = _train_loop(c)
     # Until the data says how many steps there are, a stand-in that any warmup fits.
     steps = train.num_steps or (c.optimizer.warmup_steps or 0) + 1
@@ -150,7 +149,6 @@ def build(c: ml_collections.ConfigDict, *, num_devices: int, process_count: int 
         data=data,
         sampling=sampling,
         grpo=grpo,
-        group_size=group_size,
         optimizer=optimizer,
         guidance=_guidance(c, steps),
         rewards=_rewards(c.rewards),
@@ -189,9 +187,20 @@ def _model_source(m: ml_collections.ConfigDict) -> ModelSource:
         m.fit_vocab_to_tokenizer,
         m.dtype,
         m.param_dtype,
-        m.remat,
         lora,
         attention,
+    )
+
+
+def _grpo(c: ml_collections.ConfigDict) -> GRPOConfig:
+    temperature = c.sampling.temperature
+    return _make(
+        "grpo",
+        GRPOConfig,
+        **c.grpo.to_dict(),
+        max_completion_length=c.data.max_completion_length,
+        # Greedy rollouts report temperature-1 log-probs.
+        sampling_temperature=temperature if temperature > 0 else 1.0,
     )
 
 
@@ -311,6 +320,5 @@ def preset_model_config(source: ModelSource, vocab_size: int | None = None) -> M
         **overrides,
         dtype=source.dtype,
         param_dtype=source.param_dtype,
-        remat=source.remat,
         attention=source.attention,
     )

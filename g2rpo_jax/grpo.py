@@ -64,6 +64,7 @@ class RolloutCorrection(enum.StrEnum):
 class GRPOConfig:
     """The loss of SPEC §3; hashable, so usable as a jit static argument.
 
+    group_size: G, candidates per prompt; rows are group-major (G consecutive rows a group).
     beta: β, weight of the k3 KL to the reference policy (0 drops the reference model).
     epsilon_low, epsilon_high: ε, the ratio is clipped to [1 − ε_low, 1 + ε_high].
     num_updates: μ, policy updates per batch of rollouts.
@@ -80,6 +81,7 @@ class GRPOConfig:
     compared with them at the same τ. 1 for greedy sampling.
     """
 
+    group_size: int = 12
     beta: float = 0.04
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
@@ -110,6 +112,8 @@ class GRPOConfig:
             ("rollout_correction", RolloutCorrection),
         ):
             object.__setattr__(self, field, as_enum(cls, getattr(self, field), field))
+        if self.group_size < 2:
+            raise ValueError(f"group_size (G) must be >= 2 candidates, got {self.group_size}")
         if not self.beta >= 0:
             raise ValueError(f"beta (β) must be >= 0, got {self.beta}")
         if not 0 <= self.epsilon_low < 1:

@@ -60,7 +60,6 @@ def load_base(location: dict, config: ModelConfig, mesh: jax.sharding.Mesh) -> n
             dtype=config.dtype,
             mesh=mesh,
             param_dtype=config.param_dtype,
-            remat=config.remat,
             attention=config.attention,
         )
         for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size"):

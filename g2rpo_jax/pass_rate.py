@@ -28,9 +28,9 @@ from flax import nnx
 
 from g2rpo_jax import evaluation, experiment, sampling, sharding, train_step
 from g2rpo_jax.config import ConfigError
-from g2rpo_jax.data import difficulty
+from g2rpo_jax.data import difficulty, tokenization
 from g2rpo_jax.data.schema import Row
-from g2rpo_jax.data.tokenization import Example, encode_prompts, load_tokenizer, pad_id
+from g2rpo_jax.data.tokenization import Example, encode_prompts, load_tokenizer
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.rewards import RewardPool
 
@@ -168,14 +168,13 @@ class Estimator:
             max_completion_length=settings.max_new_tokens,
             temperature=settings.temperature,
             batch_multiple=multiple,
-            eos_ids=sampling.stop_ids(
-                self.tokenizer,
-                model_config,
-                exp.model.path if os.path.isdir(exp.model.path) else "",
-            ),
-            pad_id=pad_id(self.tokenizer),
         )
-        self.sampler = sampling.sampler_for(graphdef, decoding, train_step.batch_sharding(mesh))
+        tokens = tokenization.TokenIds.of(
+            self.tokenizer, model_config, exp.model.path if os.path.isdir(exp.model.path) else ""
+        )
+        self.sampler = sampling.sampler_for(
+            graphdef, decoding, tokens, train_step.batch_sharding(mesh)
+        )
         # Only the accuracy reward decides a pass; the others would cost time for nothing.
         self.pool = RewardPool(dataclasses.replace(exp.rewards, weights={exp.accuracy_reward: 1.0}))
 

@@ -27,9 +27,7 @@ decoding reports temperature-1 log-probs. Guidance tokens get theirs from the pr
 
 import dataclasses
 import functools
-import json
 import logging
-import os
 
 import flax.struct
 import jax
@@ -37,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from g2rpo_jax.models.config import ModelConfig
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models.log_probs import token_log_probs
 from g2rpo_jax.models.qwen import Qwen, extend_cache, init_cache
 from g2rpo_jax.token_choice import sample_tokens
@@ -45,7 +43,6 @@ from g2rpo_jax.token_choice import sample_tokens
 log = logging.getLogger(__name__)
 
 FINISH_LENGTH, FINISH_EOS = 0, 1
-_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 ROLLOUT_PARAM_DTYPES = ("float32", "bfloat16")
 
 
@@ -67,8 +64,6 @@ class SamplingConfig:
     """
 
     max_completion_length: int
-    eos_ids: tuple[int, ...] = ()
-    pad_id: int = 0
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -107,7 +102,7 @@ class SampleOutput:
     guidance width when guidance is outside the budget); P the prompt width.
 
     prompt_ids, prompt_mask: [B, P], left-padded (the prefix without its guidance).
-    completion_ids: [B, C] guidance ⊕ generated, right-padded with pad_id.
+    completion_ids: [B, C] guidance ⊕ generated, right-padded with `TokenIds.pad`.
     completion_mask: [B, C] 1 through the first EOS (guidance included).
     is_guidance: [B, C] 1 on the guidance tokens.
     log_probs: [B, C] float32 log-probs of the completion tokens (0 where masked).
@@ -183,6 +178,7 @@ def assemble_prefix(prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B
 def _sample(
     graphdef,
     config,
+    tokens: TokenIds,
     params,
     prompt_ids_BP,
     prompt_len_B,
@@ -192,20 +188,17 @@ def _sample(
     rng,
 ):
     model: Qwen = nnx.merge(graphdef, params)
-    # Sampling never differentiates, so remat buys nothing here; and nnx.remat'd layers of a
-    # model merged outside the decode loop fail inside it (TraceContextError).
-    model.config = model.config.replace(remat=False)
     P, L = prompt_ids_BP.shape[1], guidance_ids_BL.shape[1]
     tokens_BW, mask_BW, positions_BW = assemble_prefix(
-        prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B, config.pad_id
+        prompt_ids_BP, prompt_len_B, guidance_ids_BL, guidance_len_B, tokens.pad
     )
-    init = _prefill(model, config, tokens_BW, mask_BW, positions_BW, guidance_len_B, L)
+    init = _prefill(model, config, tokens.pad, tokens_BW, mask_BW, positions_BW, guidance_len_B, L)
     budget_B = jnp.full_like(guidance_len_B, config.max_completion_length)
     if config.guidance_in_budget:
         budget_B = budget_B - guidance_len_B
     keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
     rows = _Rows(keys_B, guidance_len_B, budget_B)
-    s = _decode(model, config, rows, init.replace(done_B=rows.budget_B <= 0))
+    s = _decode(model, config, tokens, rows, init.replace(done_B=rows.budget_B <= 0))
     # The prompt sits just left of the guidance: shift each row's guidance out of the window.
     shift_BP = jnp.arange(P)[None] + (L - guidance_len_B)[:, None]
     prompt_ids_BP = jnp.take_along_axis(tokens_BW, shift_BP, axis=1)
@@ -213,7 +206,7 @@ def _sample(
     C = s.completion_BC.shape[1]
     completion_mask_BC = jnp.arange(C)[None, :] < (guidance_len_B + s.num_generated_B)[:, None]
     return SampleOutput(
-        prompt_ids=jnp.where(prompt_mask_BP, prompt_ids_BP, config.pad_id),
+        prompt_ids=jnp.where(prompt_mask_BP, prompt_ids_BP, tokens.pad),
         prompt_mask=prompt_mask_BP,
         completion_ids=s.completion_BC,
         completion_mask=completion_mask_BC,
@@ -234,7 +227,14 @@ class _Rows:
 
 
 def _prefill(
-    model: Qwen, config: SamplingConfig, tokens_BW, mask_BW, positions_BW, guidance_len_B, L: int
+    model: Qwen,
+    config: SamplingConfig,
+    pad: int,
+    tokens_BW,
+    mask_BW,
+    positions_BW,
+    guidance_len_B,
+    L: int,
 ) -> _LoopState:
     """One forward over the prefixes [B, W]: the cache, the first token's logits, and the
     completions started with each row's guidance tokens and their log-probs."""
@@ -245,7 +245,7 @@ def _prefill(
     hidden_BXD, cache = model.hidden_states(tokens_BW, positions_BW, mask_BW, cache, last=L + 1)
     cols_C = jnp.arange(C)[None, :]
     is_guidance_BC = cols_C < guidance_len_B[:, None]
-    completion_BC = jnp.full((B, C), config.pad_id, jnp.int32)
+    completion_BC = jnp.full((B, C), pad, jnp.int32)
     log_probs_BC = jnp.zeros((B, C), jnp.float32)
     if L:
         # Column W-L+i of the prefix holds guidance token i of a row with ℓ = L; a row with
@@ -270,18 +270,20 @@ def _prefill(
     )
 
 
-def _decode(model: Qwen, config: SamplingConfig, rows: _Rows, s: _LoopState) -> _LoopState:
+def _decode(
+    model: Qwen, config: SamplingConfig, tokens: TokenIds, rows: _Rows, s: _LoopState
+) -> _LoopState:
     """Steps 0 … budget − 2 each choose a token and run the model on it, in phases whose cache
     has just the slots that phase fills; the last step only chooses."""
     B, C = s.completion_BC.shape
     rows_B = jnp.arange(B)
-    eos_ids = jnp.asarray(config.eos_ids or (-1,), jnp.int32)
+    eos_ids = jnp.asarray(tokens.eos or (-1,), jnp.int32)
 
     def choose(s: _LoopState) -> tuple[_LoopState, jax.Array]:
         """Each live row's next token, written into its completion."""
         token_B, lp_B = sample_tokens(s.logits_BV, rows.keys_B, s.step, config)
         live_B = ~s.done_B
-        token_B = jnp.where(live_B, token_B, config.pad_id)
+        token_B = jnp.where(live_B, token_B, tokens.pad)
         column_B = jnp.where(live_B, rows.guidance_len_B + s.num_generated_B, C)  # C: dropped
         num_generated_B = s.num_generated_B + live_B
         hit_eos_B = live_B & jnp.isin(token_B, eos_ids)
@@ -331,10 +333,12 @@ class Sampler:
     rows of one global batch, and the outputs are global arrays with rows split the same way.
     """
 
-    def __init__(self, graphdef: nnx.GraphDef, config: SamplingConfig, sharding=None):
-        self.config, self.sharding = config, sharding
+    def __init__(
+        self, graphdef: nnx.GraphDef, config: SamplingConfig, tokens: TokenIds, sharding=None
+    ):
+        self.config, self.tokens, self.sharding = config, tokens, sharding
         self._sample = jax.jit(
-            lambda *args: _sample(graphdef, config, *args), out_shardings=sharding
+            lambda *args: _sample(graphdef, config, tokens, *args), out_shardings=sharding
         )
 
     @property
@@ -372,9 +376,9 @@ class Sampler:
         row_ids = np.arange(rows) if row_ids is None else np.asarray(row_ids)
         # Padding rows: a one-token prompt, no guidance; their outputs are dropped.
         args = (
-            rows_of(prompt_ids, P, cfg.pad_id),
+            rows_of(prompt_ids, P, self.tokens.pad),
             lengths_of(prompt_lengths, 1),
-            rows_of(guidance_ids, L, cfg.pad_id),
+            rows_of(guidance_ids, L, self.tokens.pad),
             lengths_of(guidance_lengths, 0),
             np.concatenate([row_ids, np.arange(batch - rows) + row_ids.max() + 1]).astype(
                 np.uint32
@@ -409,26 +413,15 @@ def _first_rows(tree, rows: int):
     return jax.tree.map(lambda x: x[:rows], tree)
 
 
-def stop_ids(tokenizer, model_config: ModelConfig, model_path: str = "") -> tuple:
-    """Token ids that end a completion: the tokenizer's and model's EOS, the generation
-    config's, and Qwen's end-of-turn / end-of-text tokens when the vocabulary has them."""
-    ids = {tokenizer.eos_token_id, model_config.eos_token_id}
-    vocab = tokenizer.get_vocab()
-    ids |= {vocab[t] for t in _STOP_TOKENS if t in vocab}
-    generation = os.path.join(model_path, "generation_config.json") if model_path else ""
-    if generation and os.path.exists(generation):
-        with open(generation) as f:
-            eos = json.load(f).get("eos_token_id")
-        ids |= set(eos if isinstance(eos, list) else [eos])
-    return tuple(sorted(i for i in ids if i is not None and i < model_config.vocab_size))
-
-
 # Samplers shared by every run in a process (tests, repeated evaluations): one compile each.
 _SAMPLERS: dict = {}
 
 
-def sampler_for(graphdef: nnx.GraphDef, config: SamplingConfig, sharding=None) -> Sampler:
+def sampler_for(
+    graphdef: nnx.GraphDef, config: SamplingConfig, tokens: TokenIds, sharding=None
+) -> Sampler:
     """The Sampler of these settings, built once per process."""
-    if (graphdef, config, sharding) not in _SAMPLERS:
-        _SAMPLERS[graphdef, config, sharding] = Sampler(graphdef, config, sharding)
-    return _SAMPLERS[graphdef, config, sharding]
+    key = (graphdef, config, tokens, sharding)
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = Sampler(graphdef, config, tokens, sharding)
+    return _SAMPLERS[key]

@@ -63,12 +63,14 @@ def log_probs_shared_guidance(
     group_size: int,
     num_guided: int,
     width: int,
+    remat: bool = False,
 ) -> jax.Array | TokenStats:
     """The row-wise forward's [R, C] outputs (`completion_forward.log_probs_per_row`), from
     one forward over each group's prefix [Q, P + C] (prompt ⊕ guidance, right-padded), its
     guided rows' next `width` tokens [Q·n, W] over the prefix's cache, and its unguided rows'
     completions [Q·(G − n), C] over the prompt's part of it. Needs the structure that
-    `groups_share_prompt` and `groups_share_guidance` check, and 1 ≤ n ≤ G."""
+    `groups_share_prompt` and `groups_share_guidance` check, and 1 ≤ n ≤ G. remat: each
+    forward recomputes its layers in the backward pass (`Qwen.hidden_states`)."""
     G, n, W = group_size, num_guided, width
     pin = lambda x: constrain_rows(x, rows)
     model = nnx.merge(graphdef, params)
@@ -85,7 +87,7 @@ def log_probs_shared_guidance(
     prefix_mask = first(jnp.concatenate([batch["prompt_mask"], batch["is_guidance"]], axis=1))
     cache = init_cache(model.config, prefix_ids.shape[0], P + C)
     hidden_prefix, cache = model.hidden_states(
-        pin(prefix_ids), pin(first(positions)), pin(prefix_mask), cache
+        pin(prefix_ids), pin(first(positions)), pin(prefix_mask), cache, remat=remat
     )
     # The guidance tokens, once per group: token t from the prefix's hidden state before it.
     guidance = head(model, pin(hidden_prefix[:, P - 1 : P + C - 1]), pin(prefix_ids[:, P:]))
@@ -99,7 +101,7 @@ def log_probs_shared_guidance(
         W,
     )
     hidden, _ = model.hidden_states(
-        pin(ids), pin(suffix_positions), pin(suffix_mask), _repeat(cache, n, W)
+        pin(ids), pin(suffix_positions), pin(suffix_mask), _repeat(cache, n, W), remat=remat
     )
     # A guided row's first generated token comes from the prefix's last real position.
     last = jnp.take_along_axis(hidden_prefix, (P + first(length) - 1)[:, None, None], axis=1)
@@ -114,7 +116,7 @@ def log_probs_shared_guidance(
 
     if n == G:
         return jax.tree.map(rows_of, guidance, suffix)
-    unguided = _unguided(model, batch, positions, hidden_prefix, cache, head, G, n, pin)
+    unguided = _unguided(model, batch, positions, hidden_prefix, cache, head, G, n, pin, remat)
     return jax.tree.map(rows_of, guidance, suffix, unguided)
 
 
@@ -152,6 +154,7 @@ def _unguided(
     G: int,
     n: int,
     pin: Callable[[jax.Array], jax.Array],
+    remat: bool,
 ) -> jax.Array | TokenStats:
     """The unguided rows' [Q·(G − n), C] outputs, over the prompt's slots of the prefix's
     `cache` (a group's unguided rows see its prompt only). positions: [R, P + C], the
@@ -170,6 +173,7 @@ def _unguided(
         pin(rest(positions[:, P:])),
         pin(rest(batch["completion_mask"])),
         _repeat(prompt_cache, G - n, C),
+        remat=remat,
     )
     # Token t from the hidden state before it: the prompt's last, then t − 1.
     before = jnp.repeat(hidden_prefix[:, P - 1 : P], G - n, axis=0)

@@ -141,9 +141,9 @@ class StepSettings:
     grpo: GRPOConfig
     optimizer: OptimizerConfig
     guidance: guidance.GuidanceConfig
-    group_size: int  # G
     rows: jax.sharding.NamedSharding  # how the batch's rows split over the mesh
     data_parallel: int  # devices along (data, fsdp)
+    remat: bool = False  # the gradient's forward recomputes each layer in the backward pass
     # Forwards that run each group's prompt (and its guided rows' guidance) once, when the
     # batch has that structure (completion_forward.forward_choice); False: row-wise only.
     share_prefix: bool = True
@@ -154,22 +154,24 @@ def make_train_step(
     grpo: GRPOConfig,
     optimizer: OptimizerConfig,
     guidance_config: guidance.GuidanceConfig,
-    group_size: int,
     mesh: jax.sharding.Mesh,
     state: TrainState,
+    *,
+    remat: bool = False,
     share_prefix: bool = True,
 ):
     """`train_step(state, batch) -> (state, metrics)` jitted once over `mesh`, with the
-    state's shardings (`state` gives them) and the state donated. share_prefix:
-    `sampling.share_prefix`, as in StepSettings."""
+    state's shardings (`state` gives them) and the state donated. remat: recompute each
+    layer's activations in the backward pass (less memory, ~1/3 more compute).
+    share_prefix: `sampling.share_prefix`, as in StepSettings."""
     settings = StepSettings(
         graphdef,
         grpo,
         optimizer,
         guidance_config,
-        group_size,
         batch_sharding(mesh),
         mesh.shape["data"] * mesh.shape["fsdp"],
+        remat,
         share_prefix,
     )
     state_sharding = state_shardings(state, mesh)
@@ -186,7 +188,7 @@ def train_step(state: TrainState, batch: dict, *, settings: StepSettings):
     μ optimizer updates, each accumulating gradients over `optimizer.micro_batches` → the
     controller takes this step's signal r_k (SPEC §2–4). Returns (state, metrics)."""
     grpo = settings.grpo
-    advantages = group_advantages(batch["rewards"], settings.group_size, grpo.advantage_std)
+    advantages = group_advantages(batch["rewards"], settings.grpo.group_size, grpo.advantage_std)
     rows_in_loss = loss_rows(batch, grpo)
     loss_mask = token_loss_mask(
         batch["completion_mask"], batch["is_guidance"], grpo.guidance_loss, rows_in_loss
@@ -248,7 +250,7 @@ def _block(settings: StepSettings, batch: dict) -> int:
     """G when micro-batches hold whole groups (the prompt forward is then shared within each
     group): one micro-batch, or every device giving each micro-batch whole groups; else 1
     (single rows, so that micro-batches stay on their devices)."""
-    micro, G = settings.optimizer.micro_batches, settings.group_size
+    micro, G = settings.optimizer.micro_batches, settings.grpo.group_size
     groups = batch["prompt_ids"].shape[0] // G
     return G if micro == 1 or groups % (settings.data_parallel * micro) == 0 else 1
 
@@ -263,8 +265,6 @@ def _sharing(settings: StepSettings, block: int) -> tuple[int, int]:
 
 def _forward_no_grad(settings: StepSettings, params, batch, head: Head = token_log_probs):
     """Forward without gradient, micro-batch by micro-batch: [R, C] arrays."""
-    # params ride in the carry rather than the closure: a model merged from values of an
-    # outer trace cannot run nnx.remat'd layers (TraceContextError with remat on).
     b = _block(settings, batch)
     G, n = _sharing(settings, b)
     forward = lambda p, mb: (
@@ -311,9 +311,8 @@ def _micro_loss_and_grad(settings: StepSettings, mb, forward, params, frozen):
         frozen = jax.tree.map(lambda x: x, frozen)
         whole = _whole(p, frozen)
         head = _stats_head(settings.grpo)
-        return _micro_loss(
-            settings, mb, forward(settings.graphdef, whole, mb[0], settings.rows, head)
-        )
+        stats = forward(settings.graphdef, whole, mb[0], settings.rows, head, remat=settings.remat)
+        return _micro_loss(settings, mb, stats)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params, frozen)
 
@@ -365,7 +364,7 @@ def _batch_metrics(settings, state, batch, advantages, rows_in_loss, is_guided) 
         batch["rewards"],
         accuracy,
         is_guided,
-        settings.group_size,
+        settings.grpo.group_size,
         jnp.logical_not(batch["is_filler"]),
     )
     return metrics | {f"groups/{name}": value for name, value in ties.items()}

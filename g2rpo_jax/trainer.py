@@ -50,11 +50,11 @@ from g2rpo_jax import config as config_lib
 from g2rpo_jax import lora as lora_lib
 from g2rpo_jax.batch_rollout import BatchRollout
 from g2rpo_jax.data import make_dataset
-from g2rpo_jax.data.tokenization import TOKENIZER_DIR, Tokenizer, load_tokenizer, pad_id
+from g2rpo_jax.data.tokenization import TOKENIZER_DIR, TokenIds, Tokenizer, load_tokenizer
 from g2rpo_jax.models import ModelConfig, Qwen, abstract_model, from_pretrained
 from g2rpo_jax.preemption import Preemption, stop_requested
 from g2rpo_jax.rewards import RewardPool, parse_gold
-from g2rpo_jax.sampling import rollout_params, sampler_for, stop_ids
+from g2rpo_jax.sampling import rollout_params, sampler_for
 
 BASE_MODEL = checkpoint_lib.BASE_MODEL
 
@@ -79,7 +79,6 @@ def _base_model(exp: experiment.Experiment, tokenizer: Tokenizer, mesh) -> Qwen:
             dtype=source.dtype,
             param_dtype=source.param_dtype,
             mesh=mesh,
-            remat=source.remat,
             attention=source.attention,
         )
         if model_config.vocab_size < len(tokenizer):
@@ -126,10 +125,17 @@ _STEPS: dict = {}
 
 def _train_step(graphdef, exp: experiment.Experiment, mesh, state):
     share = exp.sampling.share_prefix
-    key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh, share)
+    key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, mesh, exp.train.remat, share)
     if key not in _STEPS:
         _STEPS[key] = train_step.make_train_step(
-            graphdef, exp.grpo, exp.optimizer, exp.guidance, exp.group_size, mesh, state, share
+            graphdef,
+            exp.grpo,
+            exp.optimizer,
+            exp.guidance,
+            mesh,
+            state,
+            remat=exp.train.remat,
+            share_prefix=share,
         )
     return _STEPS[key]
 
@@ -303,12 +309,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str):
     }
     if base is not None:  # a LoRA run's base location, kept in every checkpoint's meta
         meta[BASE_MODEL] = base
-    eos, pad = stop_ids(tokenizer, model_config, exp.model.path), pad_id(tokenizer)
-    sampler = sampler_for(
-        graphdef,
-        dataclasses.replace(exp.sampling, eos_ids=eos, pad_id=pad),
-        train_step.batch_sharding(mesh),
-    )
+    tokens = TokenIds.of(tokenizer, model_config, exp.model.path)
+    sampler = sampler_for(graphdef, exp.sampling, tokens, train_step.batch_sharding(mesh))
     logger = logging_utils.RunLogger(
         workdir,
         total_steps=total_steps,
@@ -329,8 +331,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str):
         meta,
         _train_step(graphdef, exp, mesh, state),
         rollout,
-        _sampling(exp, rollout, iterator, pad),
-        _evaluation(exp, tokenizer, graphdef, eos, pad, rollout.pool),
+        _sampling(exp, rollout, iterator, tokens.pad),
+        _evaluation(exp, tokenizer, graphdef, tokens, rollout.pool),
         logger,
         logging_utils.StepLogs(logger, monitor, exp.train.stop_on_alarm),
     )
@@ -390,7 +392,6 @@ def _sampling(exp, rollout: "BatchRollout", iterator, pad: int) -> Callable:
             k,
             next_batch=lambda: next(iterator, None),
             config=exp.grpo,
-            group_size=exp.group_size,
             pad_id=pad,
         )
         return distributed.global_batch(rows, rollout.sharding), host, samples
@@ -398,7 +399,7 @@ def _sampling(exp, rollout: "BatchRollout", iterator, pad: int) -> Callable:
     return filtered
 
 
-def _evaluation(exp, tokenizer, graphdef, eos, pad: int, pool) -> Callable | None:
+def _evaluation(exp, tokenizer, graphdef, tokens: TokenIds, pool) -> Callable | None:
     """policy -> the periodic evaluation's report, or None when the run does not evaluate."""
     if not exp.train.eval_every:
         return None
@@ -409,7 +410,7 @@ def _evaluation(exp, tokenizer, graphdef, eos, pad: int, pool) -> Callable | Non
         parse_gold if exp.accuracy_reward == "accuracy" else None,
         evaluation.tests_check(exp.rewards),
     )
-    sampler = sampler_for(graphdef, dataclasses.replace(exp.eval.sampling, eos_ids=eos, pad_id=pad))
+    sampler = sampler_for(graphdef, exp.eval.sampling, tokens)
     return lambda policy: evaluation.evaluate(
         policy, sampler, tokenizer, rows, pool, exp.eval, exp.accuracy_reward, seed=exp.seed
     )

@@ -24,8 +24,7 @@ from absl import app, flags
 from flax import nnx
 
 from g2rpo_jax import checkpoint, cli, evaluation, sampling
-from g2rpo_jax.data import DataConfig, FieldMap, source_fields
-from g2rpo_jax.data.tokenization import pad_id
+from g2rpo_jax.data import DataConfig, FieldMap, source_fields, tokenization
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.rewards import RewardConfig, RewardPool, parse_gold
 from g2rpo_jax.rewards.code import check_tests
@@ -121,11 +120,9 @@ def main(argv: list[str]) -> None:
         _MAX_ROWS.value,
         tests_check if reward == "code" else None,
     )
-    eos = sampling.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
+    tokens = tokenization.TokenIds.of(tokenizer, model.config, base if os.path.isdir(base) else "")
     decoding = SamplingConfig(
         max_completion_length=_MAX_NEW_TOKENS.value or budget,
-        eos_ids=eos,
-        pad_id=pad_id(tokenizer),
         temperature=_TEMPERATURE.value,
         top_p=_TOP_P.value,
         top_k=_TOP_K.value,
@@ -137,7 +134,7 @@ def main(argv: list[str]) -> None:
         _DATA.value, _NUM_SAMPLES.value, pass_k, decoding, _BATCH_SIZE.value, _MAX_ROWS.value
     )
     graphdef, params = nnx.split(model)
-    sampler = sampling.sampler_for(graphdef, decoding)
+    sampler = sampling.sampler_for(graphdef, decoding, tokens)
     rewards = RewardConfig(
         weights={reward: 1.0}, workers=_WORKERS.value, trust_test_code=_TRUST.value
     )

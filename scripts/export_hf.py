@@ -16,7 +16,8 @@ import jax
 import transformers
 from absl import app, flags
 
-from g2rpo_jax import checkpoint, cli, lora, sampling
+from g2rpo_jax import checkpoint, cli, lora
+from g2rpo_jax.data import tokenization
 from g2rpo_jax.models import save_pretrained
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir or checkpoint step folder.")
@@ -38,7 +39,7 @@ def export(path: str, out: str, dtype: str | None = None) -> dict:
     tokenizer = transformers.AutoTokenizer.from_pretrained(meta["tokenizer_path"])
     tokenizer.save_pretrained(out)
     base = meta["config"]["model"]["path"]
-    eos = sampling.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
+    eos = tokenization.stop_ids(tokenizer, model.config, base if os.path.isdir(base) else "")
     evaluation = meta["config"]["eval"]
     transformers.GenerationConfig(
         bos_token_id=model.config.bos_token_id,

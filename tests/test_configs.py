@@ -74,7 +74,9 @@ def test_every_config_builds_and_its_model_builds_abstractly(path, variant):
         assert exp.model.path.startswith("Qwen/")
         assert params == pytest.approx(SIZES[exp.model.preset], rel=0.15)
         assert (
-            exp.group_size == 12 and exp.grpo.beta == 0.04 and exp.optimizer.learning_rate == 1e-5
+            exp.grpo.group_size == 12
+            and exp.grpo.beta == 0.04
+            and exp.optimizer.learning_rate == 1e-5
         )
 
 
@@ -104,9 +106,9 @@ def smoke(**changes):
         (dict(rewards__accuracy_reward="code"), "config.rewards.accuracy_reward"),
         (dict(guidance__max_length=64), "config.guidance.max_length"),  # > 32 completion tokens
         (dict(train__eval_every=2), "config.eval.path"),
-        (dict(grpo__rollout_correction="tis"), "config.grpo: rollout_correction"),
-        (dict(grpo__rollout_correction_min=4.0), "config.grpo: rollout_correction_min"),
-        (dict(sampling__param_dtype="float16"), "config.sampling: param_dtype"),
+        (dict(grpo__rollout_correction="tis"), "config.grpo.rollout_correction"),
+        (dict(grpo__rollout_correction_min=4.0), "config.grpo.rollout_correction_min"),
+        (dict(sampling__param_dtype="float16"), "config.sampling.param_dtype"),
         (dict(train__alarm_steps=-1), "config.train.alarm_steps"),
     ],
 )

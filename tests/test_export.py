@@ -17,6 +17,7 @@ from flax import nnx
 from jax._src.cudnn import fused_attention_stablehlo
 
 from g2rpo_jax import grpo, guidance, optimization, sharding, train_step
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import abstract_model, attention, preset
 from g2rpo_jax.models.config import ModelConfig
 from g2rpo_jax.sampling import Sampler, SamplingConfig
@@ -66,15 +67,14 @@ def test_qwen3_0p6b_forward_and_backward_at_paper_length(platform, implementatio
     bf16 compute: value and gradient of the hidden states, the shape of one row of the
     paper's training step. Two of its 28 layers: the kernel is chosen per layer from the
     head and sequence shape, which the other 26 would only repeat."""
-    config = preset("qwen3-0.6b", dtype="bfloat16", remat=True, attention=implementation,
-                    num_layers=2)  # fmt: skip
+    config = preset("qwen3-0.6b", dtype="bfloat16", attention=implementation, num_layers=2)
     graphdef, params = nnx.split(abstract_model(config, platform))
     ids = jax.ShapeDtypeStruct((1, PAPER_TOKENS), jnp.int32)
     mask = jax.ShapeDtypeStruct((1, PAPER_TOKENS), jnp.bool_)
 
     def loss(params, ids, mask):
         positions = jnp.cumsum(mask, axis=1) - 1
-        hidden, _ = nnx.merge(graphdef, params).hidden_states(ids, positions, mask)
+        hidden, _ = nnx.merge(graphdef, params).hidden_states(ids, positions, mask, remat=True)
         return jnp.sum(hidden.astype(jnp.float32))
 
     text = _export(jax.value_and_grad(loss), platform, _abstract(params), ids, mask)
@@ -83,14 +83,14 @@ def test_qwen3_0p6b_forward_and_backward_at_paper_length(platform, implementatio
 
 TINY = ModelConfig(model_type="qwen3", vocab_size=512, hidden_size=128, intermediate_size=256,
                    num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64, qk_norm=True,
-                   tie_word_embeddings=True, dtype="bfloat16", remat=True)  # fmt: skip
+                   tie_word_embeddings=True, dtype="bfloat16")  # fmt: skip
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_train_step_lowers_with_auto_attention(platform):
     """The whole jitted step, as the trainer builds it, over a one-device mesh."""
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    grpo_config = grpo.GRPOConfig(beta=0.04)
+    grpo_config = grpo.GRPOConfig(group_size=4, beta=0.04)
     optimizer = optimization.OptimizerConfig(total_steps=10, micro_batches=2)
     guidance_config = guidance.GuidanceConfig(ratio=0.5, initial_length=16, max_length=32)
     graphdef, params = nnx.split(abstract_model(TINY, platform))
@@ -100,8 +100,9 @@ def test_train_step_lowers_with_auto_attention(platform):
         ),
         params,
     )
-    step = train_step.make_train_step(graphdef, grpo_config, optimizer, guidance_config, 4, mesh,
-                                state)  # fmt: skip
+    step = train_step.make_train_step(
+        graphdef, grpo_config, optimizer, guidance_config, mesh, state, remat=True
+    )
     rows, prompt, completion = 8, 32, 96
     spec = {"prompt_ids": (prompt, jnp.int32), "prompt_mask": (prompt, jnp.bool_),
             "completion_ids": (completion, jnp.int32), "completion_mask": (completion, jnp.bool_),
@@ -119,8 +120,8 @@ def test_train_step_lowers_with_auto_attention(platform):
 def test_sampler_lowers_with_auto_attention(platform):
     """Guided prefill (the platform's kernel) and the decode loop (the generic einsums)."""
     graphdef, params = nnx.split(abstract_model(TINY, platform))
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=32, eos_ids=(1,),
-                                               temperature=1.0, top_p=0.95))  # fmt: skip
+    config = SamplingConfig(max_completion_length=32, temperature=1.0, top_p=0.95)
+    sampler = Sampler(graphdef, config, TokenIds(eos=(1,)))
     B, P, L = 8, 32, 16
     int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
     key = jax.eval_shape(lambda: jax.random.key(0))

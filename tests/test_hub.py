@@ -27,7 +27,7 @@ _PAPER = "configs/qwen3_0p6b.py"
 # Shrinks the paper config to seconds on a CPU and nothing else: the data, eval and model
 # paths, the field mapping and the eval split stay the config's own.
 _SMALL = (
-    "--config.model.dtype=float32", "--config.model.remat=False",
+    "--config.model.dtype=float32", "--config.train.remat=False",
     f"--config.data.max_prompt_length={96 + len(config_lib.MATH_SYSTEM_PROMPT)}", "--config.data.max_completion_length=24",
     "--config.data.batch_size=4", "--config.grpo.group_size=2",
     "--config.guidance.initial_length=16", "--config.guidance.max_length=16",

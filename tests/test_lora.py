@@ -4,6 +4,7 @@ dense model with merged weights W + (alpha/r)·A·B, forward and gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from flax import nnx
 
 from g2rpo_jax import experiment
@@ -87,16 +88,17 @@ def test_a_train_step_moves_the_adapters_only_on_the_frozen_base():
     from g2rpo_jax import grpo, lora, optimization, sharding, train_step
     from tests.test_train_step import GUIDANCE, G, make_batch
 
-    config = LORA.replace(vocab_size=128, remat=True)
+    config = LORA.replace(vocab_size=128)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     model = lora.random_model(config, mesh, seed=0)
     optimizer = optimization.OptimizerConfig(total_steps=4, learning_rate=1e-2, warmup_steps=0)
-    grpo_config = grpo.GRPOConfig(beta=0.04)
+    grpo_config = grpo.GRPOConfig(group_size=G, beta=0.04)
     state = train_step.init_train_state(model, grpo_config, optimizer, GUIDANCE)
     assert state.ref_params is None  # no second copy of the weights
     before = jax.device_get(state)  # host copies: the step donates `state`
-    step = train_step.make_train_step(nnx.graphdef(model), grpo_config, optimizer, GUIDANCE, G,
-                                mesh, state)  # fmt: skip
+    step = train_step.make_train_step(
+        nnx.graphdef(model), grpo_config, optimizer, GUIDANCE, mesh, state, remat=True
+    )
     after, metrics = jax.device_get(step(state, jax.device_put(make_batch())))
 
     assert float(metrics["kl"]) == 0.0  # B = 0: the policy is the base exactly
@@ -157,8 +159,13 @@ def test_export_writes_merged_weights_that_transformers_loads(tmp_path, hf_qwen3
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "export_hf.py")
     spec = importlib.util.spec_from_file_location("export_hf", script)
     export_hf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export_hf)
-    export_hf.export(str(workdir), str(tmp_path / "hf"))
+    defined = set(flags.FLAGS)
+    try:
+        spec.loader.exec_module(export_hf)
+        export_hf.export(str(workdir), str(tmp_path / "hf"))
+    finally:  # its required --checkpoint/--out would bind every later script in this process
+        for name in set(flags.FLAGS) - defined:
+            delattr(flags.FLAGS, name)
 
     with safetensors.safe_open(tmp_path / "hf" / "model.safetensors", "np") as f:
         assert f.keys() and not [k for k in f.keys() if "lora" in k]

@@ -91,13 +91,13 @@ def test_prefill_then_decode_equals_full_forward(fixture, request):
 @pytest.mark.parametrize("remat", [False, True])
 def test_last_positions_only(hf_qwen3_dir, remat):
     """`last=k` gives the full forward's last k hidden states and the same cache."""
-    model, config = from_pretrained(hf_qwen3_dir, remat=remat)
+    model, config = from_pretrained(hf_qwen3_dir)
     ids, mask, positions = tiny_models.left_padded_batch(length=14, pads=(0, 3, 6))
 
     @nnx.jit(static_argnums=1)
     def prefill(model, last):
         cache = init_cache(config, batch=ids.shape[0], max_length=ids.shape[1])
-        return model.hidden_states(ids, positions, mask, cache, last=last)
+        return model.hidden_states(ids, positions, mask, cache, last=last, remat=remat)
 
     full, full_cache = prefill(model, None)
     for last in (1, 5):
@@ -122,13 +122,14 @@ def test_left_padding_changes_nothing(hf_qwen3_dir):
 def test_remat_equals_no_remat(hf_qwen3_dir):
     ids, mask, positions = tiny_models.left_padded_batch()
     grads = []
+    model, _ = from_pretrained(hf_qwen3_dir)
     for remat in (False, True):
-        model, _ = from_pretrained(hf_qwen3_dir, remat=remat)
 
         @nnx.jit
-        def loss_grad(model):
+        def loss_grad(model, remat=remat):
             def loss(model):
-                logp = jax.nn.log_softmax(model(ids, positions, mask))
+                hidden, _ = model.hidden_states(ids, positions, mask, remat=remat)
+                logp = jax.nn.log_softmax(model.logits(hidden))
                 return jnp.sum(logp[..., 3] * mask)
 
             return nnx.grad(loss)(model)

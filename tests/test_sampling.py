@@ -3,7 +3,7 @@
 Compiles dominate this file's time (each Sampler program is a prefill and a decode loop per
 phase), so tests share compiled Samplers through `sampler()` and reuse a few settings: greedy
 at budget 40 (GREEDY), sampling at budget 24 (SAMPLED). What touches the model inside the
-sampler (transformers parity, log-probs, decode phases, remat) runs on both tiny models; the
+sampler (transformers parity, log-probs, decode phases) runs on both tiny models; the
 sampler's own control logic (EOS, budget, filters, buckets, ℓ clipping), where the model is
 only a source of logits, runs on Qwen3.
 """
@@ -18,6 +18,7 @@ import pytest
 import torch
 from flax import nnx
 
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import (
     FINISH_EOS,
@@ -39,10 +40,13 @@ GREEDY = SamplingConfig(max_completion_length=40, greedy=True)
 SAMPLED = SamplingConfig(max_completion_length=24)
 
 
+NO_EOS = TokenIds()  # every row runs to its budget
+
+
 @functools.cache
-def sampler(graphdef, config: SamplingConfig) -> Sampler:
+def sampler(graphdef, config: SamplingConfig, tokens: TokenIds = NO_EOS) -> Sampler:
     """One Sampler (and so one compiled program per bucket) per model and settings."""
-    return Sampler(graphdef, config)
+    return Sampler(graphdef, config, tokens)
 
 
 @functools.cache
@@ -157,21 +161,6 @@ def test_decode_phases_change_nothing_but_the_cache_read(loaded):
     np.testing.assert_allclose(three.log_probs, one.log_probs, rtol=0, atol=bound)
 
 
-def test_a_remat_model_samples_what_the_plain_one_does(loaded):
-    """The user's default (model.remat on) in the sampler: once a TraceContextError."""
-    directory, graphdef, params = loaded
-    remat_graphdef, remat_params = nnx.split(from_pretrained(directory, remat=True)[0])
-    prompts, traces = prompts_and_traces()
-    plain, remat = (  # the plain program is the log-prob test's (SAMPLED, same bucket)
-        jax.device_get(
-            sampler(g, SAMPLED)(p, prompts, PROMPT_LENGTHS, traces, [0, 6, 3, 0], jax.random.key(2))
-        )
-        for g, p in ((graphdef, params), (remat_graphdef, remat_params))
-    )
-    np.testing.assert_array_equal(remat.completion_ids, plain.completion_ids)
-    np.testing.assert_array_equal(remat.log_probs, plain.log_probs)  # the same program
-
-
 def test_decode_phase_ends():
     # 64 tokens take 63 model calls: the prefill's logits choose the first.
     assert decode_phase_ends(64, 4) == [16, 32, 48, 63]
@@ -192,9 +181,8 @@ def test_eos_stops_a_row_and_ends_its_mask(qwen3):
         )
     )
     eos = int(free.completion_ids[0, 6])  # a token row 0 emits at step 6
-    config = dataclasses.replace(GREEDY, eos_ids=(eos,), pad_id=0)
     out = jax.device_get(
-        sampler(graphdef, config)(params, prompts, PROMPT_LENGTHS, traces, [0, 4, 0, 0],
+        sampler(graphdef, GREEDY, TokenIds(eos=(eos,), pad=0))(params, prompts, PROMPT_LENGTHS, traces, [0, 4, 0, 0],
                                   jax.random.key(0))
     )  # fmt: skip
     for row in range(4):
@@ -218,7 +206,7 @@ def test_budget_can_exclude_guidance(qwen3):
     _, graphdef, params = qwen3
     prompts, traces = prompts_and_traces()
     config = SamplingConfig(max_completion_length=10, greedy=True, guidance_in_budget=False)
-    out = Sampler(graphdef, config)(params, prompts, PROMPT_LENGTHS, traces, [0, 6, 0, 20],
+    out = Sampler(graphdef, config, TokenIds())(params, prompts, PROMPT_LENGTHS, traces, [0, 6, 0, 20],
                                     jax.random.key(0))  # fmt: skip
     np.testing.assert_array_equal(out.num_generated, [10, 10, 10, 10])
     np.testing.assert_array_equal(np.asarray(out.completion_mask).sum(1), [10, 16, 10, 30])
@@ -228,10 +216,12 @@ def test_top_k_one_and_low_temperature_equal_greedy(qwen3):
     _, graphdef, params = qwen3
     prompts, traces = prompts_and_traces()
     args = (params, prompts, PROMPT_LENGTHS, traces, [0, 3, 0, 0], jax.random.key(3))
-    greedy = Sampler(graphdef, SamplingConfig(max_completion_length=12, greedy=True))(*args)
+    greedy = Sampler(graphdef, SamplingConfig(max_completion_length=12, greedy=True), TokenIds())(
+        *args
+    )
     for config in (SamplingConfig(max_completion_length=12, top_k=1),
                    SamplingConfig(max_completion_length=12, temperature=1e-4)):  # fmt: skip
-        np.testing.assert_array_equal(Sampler(graphdef, config)(*args).completion_ids,
+        np.testing.assert_array_equal(Sampler(graphdef, config, TokenIds())(*args).completion_ids,
                                       greedy.completion_ids)  # fmt: skip
 
 
@@ -264,7 +254,7 @@ def test_top_p_and_top_k_never_leave_their_set():
 
 def test_no_host_syncs_and_one_program_per_bucket(qwen3):
     _, graphdef, params = qwen3
-    sampled = Sampler(graphdef, SAMPLED)  # its own: the test counts its programs
+    sampled = Sampler(graphdef, SAMPLED, TokenIds())  # its own: the test counts its programs
     prompts, traces = prompts_and_traces(trace_width=60)
     params = jax.device_put(params)
     rng = np.random.RandomState(0)

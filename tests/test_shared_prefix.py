@@ -79,8 +79,10 @@ def _losses_and_grads(graphdef, params, batch, forward, settings_list, noise):
 
 
 def _settings(graphdef, guidance_loss: str, num_updates: int) -> train_step.StepSettings:
-    config = grpo.GRPOConfig(beta=0.04, guidance_loss=guidance_loss, num_updates=num_updates)
-    return train_step.StepSettings(graphdef, config, OPTIMIZER, GUIDANCE, G, None, 1)
+    config = grpo.GRPOConfig(
+        group_size=G, beta=0.04, guidance_loss=guidance_loss, num_updates=num_updates
+    )
+    return train_step.StepSettings(graphdef, config, OPTIMIZER, GUIDANCE, None, 1)
 
 
 def test_shared_forwards_give_the_row_wise_loss_and_gradients(hf_qwen3_dir):
@@ -103,7 +105,9 @@ def test_shared_forwards_give_the_row_wise_loss_and_gradients(hf_qwen3_dir):
     shared_guidance = functools.partial(
         shared_prefix.log_probs_shared_guidance, group_size=G, num_guided=GUIDED, width=SUFFIX
     )
-    for forward in (shared_prompt, shared_guidance):
+    # remat: the same numbers with every layer recomputed in the backward pass.
+    remat_guidance = functools.partial(shared_guidance, remat=True)
+    for forward in (shared_prompt, shared_guidance, remat_guidance):
         loss, grads = _losses_and_grads(*args, forward, settings_list, noise)
         np.testing.assert_allclose(loss, row_loss, atol=1e-5)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(row_grads), strict=True):

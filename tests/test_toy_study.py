@@ -19,7 +19,7 @@ def test_every_rl_variant_builds_with_the_same_budget(variant):
     config.lock()
     exp = experiment.build(config, num_devices=1)
     assert exp.train.num_steps == 12 and exp.seed == exp.data.seed == 3
-    assert (exp.data.batch_size, exp.group_size) == (8, 8)  # the same budget for all
+    assert (exp.data.batch_size, exp.grpo.group_size) == (8, 8)  # the same budget for all
     for key, value in variant.overrides.items():  # the override reaches the built run
         group, name = key.split(".")
         built = getattr(getattr(exp, group), name)

@@ -15,6 +15,7 @@ from g2rpo_jax import (
     sharding,
     train_step,
 )
+from g2rpo_jax.data.tokenization import TokenIds
 from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.sampling import Sampler, SamplingConfig
 from tests import tiny_models
@@ -59,13 +60,13 @@ def run_step(directory, mesh, grpo_config, optimizer_config, batch):
     state = train_step.init_train_state(model, grpo_config, optimizer_config, GUIDANCE)
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
     step = train_step.make_train_step(
-        graphdef, grpo_config, optimizer_config, GUIDANCE, G, mesh, state
+        graphdef, grpo_config, optimizer_config, GUIDANCE, mesh, state
     )
     batch = jax.device_put(batch, train_step.batch_sharding(mesh))
     return step(state, batch)
 
 
-GRPO = grpo.GRPOConfig(beta=0.04)
+GRPO = grpo.GRPOConfig(group_size=G, beta=0.04)
 # Adam's first step moves each weight by lr·g/(|g|+ε): with the default ε = 1e-8 a
 # near-zero gradient turns float-rounding differences into changes up to ±lr. ε = 1e-3
 # bounds that amplification by lr/ε = 1, so parameters can be compared at 1e-5.
@@ -146,7 +147,9 @@ def test_guided_rows_are_those_that_received_guidance_tokens(single_device):
 
 @pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])  # seq_sum_fixed: as seq_mean
 def test_micro_batches_equal_the_full_batch(hf_qwen3_dir, aggregation):
-    config = grpo.GRPOConfig(beta=0.04, aggregation=aggregation, max_completion_length=C)
+    config = grpo.GRPOConfig(
+        group_size=G, beta=0.04, aggregation=aggregation, max_completion_length=C
+    )
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     results = []
     for micro in (1, 4):
@@ -177,11 +180,11 @@ def test_beta_zero_holds_no_reference_and_runs_no_reference_forward(hf_qwen3_dir
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     counts = {}
     for beta in (0.0, 0.04):
-        config = grpo.GRPOConfig(beta=beta)
+        config = grpo.GRPOConfig(group_size=G, beta=beta)
         state = train_step.init_train_state(model, config, OPTIMIZER, GUIDANCE)
         assert (state.ref_params is None) == (beta == 0)
         step = train_step.make_train_step(
-            nnx.graphdef(model), config, OPTIMIZER, GUIDANCE, G, mesh, state
+            nnx.graphdef(model), config, OPTIMIZER, GUIDANCE, mesh, state
         )
         text = step.lower(state, make_batch()).as_text()
         counts[beta] = text.count("dot_general")
@@ -193,7 +196,7 @@ def test_multiple_updates_per_batch_move_the_ratio(hf_qwen3_dir):
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     # π_old from the forward before the first update, also at the sampler's τ = 0.7, for the
     # correction's weights.
-    config = grpo.GRPOConfig(beta=0.0, num_updates=3, rollout_correction="token_truncate",
+    config = grpo.GRPOConfig(group_size=G, beta=0.0, num_updates=3, rollout_correction="token_truncate",
                              sampling_temperature=0.7)  # fmt: skip
     _, metrics = jax.device_get(run_step(hf_qwen3_dir, mesh, config, OPTIMIZER, make_batch(2)))
     # First update has ρ ≡ 1; later ones see the moved policy against the frozen π_old.
@@ -210,7 +213,7 @@ def test_all_tied_rewards_skip_the_update(hf_qwen3_dir):
     model, _ = from_pretrained(hf_qwen3_dir)
     before = jax.device_get(nnx.state(model, nnx.Param))
     state, metrics = jax.device_get(
-        run_step(hf_qwen3_dir, mesh, grpo.GRPOConfig(beta=0.0), OPTIMIZER, batch)
+        run_step(hf_qwen3_dir, mesh, grpo.GRPOConfig(group_size=G, beta=0.0), OPTIMIZER, batch)
     )
     assert metrics["skipped"] == 1 and state.step == 0
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before), strict=True):
@@ -223,9 +226,7 @@ def test_train_step_makes_no_host_transfers(hf_qwen3_dir):
     mesh = sharding.make_mesh((1, 2, 4))
     state = train_step.init_train_state(model, GRPO, OPTIMIZER, GUIDANCE)
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
-    step = train_step.make_train_step(
-        nnx.graphdef(model), GRPO, OPTIMIZER, GUIDANCE, G, mesh, state
-    )
+    step = train_step.make_train_step(nnx.graphdef(model), GRPO, OPTIMIZER, GUIDANCE, mesh, state)
     batches = [jax.device_put(make_batch(s), train_step.batch_sharding(mesh)) for s in range(3)]
     with jax.transfer_guard("disallow"):
         for batch in batches:
@@ -238,13 +239,13 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
     target, steps, prompts = 7, 30, 4
     model, _ = from_pretrained(hf_qwen3_dir)
     graphdef = nnx.graphdef(model)
-    config = grpo.GRPOConfig(beta=0.0)
+    config = grpo.GRPOConfig(group_size=8, beta=0.0)
     optimizer = optimization.OptimizerConfig(total_steps=steps, learning_rate=3e-3, warmup_steps=2)
     no_guidance = dataclasses.replace(GUIDANCE, ratio=0.0)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     state = train_step.init_train_state(model, config, optimizer, no_guidance)
-    step = train_step.make_train_step(graphdef, config, optimizer, no_guidance, 8, mesh, state)
-    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=8))
+    step = train_step.make_train_step(graphdef, config, optimizer, no_guidance, mesh, state)
+    sampler = Sampler(graphdef, SamplingConfig(max_completion_length=8), TokenIds())
     rng = np.random.RandomState(0)
     rewards = []
     for k in range(steps):

@@ -7,6 +7,7 @@ only for the rows a host reads; the sampler receives these ids and never re-toke
 """
 
 import dataclasses
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import transformers
 
 from g2rpo_jax.data.config import DataConfig
 from g2rpo_jax.data.schema import Prompt, Row
+from g2rpo_jax.models.config import ModelConfig
 
 Tokenizer = transformers.PreTrainedTokenizerBase
 BYTES_TOKENIZER = "builtin:bytes"  # a byte-level Qwen-style tokenizer written to the workdir
@@ -145,3 +147,38 @@ def load_tokenizer(spec: str, workdir: str | None = None) -> Tokenizer:
     if saved and jax.process_index() == 0:
         tokenizer.save_pretrained(saved)
     return tokenizer
+
+
+_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+def stop_ids(tokenizer, model_config: ModelConfig, model_path: str = "") -> tuple:
+    """Token ids that end a completion: the tokenizer's and model's EOS, the generation
+    config's, and Qwen's end-of-turn / end-of-text tokens when the vocabulary has them."""
+    ids = {tokenizer.eos_token_id, model_config.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in _STOP_TOKENS if t in vocab}
+    generation = os.path.join(model_path, "generation_config.json") if model_path else ""
+    if generation and os.path.exists(generation):
+        with open(generation) as f:
+            eos = json.load(f).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos])
+    return tuple(sorted(i for i in ids if i is not None and i < model_config.vocab_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+    """The tokenizer's ids a sampler writes and stops on; hashable (static under jit).
+
+    eos: ids that end a completion (`stop_ids`); () runs every row to its budget.
+    pad: the id written after a row's end and in padding rows (`data.tokenization.pad_id`).
+    """
+
+    eos: tuple[int, ...] = ()
+    pad: int = 0
+
+    @classmethod
+    def of(cls, tokenizer, model_config: ModelConfig, model_path: str = "") -> "TokenIds":
+        """The ids of this tokenizer and model (`model_path`: its folder, for the
+        generation config's EOS)."""
+        return cls(stop_ids(tokenizer, model_config, model_path), pad_id(tokenizer))

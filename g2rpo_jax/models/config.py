@@ -112,7 +112,6 @@ class ModelConfig:
     eos_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
     lora: LoraConfig = LoraConfig()
     attention: str = "auto"
 
@@ -260,7 +259,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-    """A preset by name (e.g. "qwen3-0.6b"), with field overrides such as dtype or remat."""
+    """A preset by name (e.g. "qwen3-0.6b"), with field overrides such as dtype."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}: choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)

@@ -250,7 +250,6 @@ def from_pretrained(
     dtype="float32",
     param_dtype=None,
     mesh: jax.sharding.Mesh | None = None,
-    remat: bool = False,
     attention: str = "auto",
 ) -> tuple[Qwen, ModelConfig]:
     """Loads a Hugging Face Qwen2/Qwen3 checkpoint (a local folder or a hub id).
@@ -264,7 +263,7 @@ def from_pretrained(
     with open(config_path) as f:
         config = config_from_hf(json.load(f), source=config_path)
     param_dtype = dtype if param_dtype is None else param_dtype
-    config = config.replace(dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention)
+    config = config.replace(dtype=dtype, param_dtype=param_dtype, attention=attention)
     graphdef, abstract_state = nnx.split(abstract_model(config))
     flat = dict(nnx.to_flat_state(abstract_state))
     shardings = None

@@ -382,12 +382,15 @@ class Qwen(nnx.Module):
         cache: KVCache | None = None,
         rotary=None,
         last: int | None = None,
+        remat: bool = False,
     ):
         """The final-normed hidden states [B, T, D] (and the cache), before the LM head.
 
         last: return the last `last` positions only, [B, last, D]. The last layer then runs
         its queries, attention output and MLP for those alone (a prefill whose other outputs
         are never read saves ~1/layers of its work); every position still fills the cache.
+        remat: a differentiated forward recomputes each layer's activations in the backward
+        pass instead of storing them (the train step's memory setting, not the model's).
         """
         cfg = self.config
         x_BTD = self.embed[...][input_ids].astype(cfg.compute_dtype)
@@ -402,7 +405,7 @@ class Qwen(nnx.Module):
         # A call that fills its whole cache writes at slot 0 (dynamic_update_slice clamps).
         fresh = cache is None or kv_mask_BS.shape[1] == T
 
-        forward = _remat_block_forward if cfg.remat else _block_forward
+        forward = _remat_block_forward if remat else _block_forward
         new_k, new_v = [], []
         for i, block in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])

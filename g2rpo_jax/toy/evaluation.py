@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from g2rpo_jax import evaluation, sampling
+from g2rpo_jax.data import tokenization
 from g2rpo_jax.models import Qwen
 from g2rpo_jax.sampling import SamplingConfig
 from g2rpo_jax.toy import sft, task
@@ -20,8 +21,6 @@ def sampling_config(
     """temperature 0: greedy; otherwise plain sampling (no top-k/top-p) at that temperature."""
     return SamplingConfig(
         max_completion_length=max_completion_length,
-        eos_ids=(encoder.eos_id,),
-        pad_id=encoder.pad_id,
         temperature=temperature,
         batch_multiple=batch_multiple,
     )
@@ -37,7 +36,8 @@ def completions(
 ) -> list[str]:
     """The decoded unguided completion of each problem (special tokens dropped)."""
     graphdef, params = nnx.split(model)
-    sampler = sampling.sampler_for(graphdef, config)
+    tokens = tokenization.TokenIds((encoder.eos_id,), encoder.pad_id)
+    sampler = sampling.sampler_for(graphdef, config, tokens)
     texts = []
     for start in range(0, len(problems), chunk):
         part = problems[start : start + chunk]
