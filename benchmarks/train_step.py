@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --shape=anchors      # the anchors' [64, 32 + 64] batch
     python benchmarks/train_step.py --model=tiny --shape=anchors --no-shared-prompts
     python benchmarks/train_step.py --model=qwen3-0.6b --dtype=bfloat16   # on a GPU
+    python benchmarks/train_step.py --guided=0.75 --runs=3   # shared guidance vs row-wise
 
 One update = group advantages → reference forward (β = 0.04) → policy forward + backward
 of the clipped loss with k3 KL (μ = 1, seq_mean) → global-norm clip 1.0 → AdamW. Both
@@ -19,6 +20,10 @@ A GRPO batch is G candidates of each prompt, so the rows of a group share their 
 (4 prompts × G = 4 by default); ours then runs each prompt once per group (train_step.py, same
 log-probs), the torch update, like TRL's, once per row. `--no-shared-prompts` gives every
 row its own prompt: the same computation on both sides, a pure kernel comparison.
+
+`--guided=α` times our step alone on a G²RPO-A batch (`make_guided_batch`): row-wise
+(sampling.share_prefix off), each group's prompt once, and each group's prompt ⊕ guidance
+once (the default), alternating; one JSON line with each side's median and the ratios.
 """
 
 import os
@@ -139,6 +144,88 @@ def make_batch(
     }
 
 
+def make_guided_batch(
+    rows: int, group: int, prompt: int, completion: int, vocab: int, ratio: float
+) -> dict:
+    """`make_batch`'s rows with guidance: the first ceil(α·G) rows of each group open with
+    the group's ℓ = ¾·C trace tokens (the paper's 3,072 of 4,096) and generate ¼ to all of
+    the C − ℓ left (guidance counts in the budget); the others keep ½ to all of C."""
+    batch = make_batch(rows, group, prompt, completion, vocab)
+    rng = np.random.default_rng(1)
+    ell = 3 * completion // 4
+    guided = np.tile(np.arange(group) < guidance.num_guided(ratio, group), rows // group)
+    generated = rng.integers((completion - ell) // 4, completion - ell + 1, rows)
+    length = np.where(guided, ell + generated, batch["completion_mask"].sum(1))
+    mask = np.arange(completion)[None] < length[:, None]
+    is_guidance = guided[:, None] & (np.arange(completion)[None] < ell)
+    trace = np.repeat(rng.integers(1, vocab, (rows // group, completion)), group, 0)
+    ids = np.where(is_guidance, trace, rng.integers(1, vocab, (rows, completion)))
+    return batch | {
+        "completion_ids": np.where(mask, ids, 0).astype(np.int32),
+        "completion_mask": mask,
+        "is_guidance": is_guidance,
+    }
+
+
+def guided_comparison(args, graphdef, state, batch: dict, group: int, ratio: float) -> dict:
+    """Our step on a guided batch three ways, alternating `args.runs` passes: row-wise,
+    each group's prompt once (no guided slots in the step's settings), prompt ⊕ guidance
+    once. Returns their median seconds, compile times and first losses."""
+    grpo_config = grpo.GRPOConfig(group_size=group, beta=BETA)
+    opt_config = optimization.OptimizerConfig(
+        total_steps=1000, learning_rate=LR, warmup_steps=0, max_grad_norm=CLIP
+    )
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    ell = int(batch["is_guidance"].sum(1).max())
+    sides = {  # name: (guidance ratio the step plans with, share_prefix)
+        "row_wise": (ratio, False),
+        "shared_prompt": (0.0, True),
+        "shared_guidance": (ratio, True),
+    }
+    device_batch = jax.device_put(batch, train_step.batch_sharding(mesh))
+    steps, first, compile_s, times = {}, {}, {}, {name: [] for name in sides}
+    # Each side its own copy of the state: the steps donate it.
+    states = {name: jax.tree.map(jnp.copy, state) for name in sides}
+
+    def run(name):
+        states[name], metrics = steps[name](states[name], device_batch)
+        jax.block_until_ready(states[name])
+        return metrics
+
+    for name, (alpha, share) in sides.items():
+        plan = guidance.GuidanceConfig(ratio=alpha, initial_length=ell, max_length=ell)
+        steps[name] = train_step.make_train_step(
+            graphdef,
+            grpo_config,
+            opt_config,
+            plan,
+            mesh,
+            state,
+            remat=args.remat,
+            share_prefix=share,
+        )
+        log(f"{name}: compile + first step")
+        compile_s[name] = timed(lambda n=name: first.update({n: run(n)}))
+    for i in range(args.runs):
+        log(f"pass {i + 1}/{args.runs}")
+        for name in sides:
+            times[name].append(timed(lambda n=name: run(n)))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    losses = {name: float(jax.device_get(m["loss"])) for name, m in first.items()}
+    return dict(
+        bench="train_step_guided",
+        ratio=ratio,
+        guidance_tokens=ell,
+        step_s={name: round(s, 4) for name, s in seconds.items()},
+        speedup_vs_row_wise={
+            name: round(seconds["row_wise"] / s, 2) for name, s in seconds.items()
+        },
+        compile_s={name: round(c - seconds[name], 2) for name, c in compile_s.items()},
+        first_loss=losses,
+        max_loss_diff=max(abs(v - losses["row_wise"]) for v in losses.values()),
+    )
+
+
 def torch_update(policy, reference, optimizer, batch: dict, group: int, device, dtype):
     """The same update in torch: per-token log-probs via log_softmax + gather, ρ with μ = 1,
     k3 KL to the frozen reference, seq_mean, clip 1.0, AdamW. Returns (loss, grad_norm)."""
@@ -203,6 +290,13 @@ def main():
         default=True,
         help="the G rows of a group share their prompt (a real GRPO batch)",
     )
+    parser.add_argument(
+        "--guided",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="time ours only, on guided rows (ratio α): shared guidance vs row-wise",
+    )
     args = parser.parse_args()
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)
@@ -224,6 +318,8 @@ def main():
         del hf
 
     batch = make_batch(rows, group, prompt, completion, config.vocab_size, args.shared_prompts)
+    if args.guided:
+        batch = make_guided_batch(rows, group, prompt, completion, config.vocab_size, args.guided)
     grpo_config = grpo.GRPOConfig(group_size=group, beta=BETA)
     opt_config = optimization.OptimizerConfig(
         total_steps=1000,
@@ -237,6 +333,13 @@ def main():
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
     graphdef = nnx.graphdef(model)
     del model  # its buffers are the state's, which the step donates
+    if args.guided:
+        result = guided_comparison(args, graphdef, state, batch, group, args.guided)
+        shape = dict(rows=rows, group=group, prompt=prompt, completion=completion, beta=BETA)
+        result |= dict(model=args.model, params=params, dtype=args.dtype, remat=args.remat)
+        result |= dict(batch=shape)
+        print(json.dumps(result | {"machine": machine()}), flush=True)
+        return
     step = train_step.make_train_step(
         graphdef, grpo_config, opt_config, GUIDANCE, mesh, state, remat=args.remat
     )

@@ -121,8 +121,11 @@ def _sampling_defaults() -> ml_collections.ConfigDict:
     g.batch_multiple = 8  # rows are padded to a multiple (fewer compiled programs)
     g.decode_phases = 4  # decode loops, each over a cache grown to what it fills
     g.param_dtype = "float32"  # float32 | bfloat16: a copy the rollouts read
-    g.share_prefix = True  # a group's prompt ⊕ guidance prefilled and held once
-    g.compact = True  # finished rows leave the decode batch (both off: row-wise)
+    # Each group's prompt and its guided rows' common guidance prefix prefilled, held and run
+    # once (rollouts and the train step's forwards); compact: finished rows leave the decode
+    # batch. Both off: every row on its own (the row-wise sampler), to compare and bisect.
+    g.share_prefix = True
+    g.compact = True
     return g
 
 

@@ -90,3 +90,14 @@ def state_shardings(state, mesh: Mesh):
         return NamedSharding(mesh, logical_spec(tuple(axes), tuple(leaf.shape), mesh))
 
     return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def constrain_rows(x: jax.Array, rows: NamedSharding | None) -> jax.Array:
+    """x with its leading (row) dim split as `rows`; unchanged when `rows` is None or the
+    devices don't divide it (a group's guided or unguided rows need not fill every device)."""
+    if rows is None:
+        return x
+    ways = math.prod(rows.mesh.shape[a] for a in jax.tree.leaves(rows.spec[0]))
+    if x.shape[0] % ways:
+        return x
+    return jax.lax.with_sharding_constraint(x, rows)

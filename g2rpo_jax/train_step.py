@@ -16,13 +16,7 @@ from flax import nnx
 
 from g2rpo_jax import guidance, sharding
 from g2rpo_jax.advantages import group_advantages, group_ties
-from g2rpo_jax.completion_forward import (
-    Head,
-    completion_log_probs,
-    groups_share_prompt,
-    log_probs_per_row,
-    log_probs_shared_prompt,
-)
+from g2rpo_jax.completion_forward import Head, completion_log_probs, forward_choice
 from g2rpo_jax.grpo import (
     Aggregation,
     GRPOConfig,
@@ -32,7 +26,7 @@ from g2rpo_jax.grpo import (
     skip_update,
     token_loss_mask,
 )
-from g2rpo_jax.models.log_probs import token_log_probs, token_stats
+from g2rpo_jax.models.log_probs import TokenStats, token_log_probs, token_stats
 from g2rpo_jax.models.qwen import LoraParam, Qwen
 from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make_optimizer
 
@@ -150,6 +144,9 @@ class StepSettings:
     rows: jax.sharding.NamedSharding  # how the batch's rows split over the mesh
     data_parallel: int  # devices along (data, fsdp)
     remat: bool = False  # the gradient's forward recomputes each layer in the backward pass
+    # Forwards that run each group's prompt (and its guided rows' guidance) once, when the
+    # batch has that structure (completion_forward.forward_choice); False: row-wise only.
+    share_prefix: bool = True
 
 
 def make_train_step(
@@ -161,10 +158,12 @@ def make_train_step(
     state: TrainState,
     *,
     remat: bool = False,
+    share_prefix: bool = True,
 ):
     """`train_step(state, batch) -> (state, metrics)` jitted once over `mesh`, with the
     state's shardings (`state` gives them) and the state donated. remat: recompute each
-    layer's activations in the backward pass (less memory, ~1/3 more compute)."""
+    layer's activations in the backward pass (less memory, ~1/3 more compute).
+    share_prefix: `sampling.share_prefix`, as in StepSettings."""
     settings = StepSettings(
         graphdef,
         grpo,
@@ -173,6 +172,7 @@ def make_train_step(
         batch_sharding(mesh),
         mesh.shape["data"] * mesh.shape["fsdp"],
         remat,
+        share_prefix,
     )
     state_sharding = state_shardings(state, mesh)
     return jax.jit(
@@ -255,12 +255,21 @@ def _block(settings: StepSettings, batch: dict) -> int:
     return G if micro == 1 or groups % (settings.data_parallel * micro) == 0 else 1
 
 
+def _sharing(settings: StepSettings, block: int) -> tuple[int, int]:
+    """(group size, guided slots n) that `forward_choice` may share a forward over: (1, 0),
+    row-wise, unless share_prefix is on and micro-batches hold whole groups."""
+    if not settings.share_prefix or block == 1:
+        return 1, 0
+    return block, guidance.num_guided(settings.guidance.ratio, block)
+
+
 def _forward_no_grad(settings: StepSettings, params, batch, head: Head = token_log_probs):
     """Forward without gradient, micro-batch by micro-batch: [R, C] arrays."""
     b = _block(settings, batch)
+    G, n = _sharing(settings, b)
     forward = lambda p, mb: (
         p,
-        completion_log_probs(settings.graphdef, p, mb, settings.rows, b, head),
+        completion_log_probs(settings.graphdef, p, mb, settings.rows, G, head, n),
     )
     _, per_mb = jax.lax.scan(forward, params, _split(batch, settings.optimizer.micro_batches, b))
     return jax.tree.map(lambda x: _merge(x, b), per_mb)
@@ -279,19 +288,11 @@ def _gradients(settings, params, frozen, batch, advantages, rows_in_loss, loss_m
     inputs = _split((batch, advantages, old, ref_lp, rows_in_loss), micro, b) + (weights,)
 
     def micro_step(grad_sum, mb):
-        mb_batch = mb[0]
+        # The branch is taken outside the gradient, so only its residuals live.
+        index, forwards = forward_choice(mb[0], *_sharing(settings, b))
         step = functools.partial(_micro_loss_and_grad, settings, mb)
-        if b > 1:  # the branch is taken outside the gradient, so only its residuals live
-            shared = functools.partial(log_probs_shared_prompt, group_size=b)
-            (loss, (metrics, tokens)), grads = jax.lax.cond(
-                groups_share_prompt(mb_batch, b),
-                functools.partial(step, shared),
-                functools.partial(step, log_probs_per_row),
-                params,
-                frozen,
-            )
-        else:
-            (loss, (metrics, tokens)), grads = step(log_probs_per_row, params, frozen)
+        branches = [functools.partial(step, forward) for forward in forwards]
+        (loss, (metrics, tokens)), grads = jax.lax.switch(index, branches, params, frozen)
         return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics, tokens)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -301,43 +302,42 @@ def _gradients(settings, params, frozen, batch, advantages, rows_in_loss, loss_m
 
 
 def _micro_loss_and_grad(settings: StepSettings, mb, forward, params, frozen):
-    """One micro-batch's weighted loss, its metrics and (log π_old at τ, entropy), and the
-    gradient w.r.t. params; `forward` is `log_probs_per_row` or the shared-prompt one."""
-    mb_batch, mb_adv, mb_old, mb_ref, mb_rows, weight = mb
-    grpo = settings.grpo
+    """One micro-batch's `_micro_loss` and its gradient w.r.t. params; `forward` is one of
+    `forward_choice`'s."""
 
     def loss_fn(p, frozen):
         # Fresh Variables of this trace: nnx.remat'd layers cannot update the outer
         # trace's (TraceContextError), and a constant's are those.
         frozen = jax.tree.map(lambda x: x, frozen)
         whole = _whole(p, frozen)
-        stats = forward(
-            settings.graphdef,
-            whole,
-            mb_batch,
-            settings.rows,
-            _stats_head(grpo),
-            remat=settings.remat,
-        )
-        lp = stats.log_probs
-        old, old_sampling = (
-            (jax.lax.stop_gradient(lp), stats.sampling_log_probs) if mb_old is None else mb_old
-        )
-        loss, metrics = policy_loss(
-            lp,
-            old,
-            mb_adv,
-            mb_batch["completion_mask"],
-            mb_batch["is_guidance"],
-            grpo,
-            mb_ref,
-            mb_rows,
-            sampler_logp=mb_batch["sampler_log_probs"],
-            old_sampling_logp=old_sampling,
-        )
-        return weight * loss, (metrics, (old_sampling, stats.entropy))
+        head = _stats_head(settings.grpo)
+        stats = forward(settings.graphdef, whole, mb[0], settings.rows, head, remat=settings.remat)
+        return _micro_loss(settings, mb, stats)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params, frozen)
+
+
+def _micro_loss(settings: StepSettings, mb, stats: TokenStats):
+    """One micro-batch's weighted loss from its tokens' `TokenStats` [R, C]; returns (loss,
+    (metrics, (log π_old at τ, entropy)))."""
+    mb_batch, mb_adv, mb_old, mb_ref, mb_rows, weight = mb
+    lp = stats.log_probs
+    old, old_sampling = (
+        (jax.lax.stop_gradient(lp), stats.sampling_log_probs) if mb_old is None else mb_old
+    )
+    loss, metrics = policy_loss(
+        lp,
+        old,
+        mb_adv,
+        mb_batch["completion_mask"],
+        mb_batch["is_guidance"],
+        settings.grpo,
+        mb_ref,
+        mb_rows,
+        sampler_logp=mb_batch["sampler_log_probs"],
+        old_sampling_logp=old_sampling,
+    )
+    return weight * loss, (metrics, (old_sampling, stats.entropy))
 
 
 def _batch_metrics(settings, state, batch, advantages, rows_in_loss, is_guided) -> dict:

@@ -126,10 +126,18 @@ _STEPS: dict = {}
 
 
 def _train_step(graphdef, exp: experiment.Experiment, mesh, state):
-    key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, mesh, exp.train.remat)
+    share = exp.sampling.share_prefix
+    key = (graphdef, exp.grpo, exp.optimizer, exp.guidance, mesh, exp.train.remat, share)
     if key not in _STEPS:
         _STEPS[key] = train_step.make_train_step(
-            graphdef, exp.grpo, exp.optimizer, exp.guidance, mesh, state, remat=exp.train.remat
+            graphdef,
+            exp.grpo,
+            exp.optimizer,
+            exp.guidance,
+            mesh,
+            state,
+            remat=exp.train.remat,
+            share_prefix=share,
         )
     return _STEPS[key]
 

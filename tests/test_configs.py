@@ -156,3 +156,11 @@ def test_model_attention_is_a_config_key_and_an_override():
     c.model.attention = "flash"
     with pytest.raises(config_lib.ConfigError, match=r"config\.model: attention='flash': use"):
         experiment.build(c, num_devices=1)
+
+
+def test_share_prefix_is_a_sampling_key_the_train_step_reads():
+    """sampling.share_prefix (default on) reaches the step's settings: off, every forward
+    is row-wise, to compare and bisect."""
+    assert experiment.build(smoke(), num_devices=1).sampling.share_prefix
+    exp = experiment.build(smoke(sampling__share_prefix=False), num_devices=1)
+    assert not exp.sampling.share_prefix

@@ -9,7 +9,6 @@ from flax import nnx
 
 from g2rpo_jax import (
     advantages,
-    completion_forward,
     grpo,
     guidance,
     optimization,
@@ -144,30 +143,6 @@ def test_guided_rows_are_those_that_received_guidance_tokens(single_device):
     ties = advantages.group_ties(batch["rewards"], accuracy, guided, G, ~batch["is_filler"])
     for name, value in ties.items():
         np.testing.assert_allclose(metrics[f"groups/{name}"], value, rtol=1e-6, err_msg=name)
-
-
-def test_groups_sharing_a_prompt_run_it_once_with_the_same_log_probs_and_gradients(
-    hf_qwen3_dir,
-):
-    """The trainer's batches repeat each prompt G times; the step then runs each prompt once
-    and lets its KV cache serve the group. Log-probs and their gradient must not change."""
-    batch = make_batch()
-    for key in ("prompt_ids", "prompt_mask"):  # row b·G's prompt for the whole group
-        batch[key] = np.repeat(batch[key][::G], G, axis=0)
-    model, _ = from_pretrained(hf_qwen3_dir)
-    graphdef, params = nnx.split(model)
-
-    def total(params, group_size):
-        lp = completion_forward.completion_log_probs(graphdef, params, batch, group_size=group_size)
-        return (lp * batch["completion_mask"]).sum(), lp
-
-    run = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)
-    (_, shared), shared_grads = run(params, G)
-    (_, full), full_grads = run(params, 1)
-    mask = batch["completion_mask"]
-    np.testing.assert_allclose(np.asarray(shared)[mask], np.asarray(full)[mask], atol=1e-5)
-    for a, b in zip(jax.tree.leaves(shared_grads), jax.tree.leaves(full_grads), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("aggregation", ["seq_mean", "token_mean"])  # seq_sum_fixed: as seq_mean

@@ -86,3 +86,8 @@ def token_stats(
         return TokenStats(log_probs, sampling, log_z - mean_logit)
 
     return _over_chunks(stats, hidden_BTD, targets_BT, chunk)
+
+
+# What a forward takes of each completion token from the hidden state that predicts it:
+# head(model, hidden [R, C, D], ids [R, C]) → [R, C] arrays (token_log_probs, token_stats).
+Head = Callable[[Qwen, jax.Array, jax.Array], jax.Array | TokenStats]
