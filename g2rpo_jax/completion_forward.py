@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from g2rpo_jax.models.kv_cache import KVCache, init_cache
 from g2rpo_jax.models.log_probs import Head, TokenStats, token_log_probs
-from g2rpo_jax.models.qwen import KVCache, init_cache, positions_from_mask
+from g2rpo_jax.models.qwen import positions_from_mask
 from g2rpo_jax.sharding import constrain_rows
 from g2rpo_jax.shared_prefix import (
     groups_share_guidance,

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from g2rpo_jax.models.kv_cache import KVCache, extend_cache, init_cache
 from g2rpo_jax.models.log_probs import Head, TokenStats
-from g2rpo_jax.models.qwen import KVCache, Qwen, extend_cache, init_cache, positions_from_mask
+from g2rpo_jax.models.qwen import Qwen, positions_from_mask
 from g2rpo_jax.sharding import constrain_rows
 
 # A guided suffix narrower than this is not worth a compiled branch (the sampler's smallest

@@ -22,7 +22,6 @@ from flax import nnx
 from g2rpo_jax.models import attention
 from g2rpo_jax.models.config import ModelConfig
 from g2rpo_jax.models.kv_cache import KVCache, write
-from g2rpo_jax.models.kv_cache import init_cache as init_cache  # re-exported: its old home
 from g2rpo_jax.models.rope import apply_rope, rope_frequencies
 
 
