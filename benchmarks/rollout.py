@@ -244,9 +244,14 @@ def bench_step(
         nnx.merge(graphdef, params), grpo_config, optimizer, guidance_config
     )
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
-    update = train_step.make_train_step(
-        graphdef, grpo_config, optimizer, guidance_config, mesh, state
-    )
+    # Each side's own train step: the shared side's runs each group's prompt ⊕ guidance
+    # once (`sampling.share_prefix`), the row-wise side's every row on its own.
+    updates = {
+        share: train_step.make_train_step(
+            graphdef, grpo_config, optimizer, guidance_config, mesh, state, share_prefix=share
+        )
+        for share in (True, False)
+    }
     pool = RewardPool(RewardConfig(weights=(("accuracy", 1.0), ("format", 0.1)), workers=0))
     R, seeds = B * G, iter(range(1 << 30))
 
@@ -256,7 +261,7 @@ def bench_step(
     prompt_mask = np.arange(prompts.shape[1])[None] < prompt_lengths[:, None]
     prompt_texts = text(np.repeat(prompts, G, 0), np.repeat(prompt_mask, G, 0))
 
-    def step(sampler, **kw) -> dict:
+    def step(sampler, update, **kw) -> dict:
         nonlocal state
         t0 = time.perf_counter()
         out = sampler(
@@ -289,8 +294,8 @@ def bench_step(
         return dict(rollout=t1 - t0, rewards=t2 - t1, update=t3 - t2, step=t3 - t0)
 
     sides = {
-        "shared": lambda: step(shared, max_new_tokens=lengths),
-        "row_wise": lambda: step(row_wise),
+        "shared": lambda: step(shared, updates[True], max_new_tokens=lengths),
+        "row_wise": lambda: step(row_wise, updates[False]),
     }
     log("warm-up (compiles)")
     for fn in sides.values():
