@@ -178,6 +178,9 @@ def _guidance_defaults() -> ml_collections.ConfigDict:
     g.history = 2  # T
     g.steps = 4  # S of the `step` schedule
     g.signal = "accuracy"  # accuracy | unguided_accuracy | total_reward
+    # always | unguided_failed: guide only the groups whose unguided candidates all failed
+    # this step (a second sampler call; README "Sampling with guidance").
+    g.when = "always"
     return g
 
 

@@ -19,6 +19,8 @@ from g2rpo_jax import advantages, grpo
 # Row fields padded on the left (prompts are left-padded) when draws differ in width.
 _LEFT_PADDED = ("prompt_ids", "prompt_mask")
 _PAD_WITH_ID = ("prompt_ids", "completion_ids")
+# Host numbers that are means over a draw's rows or groups (the rest add up over draws).
+_MEANS = ("reward/", "guidance/groups_guided")
 
 
 def sample_filtered(
@@ -106,12 +108,12 @@ def _pad(name: str, x: np.ndarray, width: int | None, pad_id: int) -> np.ndarray
 
 def merge_host(hosts: list[dict]) -> dict:
     """One step's host numbers over its draws: times, token counts and rows add up, reward
-    means average (every draw has the same number of rows)."""
+    means and the fraction of groups guided average (every draw has B groups)."""
     out = dict(hosts[0])
     for host in hosts[1:]:
         for name, value in host.items():
             out[name] = out[name] + value
     for name in out:
-        if name.startswith("reward/"):
+        if name.startswith(_MEANS):
             out[name] /= len(hosts)
     return out

@@ -15,7 +15,7 @@ from g2rpo_jax.config import ConfigError, check_keys, fail
 from g2rpo_jax.data import DataConfig, FieldMap, source_fields
 from g2rpo_jax.evaluation import EvalConfig
 from g2rpo_jax.grpo import GRPOConfig
-from g2rpo_jax.guidance import GuidanceConfig
+from g2rpo_jax.guidance import GuidanceConfig, GuidanceWhen
 from g2rpo_jax.models import PRESETS, ModelConfig, preset
 from g2rpo_jax.models.attention import check as check_attention
 from g2rpo_jax.models.config import LoraConfig
@@ -243,6 +243,14 @@ def _guidance(c: ml_collections.ConfigDict, steps: int) -> GuidanceConfig:
             "guidance.max_length",
             f"ℓ_max={guidance.max_length} exceeds data.max_completion_length="
             f"{c.data.max_completion_length}, the most trace tokens a row holds",
+        )
+    if guidance.when is GuidanceWhen.UNGUIDED_FAILED and not (
+        c.sampling.share_prefix or c.sampling.compact
+    ):
+        # Its two sampler calls leave each other's rows a budget of 0 tokens.
+        fail(
+            "guidance.when",
+            "unguided_failed needs per-row budgets: sampling.share_prefix or sampling.compact",
         )
     return guidance
 

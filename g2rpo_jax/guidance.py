@@ -38,6 +38,15 @@ class GuidanceSignal(enum.StrEnum):
     TOTAL_REWARD = "total_reward"  # mean weighted total reward over all candidates
 
 
+class GuidanceWhen(enum.StrEnum):
+    """Which groups' guided candidates receive trace tokens in a step."""
+
+    ALWAYS = "always"  # every group's (SPEC §1)
+    # Only groups whose unguided candidates all failed (accuracy 0) this step; the others'
+    # guided slots sample unguided (*ours*, issue 32; guidance_on_failure.py).
+    UNGUIDED_FAILED = "unguided_failed"
+
+
 _NEEDS_TOTAL_STEPS = (
     GuidanceRule.LINEAR,
     GuidanceRule.STEP,
@@ -68,6 +77,7 @@ class GuidanceConfig:
     total_steps: length of training, for the schedules (p = k / total_steps).
     steps: S, the number of drops of the `step` schedule.
     signal: what the controller reads as r_k.
+    when: which groups' guided candidates get trace tokens (GuidanceWhen).
     """
 
     ratio: float
@@ -79,11 +89,13 @@ class GuidanceConfig:
     total_steps: int | None = None
     steps: int = 4
     signal: GuidanceSignal = GuidanceSignal.ACCURACY
+    when: GuidanceWhen = GuidanceWhen.ALWAYS
 
     def __post_init__(self) -> None:
         # Configs arrive from ConfigDicts as plain strings; store the enum.
         object.__setattr__(self, "rule", as_enum(GuidanceRule, self.rule, "rule"))
         object.__setattr__(self, "signal", as_enum(GuidanceSignal, self.signal, "signal"))
+        object.__setattr__(self, "when", as_enum(GuidanceWhen, self.when, "when"))
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"guidance ratio α must be in [0, 1], got ratio={self.ratio}")
         if self.min_length < 0:

@@ -47,11 +47,31 @@ def test_enough_untied_groups_leave_no_filler_and_drop_the_surplus():
     assert counts["filter/unused_groups"] == 1.0 and counts["filter/dropped_groups"] == 1.0
 
 
-def test_host_numbers_add_up_over_draws_and_reward_means_average():
+def test_host_numbers_add_up_over_draws_and_means_average():
     hosts = [
-        {"time/sample_s": 1.0, "generated_tokens": 5.0, "rows": [0, 1], "reward/format": 0.2},
-        {"time/sample_s": 2.0, "generated_tokens": 7.0, "rows": [2, 3], "reward/format": 0.4},
+        {
+            "time/sample_s": 1.0,
+            "generated_tokens": 5.0,
+            "rows": [0, 1],
+            "reward/format": 0.2,
+            "guidance/groups_guided": 0.5,
+            "guidance/trace_tokens": 10.0,
+        },
+        {
+            "time/sample_s": 2.0,
+            "generated_tokens": 7.0,
+            "rows": [2, 3],
+            "reward/format": 0.4,
+            "guidance/groups_guided": 1.0,
+            "guidance/trace_tokens": 20.0,
+        },
     ]
     merged = dynamic_sampling.merge_host(hosts)
     assert merged.pop("reward/format") == pytest.approx(0.3)
-    assert merged == {"time/sample_s": 3.0, "generated_tokens": 12.0, "rows": [0, 1, 2, 3]}
+    assert merged == {
+        "time/sample_s": 3.0,
+        "generated_tokens": 12.0,
+        "rows": [0, 1, 2, 3],
+        "guidance/groups_guided": 0.75,
+        "guidance/trace_tokens": 30.0,
+    }
