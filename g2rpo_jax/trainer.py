@@ -11,7 +11,8 @@ The host reads ℓ once per step: the guidance plan needs it, and it depends on 
 step's rewards, so that read is where the previous train step is waited for.
 
 With grpo.filter_zero_std_groups the sampling of a step is DAPO's dynamic sampling
-(`dynamic_sampling`): tied groups are dropped and refilled from the next batches.
+(`dynamic_sampling`): tied groups are dropped and refilled from the next batches. With
+guidance.when = unguided_failed each sampling is two sampler calls (`batch_rollout`).
 
 SIGTERM / SIGINT set a flag read between steps: the loop saves a checkpoint and returns.
 A second SIGINT interrupts at once.

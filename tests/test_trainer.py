@@ -1,8 +1,9 @@
 """The training loop: exact resume after SIGTERM, checkpoints that survive SIGKILL, pass@k.
 
 One run goes end to end through a SIGTERM and a resume (the handler, the save it forces,
-the restart). The other resume cases (dynamic sampling, LoRA) differ only in what the
-checkpoint holds, so they resume from a checkpoint of their uninterrupted run instead:
+the restart). The other resume cases (dynamic sampling with guidance.when = unguided_failed,
+LoRA) differ only in what the checkpoint holds or in what a step computes from it, so they
+resume from a checkpoint of their uninterrupted run instead:
 save at step 2 → restore in a fresh workdir → steps 3 and 4 bitwise equal to the run's own.
 """
 
@@ -219,11 +220,14 @@ def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
 
 
 def filtering_config(data_path: str):
-    """The smoke run with DAPO dynamic sampling: two epochs of data, for the extra batches."""
+    """The smoke run with DAPO dynamic sampling: two epochs of data, for the extra batches;
+    each draw guides only the groups whose unguided candidates all failed (two sampler
+    calls a draw, the plan read from the first's rewards)."""
     c = smoke_config(data_path, save_every=2)
     c.grpo.filter_zero_std_groups = True
     c.grpo.filter_max_extra_batches = 2
     c.data.num_epochs = 3
+    c.guidance.when = "unguided_failed"
     return c
 
 
@@ -236,6 +240,9 @@ def test_filtered_groups_never_tie_and_resume_stays_exact(tmp_path):
     assert all(r["groups/zero_std"] == 0 for r in baseline)
     assert all(r["filter/filler_groups"] == 0 for r in baseline)  # refills sufficed here
     assert sum(r["filter/extra_sampler_calls"] for r in baseline) > 0
+    # The random policy's unguided candidates fail, so the second calls guide (the rule's
+    # other branch is tests/test_guidance_on_failure.py's).
+    assert all(0 < r["guidance/groups_guided"] <= 1 for r in baseline)
     assert all(r["filter/sampled_zero_std"] > 0 for r in baseline)
     # More rows were read than trained: the extra batches moved the iterator.
     assert all(len(r["rows"]) > 4 for r in baseline if r["filter/extra_sampler_calls"])
@@ -246,7 +253,9 @@ def test_filtered_groups_never_tie_and_resume_stays_exact(tmp_path):
                                      resumed)  # fmt: skip
     assert [r["step"] for r in records] == [3, 4]
     assert_same_state(resumed, uninterrupted)
-    for name in ("rows", "loss", "reward", "filter/extra_sampler_calls", "filter/dropped_groups"):
+    filtered = ("filter/extra_sampler_calls", "filter/dropped_groups")
+    guided = ("guidance/groups_guided", "guidance/trace_tokens")
+    for name in ("rows", "loss", "reward", *filtered, *guided):
         assert [r[name] for r in records] == [r[name] for r in baseline[2:]], name
 
 
