@@ -360,6 +360,11 @@ def _check_processes(exp: experiment.Experiment) -> None:
             "config.grpo.filter_zero_std_groups: dynamic sampling refills batches on one host; "
             "multi-process runs need it off"
         )
+    if jax.process_count() > 1 and exp.guidance.when is guidance.GuidanceWhen.UNGUIDED_FAILED:
+        raise config_lib.ConfigError(
+            "config.guidance.when: unguided_failed runs in single-process jobs only (each "
+            "host would size its second sampler call's trace bucket by its own groups)"
+        )
 
 
 def _restore_or_init(exp, config, checkpointer, start, tokenizer, mesh, iterator, monitor):

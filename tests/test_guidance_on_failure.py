@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from g2rpo_jax import config as config_lib
-from g2rpo_jax import experiment, guidance, sharding, train_step
+from g2rpo_jax import experiment, guidance, sharding, train_step, trainer
 from g2rpo_jax import guidance_on_failure as on_failure
 from g2rpo_jax.batch_rollout import BatchRollout
 from g2rpo_jax.data.tokenization import TokenIds
@@ -207,3 +207,12 @@ def test_bad_when_is_a_config_error_naming_the_field(changes, match):
     c.sampling.update(changes)
     with pytest.raises(config_lib.ConfigError, match=match):
         experiment.build(c, num_devices=jax.device_count())
+
+
+def test_multi_process_runs_are_refused(monkeypatch):
+    c = config_lib.smoke(config_lib.default_config())
+    c.data.path, c.guidance.when = "train.jsonl", "unguided_failed"
+    exp = experiment.build(c, num_devices=jax.device_count())
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(config_lib.ConfigError, match=r"config\.guidance\.when: .* single-process"):
+        trainer._check_processes(exp)
