@@ -14,16 +14,18 @@ length of 0 leaves a group unguided.
      guided slots generate, with min(ℓ, trace length) trace tokens where the group failed
      and unguided where it did not; the unguided slots have budget 0.
 The rows are then put back in group order (`merge_rows`). Each row keys on i·G + j in the
-call that generates it, so no sampling stream is used twice, and a row whose prefix is the
-one `always` would give it draws what `always` would.
+call that generates it: no sampling stream is used twice, and each row samples with the
+stream `always` gives it.
 
 Cost against `always` (one call): the same R rows are generated, but in two decode loops
 one after the other, so the wall time adds the two calls' longest rows instead of taking
 the longest of all; each group's prompt is prefilled twice; the prompt-only program (no
-trace bucket) compiles once per prompt bucket beside the guided ones. The rows a call
-leaves out cost nothing under `sampling.compact`; without it they sit finished in the
-decode batch, up to twice the decode work. The row-wise sampler has no per-row budgets, so
-experiment.build refuses the option there.
+trace bucket) compiles once per prompt bucket beside the guided ones. Under
+`sampling.compact` the rows a call leaves out are finished from its first step and cost
+only as fillers of a compacted width; without it they sit in the decode batch, up to twice
+the decode work. The row-wise sampler has no per-row budgets, so experiment.build refuses
+the option there; several processes would size their second calls' trace buckets apart, so
+the trainer refuses it in multi-process runs.
 """
 
 import dataclasses
