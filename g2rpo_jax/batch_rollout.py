@@ -95,7 +95,6 @@ class BatchRollout:
         host = {
             **{f"time/{phase}_s": seconds for phase, seconds in times.items()},
             "generated_tokens": float(local.generated.sum()),
-            "guidance_tokens": float(lengths.sum()),
             # Of this host's groups (every draw's, under dynamic sampling).
             "guidance/groups_guided": float(is_guided.reshape(-1, G).any(1).mean()),
             "guidance/trace_tokens": float(lengths.sum()),

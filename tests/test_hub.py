@@ -110,7 +110,7 @@ def test_the_paper_command_trains_on_local_copies_of_model_and_data(tmp_path):
     assert "untraced_rows=1, prompt_too_long=0, rows=9" in result.stderr
     steps = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps] == [1, 2]
-    assert steps[0]["guidance_tokens"] > 0  # the traces marked correct guided
+    assert steps[0]["guidance/trace_tokens"] > 0  # the traces marked correct guided
     (evaluation,) = [json.loads(line) for line in (work / "eval.jsonl").read_text().splitlines()]
     assert (evaluation["step"], evaluation["num_rows"]) == (2, 4)  # MATH-500's test split
 
