@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import tempfile
 import time
 
 import jax
@@ -40,11 +39,10 @@ import torch
 import transformers
 from _common import CpuMonitor, log, machine, timed, wait_for_quiet
 from flax import nnx
-from sampler import CONFIGS
+from sampler import CONFIGS, random_qwen3
 
 from g2rpo_jax import grpo, guidance, optimization, rollout, sharding, train_step
 from g2rpo_jax.data.tokenization import TokenIds
-from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.rewards import RewardConfig, RewardPool
 from g2rpo_jax.sampling import FINISH_LENGTH, SamplingConfig
 
@@ -64,27 +62,12 @@ class PerRowStop(transformers.StoppingCriteria):
 
 
 def bench(args) -> dict:
-    hf_config = transformers.Qwen3Config(
-        **CONFIGS[args.config],
-        tie_word_embeddings=True,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        max_position_embeddings=4096,
-        attention_bias=False,
-        pad_token_id=0,
-        eos_token_id=None,
-        bos_token_id=None,
-    )
-    torch.manual_seed(0)
-    hf = transformers.Qwen3ForCausalLM(hf_config).eval()
-    with tempfile.TemporaryDirectory() as directory:
-        hf.save_pretrained(directory)
-        model, _ = from_pretrained(directory)
+    hf, model = random_qwen3(args.config)
     graphdef, params = nnx.split(model)
     params = jax.device_put(params)
 
     rng = np.random.default_rng(0)
-    V, R = hf_config.vocab_size, B * G
+    V, R = hf.config.vocab_size, B * G
     prompt_lengths = rng.integers(PROMPT_RANGE[0], PROMPT_RANGE[1] + 1, B).astype(np.int32)
     prompts = np.zeros((B, PROMPT_RANGE[1]), np.int32)
     for b, n in enumerate(prompt_lengths):

@@ -91,7 +91,10 @@ def wall_and_cpu_s(fn) -> tuple[float, float]:
     return wall, sum(os.times()[:2]) - cpu
 
 
-def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) -> dict:
+def random_qwen3(name: str, **dtypes) -> tuple:
+    """A seeded random transformers Qwen3 of CONFIGS[name] in eval mode, and ours loaded from
+    its saved checkpoint (`dtypes`: from_pretrained's dtype / param_dtype); both sides of a
+    benchmark then hold the same weights."""
     hf_config = transformers.Qwen3Config(
         **CONFIGS[name],
         tie_word_embeddings=True,
@@ -107,7 +110,13 @@ def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) ->
     hf = transformers.Qwen3ForCausalLM(hf_config).eval()
     with tempfile.TemporaryDirectory() as directory:
         hf.save_pretrained(directory)
-        model, _ = from_pretrained(directory, dtype=compute_dtype, param_dtype="float32")
+        model, _ = from_pretrained(directory, **dtypes)
+    return hf, model
+
+
+def bench(name: str, runs: int, guided: bool, bf16: bool, compute_dtype: str) -> dict:
+    hf, model = random_qwen3(name, dtype=compute_dtype, param_dtype="float32")
+    hf_config = hf.config
     graphdef, params = nnx.split(model)
     params = jax.device_put(params)
 
