@@ -194,7 +194,10 @@ def test_memory_bomb(sandbox: SandboxConfig, no_strays: None) -> None:
     bomb = "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 24))"
     assert code_reward(["p"], [fenced(bomb)], tests=[ADD_CASES], sandbox=sandbox) == [0.0]
     caught = f"try:\n    {bomb.replace(chr(10), chr(10) + '    ')}\nexcept MemoryError:\n    print('capped')"
-    assert run_python(caught, config=sandbox).stdout == b"capped\n"
+    # Time enough for a loaded machine: the memory cap, not a time limit, is what must stop it
+    # (under 2 s of wall time the run was once killed before reaching the cap, printing nothing).
+    roomy = dataclasses.replace(sandbox, timeout_s=30.0, cpu_s=30)
+    assert run_python(caught, config=roomy).stdout == b"capped\n"
 
 
 def test_fork_bomb(sandbox: SandboxConfig, no_strays: None) -> None:
