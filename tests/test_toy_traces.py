@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from g2rpo_jax import rewards
-from g2rpo_jax.toy import demo, study, task, traces
+from g2rpo_jax.toy import data, demo, study, task, traces
 from g2rpo_jax.toy.data import Encoder, write_jsonl
 from g2rpo_jax.toy.tokenizer import load_tokenizer
 
@@ -69,9 +69,7 @@ def test_covered_rows_keep_exactly_the_fraction(tmp_path, n, fraction):
     assert len(kept) == round(fraction * n)
     for i, (r, c) in enumerate(zip(rows, covered, strict=True)):
         assert c == (r if i in kept else {k: v for k, v in r.items() if k != "guidance"})
-    assert len(study.traced_rows(write_jsonl(str(tmp_path / "covered.jsonl"), covered))) == len(
-        kept
-    )
+    assert len(data.traced_rows(write_jsonl(str(tmp_path / "covered.jsonl"), covered))) == len(kept)
 
 
 def test_harder_set_is_disjoint_five_digit_and_exactly_verified():
