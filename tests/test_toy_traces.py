@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from g2rpo_jax import rewards
-from g2rpo_jax.toy import data, demo, study, task, traces
+from g2rpo_jax.toy import data, demo, study, study_part3, task, traces
 from g2rpo_jax.toy.data import Encoder, write_jsonl
 from g2rpo_jax.toy.tokenizer import load_tokenizer
 
@@ -127,3 +127,22 @@ def test_a_hard_trace_is_the_same_sum_the_long_way_in_about_three_times_the_toke
     answers = [p.answer for p in problems[:8]]
     assert rewards.format_reward(prompts, hard) == [1.0] * 8
     assert rewards.accuracy_reward(prompts, hard, answer=answers) == [1.0] * 8
+
+
+def test_hard_rows_change_only_the_traces_and_size_the_budgets(tmp_path):
+    rows = _rows(400)
+    hard = traces.hard_rows(rows)
+    for r, h in zip(rows, hard, strict=True):
+        assert {k for k in r if r[k] != h[k]} == {"guidance"}
+        assert h["guidance"] == traces.hard_trace(task.parse_prompt(r["prompt"]))
+    encoder = Encoder(load_tokenizer(os.path.join(demo.DEMO_DIR, demo.MODEL_DIR)))
+    held_out = study.HeldOut(encoder, task.make_problems(9, 50, 4), study.harder_problems()[:50])
+    lengths = study_part3.hard_lengths(
+        encoder, write_jsonl(str(tmp_path / "hard.jsonl"), hard), held_out
+    )
+    longest = max(len(ids) for ids in encoder.ids([h["guidance"] for h in hard]))
+    assert lengths.full == longest == 10 + 32 * 4  # a final carry: 5 answer digits
+    tested = encoder.ids([traces.hard_trace(p) for p in held_out.problems])
+    assert lengths.completion == max(longest, *map(len, tested)) + 1
+    harder = encoder.ids([traces.hard_trace(p) for p in held_out.harder])
+    assert lengths.harder_completion == max(map(len, harder)) + 1 > lengths.completion
