@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from g2rpo_jax.toy import demo, study, task, traces
+from g2rpo_jax import rewards
+from g2rpo_jax.toy import data, demo, study, study_part3, task, traces
 from g2rpo_jax.toy.data import Encoder, write_jsonl
 from g2rpo_jax.toy.tokenizer import load_tokenizer
 
@@ -68,9 +69,7 @@ def test_covered_rows_keep_exactly_the_fraction(tmp_path, n, fraction):
     assert len(kept) == round(fraction * n)
     for i, (r, c) in enumerate(zip(rows, covered, strict=True)):
         assert c == (r if i in kept else {k: v for k, v in r.items() if k != "guidance"})
-    assert len(study.traced_rows(write_jsonl(str(tmp_path / "covered.jsonl"), covered))) == len(
-        kept
-    )
+    assert len(data.traced_rows(write_jsonl(str(tmp_path / "covered.jsonl"), covered))) == len(kept)
 
 
 def test_harder_set_is_disjoint_five_digit_and_exactly_verified():
@@ -92,3 +91,58 @@ def test_harder_set_is_disjoint_five_digit_and_exactly_verified():
     encoder = Encoder(load_tokenizer(os.path.join(demo.DEMO_DIR, demo.MODEL_DIR)))
     longest = max(len(ids) for ids in encoder.ids([p.trace for p in harder]))
     assert longest + 1 <= study.HARDER_MAX_COMPLETION_LENGTH
+
+
+HARD_STEP = re.compile(
+    r"(\d)\+(\d)=(\d\d);(\d\d)\+(\d)=(\d)(\d);(\d)\+(\d)\+(\d)=(\d)(\d);(\d)(\d)=(\d)\+(\d)0;"
+)
+
+
+def test_a_hard_trace_is_the_same_sum_the_long_way_in_about_three_times_the_tokens():
+    problems = [*task.make_problems(7, 60, 4), *task.make_problems(8, 10, 1)]
+    problems += [task.Problem(9999, 1, 4), *study.harder_problems()[:10]]
+    encoder = Encoder(load_tokenizer(os.path.join(demo.DEMO_DIR, demo.MODEL_DIR)))
+    for p in problems:
+        hard = traces.hard_trace(p)
+        thought = hard[hard.index(task.THINK) + len(task.THINK) : hard.index(task.END_THINK)]
+        steps = [tuple(int(g) for g in m.groups()) for m in HARD_STEP.finditer(thought)]
+        assert len(steps) == p.digits and sum(
+            len(m[0]) for m in HARD_STEP.finditer(thought)
+        ) == len(thought)
+        # The clean trace's steps, each by the longer route, every check consistent.
+        for clean, (x, y, s, s2, c, k, d, c2, y2, x2, k2, d2, k3, d3, d4, k4) in zip(
+            _steps(p.trace), steps, strict=True
+        ):
+            assert clean == (x, y, c, k, d) and s == s2 == x + y
+            assert (c2, y2, x2, k2, d2, k3, d3, d4, k4) == (c, y, x, k, d, k, d, d, k)
+        # Only the answer block is scored: it is the clean trace's, so both score alike.
+        assert hard.endswith(p.trace[p.trace.index(task.END_THINK) :])
+        assert task.is_correct(p, hard)
+        clean_tokens, hard_tokens = (len(ids) for ids in encoder.ids([p.trace, hard]))
+        assert hard_tokens - clean_tokens == 23 * p.digits  # 32 tokens a digit instead of 9
+        if p.digits == demo.RL_DIGITS:
+            assert 2.9 < hard_tokens / clean_tokens < 3.1
+    prompts = [p.prompt for p in problems[:8]]
+    hard = [traces.hard_trace(p) for p in problems[:8]]
+    answers = [p.answer for p in problems[:8]]
+    assert rewards.format_reward(prompts, hard) == [1.0] * 8
+    assert rewards.accuracy_reward(prompts, hard, answer=answers) == [1.0] * 8
+
+
+def test_hard_rows_change_only_the_traces_and_size_the_budgets(tmp_path):
+    rows = _rows(400)
+    hard = traces.hard_rows(rows)
+    for r, h in zip(rows, hard, strict=True):
+        assert {k for k in r if r[k] != h[k]} == {"guidance"}
+        assert h["guidance"] == traces.hard_trace(task.parse_prompt(r["prompt"]))
+    encoder = Encoder(load_tokenizer(os.path.join(demo.DEMO_DIR, demo.MODEL_DIR)))
+    held_out = study.HeldOut(encoder, task.make_problems(9, 50, 4), study.harder_problems()[:50])
+    lengths = study_part3.hard_lengths(
+        encoder, write_jsonl(str(tmp_path / "hard.jsonl"), hard), held_out
+    )
+    longest = max(len(ids) for ids in encoder.ids([h["guidance"] for h in hard]))
+    assert lengths.full == longest == 10 + 32 * 4  # a final carry: 5 answer digits
+    tested = encoder.ids([traces.hard_trace(p) for p in held_out.problems])
+    assert lengths.completion == max(longest, *map(len, tested)) + 1
+    harder = encoder.ids([traces.hard_trace(p) for p in held_out.harder])
+    assert lengths.harder_completion == max(map(len, harder)) + 1 > lengths.completion

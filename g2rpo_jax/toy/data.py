@@ -19,6 +19,29 @@ def write_jsonl(path: str, rows: Sequence[task.Problem | dict]) -> str:
     return path
 
 
+def read_rows(path: str) -> list[dict]:
+    """The rows of a JSONL file, in file order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def traced_rows(path: str) -> list[dict]:
+    """The rows of a toy data file that have a reference trace, in file order."""
+    return [r for r in read_rows(path) if "guidance" in r]
+
+
+def train_subset(path: str, rows: int, out: str, seed: int = 0) -> str:
+    """Writes `rows` rows of `path`, drawn at random (seeded), in file order, to `out`."""
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    if rows > len(lines):
+        raise ValueError(f"{path} has {len(lines)} rows, fewer than the {rows} asked for")
+    keep = np.sort(np.random.default_rng(seed).choice(len(lines), rows, replace=False))
+    with open(out, "w") as f:
+        f.writelines(lines[i] for i in keep)
+    return out
+
+
 def read_problems(path: str) -> list[task.Problem]:
     """The problems of a JSONL file written by `write_jsonl` (from each row's prompt)."""
     with open(path) as f:

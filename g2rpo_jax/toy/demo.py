@@ -166,13 +166,21 @@ def warm_start(recipe: Recipe, encoder: Encoder, sets: dict, log: Callable[[str]
     return model, info
 
 
-def held_out_accuracy(model: Qwen, encoder: Encoder, problems, seed: int = 0, sampled: bool = True):
+def held_out_accuracy(
+    model: Qwen,
+    encoder: Encoder,
+    problems,
+    seed: int = 0,
+    sampled: bool = True,
+    max_completion_length: int = MAX_COMPLETION_LENGTH,
+) -> evaluation.Accuracy:
+    """Greedy and (when `sampled`) TEMPERATURE accuracy, unguided, exactly verified."""
     return evaluation.accuracy(
         model,
         encoder,
         problems,
         temperature=TEMPERATURE,
-        max_completion_length=MAX_COMPLETION_LENGTH,
+        max_completion_length=max_completion_length,
         seed=seed,
         sampled=sampled,
     )

@@ -14,11 +14,11 @@ and sampled at the demo temperature on all of them, scored by the exact verifier
 import copy
 import dataclasses
 import enum
-import json
 import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import ml_collections
 import numpy as np
@@ -27,7 +27,7 @@ from g2rpo_jax import checkpoint
 from g2rpo_jax.logging_utils import METRICS_FILE, append_jsonl, read_jsonl
 from g2rpo_jax.models import from_pretrained, save_pretrained
 from g2rpo_jax.report import eval_history
-from g2rpo_jax.toy import demo, evaluation, sft, task, traces
+from g2rpo_jax.toy import data, demo, evaluation, sft, task, traces
 from g2rpo_jax.toy.data import Encoder, read_problems, write_jsonl
 from g2rpo_jax.toy.tokenizer import load_tokenizer
 
@@ -46,6 +46,7 @@ class Traces(enum.StrEnum):
     CLEAN = "clean"  # every row, every trace right
     NOISY = "noisy"  # NOISY_FRACTION of them wrong: a wrong carry and the answer that follows
     COVERAGE = "coverage"  # only COVERAGE of the rows have one
+    HARD = "hard"  # every trace the long way: the same sums in ≈3× the tokens (part 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Variant:
     overrides: dict  # RL: "group.key" → value over configs/demo.py; SFT: rows_per_step, order
     traces: Traces = Traces.CLEAN
     sft_share: float = 0.0
+    from_plateau: bool = False  # start from the seed's SFT-plateau model (study_part3)
 
 
 VARIANTS = (
@@ -164,11 +166,14 @@ def rl_config(
 @dataclasses.dataclass(frozen=True)
 class HeldOut:
     """The unguided test sets: `problems` at the training difficulty, `harder` one digit
-    longer (no traces of that length anywhere in training)."""
+    longer (no traces of that length in training); the most tokens a completion may take on
+    each (its trace and EOS, in the trace form the run trained on)."""
 
     encoder: Encoder
     problems: list[task.Problem]
     harder: list[task.Problem]
+    max_completion_length: int = demo.MAX_COMPLETION_LENGTH
+    harder_max_completion_length: int = HARDER_MAX_COMPLETION_LENGTH
 
 
 def harder_problems(count: int = 500, seed: int = 0) -> list[task.Problem]:
@@ -177,19 +182,17 @@ def harder_problems(count: int = 500, seed: int = 0) -> list[task.Problem]:
     return task.make_problems((seed, HARDER_DIGITS), count, HARDER_DIGITS)
 
 
-def _final(model, held_out: HeldOut, seed: int) -> dict:
+def final_scores(model, held_out: HeldOut, seed: int) -> dict:
     """Held-out greedy and sampled accuracy on both sets, and three greedy completions."""
     encoder, problems = held_out.encoder, held_out.problems
-    acc = demo.held_out_accuracy(model, encoder, problems, seed=seed)
-    harder = evaluation.accuracy(
-        model,
-        encoder,
-        held_out.harder,
-        temperature=demo.TEMPERATURE,
-        max_completion_length=HARDER_MAX_COMPLETION_LENGTH,
-        seed=seed,
+    acc, harder = (
+        demo.held_out_accuracy(model, encoder, test_set, seed, max_completion_length=length)
+        for test_set, length in (
+            (problems, held_out.max_completion_length),
+            (held_out.harder, held_out.harder_max_completion_length),
+        )
     )
-    greedy = evaluation.sampling_config(encoder, demo.MAX_COMPLETION_LENGTH, 0.0)
+    greedy = evaluation.sampling_config(encoder, held_out.max_completion_length, 0.0)
     examples = evaluation.completions(model, encoder, problems[:3], greedy)
     return {
         "greedy": acc.greedy,
@@ -226,26 +229,27 @@ def run_rl(
         "during": during,
         "ell": [r["guidance_length"] for r in metrics],
         "skipped_steps": int(sum(r.get("skipped", 0) for r in metrics)),
+        "groups_guided": float(np.mean([r["guidance/groups_guided"] for r in metrics])),
     }, model
 
 
-def traced_rows(path: str) -> list[dict]:
-    """The rows of a toy data file that have a reference trace, in file order."""
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if "guidance" in r]
-
-
 def run_sft(
-    base, variant: Variant, seed: int, budget: Budget, held_out: HeldOut
+    base,
+    variant: Variant,
+    seed: int,
+    budget: Budget,
+    held_out: HeldOut,
+    stop: Callable[[int, float], bool] | None = None,
 ) -> tuple[dict, object]:
     """The control: the reference traces of the training file (those it has), `rows_per_step`
     a step (default B·G, shuffled by seed; `order: sorted` reads them in the curriculum's
-    order, as RL does). Returns the record (without the final evaluation) and the model."""
+    order, as RL does; `final_lr_fraction` overrides the schedule's). Returns the record
+    (without the final evaluation) and the model. `stop(step, sampled accuracy)` sees every
+    check's sampled accuracy on the same rows and may end the run (study_part3's plateau)."""
     model, _ = from_pretrained(base.model.path)
     rows = [
         (task.parse_prompt(r["prompt"]), r["guidance"], r["difficulty"])
-        for r in traced_rows(base.data.path)
+        for r in data.traced_rows(base.data.path)
     ]
     per_step = variant.overrides.get("rows_per_step", base.data.batch_size * base.grpo.group_size)
     epochs = -(-budget.steps * per_step // len(rows))
@@ -261,7 +265,7 @@ def run_sft(
         seq_len=base.data.max_prompt_length + base.data.max_completion_length,
         learning_rate=opt.learning_rate,
         warmup_steps=min(opt.warmup_steps, budget.steps - 1),
-        final_lr_fraction=opt.final_lr_fraction,
+        final_lr_fraction=variant.overrides.get("final_lr_fraction", opt.final_lr_fraction),
         weight_decay=opt.weight_decay,
         max_grad_norm=opt.max_grad_norm,
     )
@@ -269,9 +273,16 @@ def run_sft(
     during = []
 
     def check(step: int, model) -> bool:
-        acc = demo.held_out_accuracy(model, held_out.encoder, during_rows, seed=seed, sampled=False)
+        acc = demo.held_out_accuracy(
+            model,
+            held_out.encoder,
+            during_rows,
+            seed,
+            sampled=stop is not None,
+            max_completion_length=held_out.max_completion_length,
+        )
         during.append((step, acc.greedy))
-        return False
+        return stop is not None and stop(step, acc.sampled)
 
     def batch(k: int):
         chosen = [rows[i] for i in order[k * per_step : (k + 1) * per_step]]
@@ -300,37 +311,111 @@ def run_sft_then_rl(
     held_out.encoder.tokenizer.save_pretrained(model_dir)
     rl_base = copy.deepcopy(base)
     rl_base.model.path = model_dir
-    rest, model = run_rl(
-        rl_base,
-        variant,
-        seed,
-        dataclasses.replace(budget, steps=budget.steps - sft_steps),
-        workdir,
-        train,
-    )
+    rest_budget = dataclasses.replace(budget, steps=budget.steps - sft_steps)
+    rest, model = run_rl(rl_base, variant, seed, rest_budget, workdir, train)
     return {
         "wall_s": first["wall_s"] + rest["wall_s"],
         "sft_steps": sft_steps,
         "during": first["during"] + [(sft_steps + s, a) for s, a in rest["during"]],
         "ell": rest["ell"],
         "skipped_steps": rest["skipped_steps"],
+        "groups_guided": rest["groups_guided"],
     }, model
 
 
-def training_files(train_file: str, out_dir: str) -> dict[Traces, str]:
-    """The training file of each trace setting, written under out_dir from `train_file`; the
-    corrupted and the kept rows are drawn once (seed 0), the same for every run."""
-    with open(train_file) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+def training_files(train_file: str, out_dir: str, kinds) -> dict[Traces, str]:
+    """The training file of each trace setting in `kinds`, written under out_dir from
+    `train_file`; the corrupted and the kept rows are drawn once (seed 0), the same for
+    every run."""
+    rows = data.read_rows(train_file)
     made = {
         Traces.NOISY: traces.noisy_rows(rows, NOISY_FRACTION, seed=0),
         Traces.COVERAGE: traces.covered_rows(rows, COVERAGE, seed=0),
+        Traces.HARD: traces.hard_rows(rows),
     }
     stem = os.path.splitext(os.path.basename(train_file))[0]
     return {Traces.CLEAN: train_file} | {
         kind: write_jsonl(os.path.join(out_dir, f"{stem}_{kind}.jsonl"), kind_rows)
         for kind, kind_rows in made.items()
+        if kind in kinds
     }
+
+
+class Study(NamedTuple):
+    """What every run of a study shares: OUT/results.jsonl, the records already in it (the
+    list grows as runs finish), each trace setting's training file, the held-out sets."""
+
+    path: str
+    records: list[dict]
+    files: dict[Traces, str]
+    held_out: HeldOut
+
+
+def open_study(
+    out_dir: str, base: ml_collections.ConfigDict, variants, budget: Budget, final=final_scores
+) -> Study:
+    """Reads OUT/results.jsonl, writes the runs' training files, and scores the base model
+    (`final`) unless a record of it exists."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.jsonl")
+    done = read_jsonl(path)
+    train_file = base.data.path
+    if budget.one_epoch:
+        subset = os.path.join(out_dir, "train_subset.jsonl")
+        train_file = data.train_subset(train_file, budget.steps * base.data.batch_size, subset)
+    files = training_files(train_file, out_dir, {v.traces for v in variants})
+    held_out = HeldOut(
+        Encoder(load_tokenizer(base.model.path)), read_problems(base.eval.path), harder_problems()
+    )
+    if not any(r["variant"] == "base" for r in done):
+        model, _ = from_pretrained(base.model.path)
+        record = {"variant": "base", "seed": 0, "wall_s": 0.0, "during": []}
+        record |= final(model, held_out, 0) | {"ell": [], "skipped_steps": 0}
+        done.append(_append(path, record))
+    return Study(path, done, files, held_out)
+
+
+def run_each(
+    study: Study,
+    variants,
+    seeds,
+    budget: Budget,
+    run_one: Callable[[Variant, int], dict],
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Runs every (seed, variant) without a record, seed by seed; `run_one` trains and scores
+    one, and its record is appended to OUT/results.jsonl. Returns all records."""
+    for seed in seeds:
+        for variant in variants:
+            if any(r["variant"] == variant.name and r["seed"] == seed for r in study.records):
+                continue
+            log(f"[{time.strftime('%H:%M:%S')}] {variant.name} seed {seed} ...")
+            record = {
+                "variant": variant.name,
+                "seed": seed,
+                "steps": budget.steps,
+                "traces": str(variant.traces),
+                **run_one(variant, seed),
+            }
+            study.records.append(_append(study.path, record))
+            log(
+                f"  greedy {record['greedy']:.3f} sampled {record['sampled']:.3f} harder greedy "
+                f"{record['harder_greedy']:.3f} ({record['wall_s']:.0f} s)"
+            )
+    return study.records
+
+
+def train_variant(
+    base, variant: Variant, seed: int, budget: Budget, workdir: str, held_out: HeldOut, train: Train
+) -> tuple[dict, object]:
+    """One run from base.model.path on base.data.path: SFT, SFT then RL, or RL, by
+    `variant.sft_share`; its record (without the final evaluation) and its model."""
+    if variant.sft_share >= 1.0:
+        return run_sft(base, variant, seed, budget, held_out)
+    if variant.sft_share > 0.0:
+        return run_sft_then_rl(base, variant, seed, budget, workdir, held_out, train)
+    shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
+    return run_rl(base, variant, seed, budget, workdir, train)
 
 
 def run_study(
@@ -342,81 +427,19 @@ def run_study(
     train: Train,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Runs every (seed, variant) not yet in OUT/results.jsonl, seed by seed, appending one
-    record per run; returns all records."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "results.jsonl")
-    done = read_jsonl(path)
-    train_file = base.data.path
-    if budget.one_epoch:
-        train_file = train_subset(
-            train_file,
-            budget.steps * base.data.batch_size,
-            os.path.join(out_dir, "train_subset.jsonl"),
-        )
-    files = training_files(train_file, out_dir)
-    held_out = HeldOut(
-        Encoder(load_tokenizer(base.model.path)), read_problems(base.eval.path), harder_problems()
-    )
-    if not any(r["variant"] == "base" for r in done):
-        model, _ = from_pretrained(base.model.path)
-        done.append(
-            _append(
-                path,
-                {
-                    "variant": "base",
-                    "seed": 0,
-                    "wall_s": 0.0,
-                    "during": [],
-                    **_final(model, held_out, 0),
-                    "ell": [],
-                    "skipped_steps": 0,
-                },
-            )
-        )
-    for seed in seeds:
-        for variant in variants:
-            if any(r["variant"] == variant.name and r["seed"] == seed for r in done):
-                continue
-            log(f"[{time.strftime('%H:%M:%S')}] {variant.name} seed {seed} ...")
-            run_base = copy.deepcopy(base)
-            run_base.data.path = files[variant.traces]
-            workdir = os.path.join(out_dir, "runs", variant.name, f"seed{seed}")
-            if variant.sft_share >= 1.0:
-                record, model = run_sft(run_base, variant, seed, budget, held_out)
-            elif variant.sft_share > 0.0:
-                record, model = run_sft_then_rl(
-                    run_base, variant, seed, budget, workdir, held_out, train
-                )
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
-                record, model = run_rl(run_base, variant, seed, budget, workdir, train)
-            record = {
-                "variant": variant.name,
-                "seed": seed,
-                "steps": budget.steps,
-                "traces": str(variant.traces),
-                **record,
-                **_final(model, held_out, seed),
-            }
-            done.append(_append(path, record))
-            log(
-                f"  greedy {record['greedy']:.3f} sampled {record['sampled']:.3f} harder greedy "
-                f"{record['harder_greedy']:.3f} ({record['wall_s']:.0f} s)"
-            )
-    return done
+    """Parts 1 and 2: every (seed, variant) not yet in OUT/results.jsonl, one record each."""
+    study = open_study(out_dir, base, variants, budget)
 
+    def run_one(variant: Variant, seed: int) -> dict:
+        run_base = copy.deepcopy(base)
+        run_base.data.path = study.files[variant.traces]
+        workdir = os.path.join(out_dir, "runs", variant.name, f"seed{seed}")
+        record, model = train_variant(
+            run_base, variant, seed, budget, workdir, study.held_out, train
+        )
+        return record | final_scores(model, study.held_out, seed)
 
-def train_subset(path: str, rows: int, out: str, seed: int = 0) -> str:
-    """Writes `rows` rows of `path`, drawn at random (seeded), in file order, to `out`."""
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    if rows > len(lines):
-        raise ValueError(f"{path} has {len(lines)} rows, fewer than the {rows} asked for")
-    keep = np.sort(np.random.default_rng(seed).choice(len(lines), rows, replace=False))
-    with open(out, "w") as f:
-        f.writelines(lines[i] for i in keep)
-    return out
+    return run_each(study, variants, seeds, budget, run_one, log)
 
 
 def _append(path: str, record: dict) -> dict:

@@ -14,14 +14,22 @@ def _stats(values) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
+_HEADERS = {
+    "sampled": "sampled (T = 1)",
+    "harder_greedy": "harder greedy",
+    "harder_sampled": "harder sampled",
+}
+
+
 def table(records: list[dict], variants=VARIANTS) -> str:
     """Markdown: one row per variant, mean ± sample std over seeds, and the per-seed values;
-    the harder set's columns where the records have them (part 2)."""
-    harder = all("harder_greedy" in r for r in records)
-    extra = " harder greedy | harder sampled |" if harder else ""
+    the harder set's (part 2) and pass@k's (part 3) columns where the records have them."""
+    optional = ("harder_greedy", "harder_sampled", "pass@1", "pass@4", "pass@8")
+    keys = ["greedy", "sampled"] + [k for k in optional if all(k in r for r in records)]
+    columns = " | ".join(_HEADERS.get(k, k) for k in keys)
     lines = [
-        f"| variant | greedy | sampled (T = 1) |{extra} greedy per seed | wall s / run | seeds |",
-        "| --- " * (6 + 2 * harder) + "|",
+        f"| variant | {columns} | greedy per seed | wall s / run | seeds |",
+        "| --- " * (4 + len(keys)) + "|",
     ]
     names = ["base"] + [v.name for v in variants]
     labels = {"base": "base model (before RL)"} | {v.name: v.label for v in variants}
@@ -29,7 +37,6 @@ def table(records: list[dict], variants=VARIANTS) -> str:
         rows = sorted((r for r in records if r["variant"] == name), key=lambda r: r["seed"])
         if not rows:
             continue
-        keys = ("greedy", "sampled") + (("harder_greedy", "harder_sampled") if harder else ())
         stats = " | ".join(_stats([r[k] for r in rows]) for k in keys)
         per_seed = ", ".join(f"{r['greedy']:.3f}" for r in rows)
         wall = "–" if name == "base" else f"{np.mean([r['wall_s'] for r in rows]):.0f}"
@@ -64,10 +71,7 @@ def gaps(records: list[dict], key: str = "greedy") -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for setting, (control, contenders) in SETTINGS.items():
-        by_seed = {
-            n: {r["seed"]: r[key] for r in records if r["variant"] == n}
-            for n in (control, *contenders)
-        }
+        by_seed = {n: _by_seed(records, n, key) for n in (control, *contenders)}
         ran = [n for n in contenders if by_seed[n]]
         if not by_seed[control] or not ran:
             continue
@@ -85,6 +89,78 @@ def gaps(records: list[dict], key: str = "greedy") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _by_seed(records: list[dict], variant: str, key: str) -> dict[int, float]:
+    return {r["seed"]: r[key] for r in records if r["variant"] == variant}
+
+
+# Part 3's comparisons, (a, b): a − b per seed. Plain GRPO reads no trace, so `grpo` stands
+# for itself on hard traces.
+COMPARISONS = (
+    ("g2rpo_a", "grpo"),
+    ("g2rpo_a", "sft"),
+    ("fixed_full", "sft"),
+    ("g2rpo_a", "fixed_full"),
+    ("sft_plateau_then_sft", "sft_plateau"),
+    ("sft_plateau_then_grpo", "sft_plateau_then_sft"),
+    ("sft_plateau_then_fixed_full", "sft_plateau_then_sft"),
+    ("sft_plateau_then_g2rpo_a", "sft_plateau_then_sft"),
+    ("sft_plateau_then_g2rpo_a", "sft_plateau_then_grpo"),
+    ("sft_hard", "sft"),
+    ("g2rpo_a_hard", "sft_hard"),
+    ("g2rpo_a_hard", "grpo"),
+    ("g2rpo_a_on_failure", "g2rpo_a"),
+    ("g2rpo_a_noisy_on_failure", "g2rpo_a_noisy"),
+    ("g2rpo_a_hard_on_failure", "g2rpo_a_hard"),
+    ("g2rpo_a_hard_on_failure", "sft_hard"),
+)
+
+
+def paired(
+    records: list[dict],
+    comparisons=COMPARISONS,
+    keys=("greedy", "sampled", "pass@1", "pass@4", "pass@8"),
+) -> str:
+    """Markdown: per comparison (a, b) and metric, the mean ± standard error of the per-seed
+    difference a − b (seed k of one against seed k of the other; s.e. = sample std / √n, over
+    the n ≥ 2 seeds both have), naming the winner only where |mean| > 2 s.e."""
+    lines = [
+        f"| a − b | seeds | {' | '.join(keys)} |",
+        "| --- " * (2 + len(keys)) + "|",
+    ]
+    for a, b in comparisons:
+        cells, seeds = [], []
+        for key in keys:
+            of_a, of_b = _by_seed(records, a, key), _by_seed(records, b, key)
+            seeds = sorted(set(of_a) & set(of_b))
+            if len(seeds) < 2:
+                break
+            diff = np.asarray([of_a[k] - of_b[k] for k in seeds])
+            mean, se = diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
+            winner = f" (**{a if mean > 0 else b}**)" if abs(mean) > 2 * se else ""
+            cells.append(f"{mean:+.3f} ± {se:.3f}{winner}")
+        if len(cells) == len(keys):
+            lines.append(f"| `{a}` − `{b}` | {len(seeds)} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plateau_steps(records: list[dict]) -> str:
+    """One line: where each seed's SFT plateau stopped (part 3)."""
+    steps = sorted((r["seed"], r["plateau_step"]) for r in records if r["variant"] == "sft_plateau")
+    return "SFT plateau stopped at step " + ", ".join(f"{s} (seed {k})" for k, s in steps) + "\n"
+
+
+def markdown(records: list[dict], variants, part: int) -> str:
+    """table.md: the table, then part 2's gaps or part 3's paired differences and plateaus."""
+    text = table(records, variants)
+    if part == 2:
+        text += "".join("\n" + gaps(records, key) for key in ("greedy", "harder_greedy"))
+    if part == 3:
+        text += "\n" + paired(records)
+        if any(r["variant"] == "sft_plateau" for r in records):
+            text += "\n" + plateau_steps(records)
+    return text
+
+
 def write_plots(records: list[dict], out_dir: str, variants=VARIANTS) -> list[str]:
     import matplotlib
 
@@ -95,7 +171,8 @@ def write_plots(records: list[dict], out_dir: str, variants=VARIANTS) -> list[st
     base = [r for r in records if r["variant"] == "base"]
     written = []
 
-    keys = ["greedy", "sampled"] + ["harder_greedy"] * all("harder_greedy" in r for r in records)
+    optional = ("harder_greedy", "pass@8")
+    keys = ["greedy", "sampled"] + [k for k in optional if all(k in r for r in records)]
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(names)), 4), dpi=110)
     x = np.arange(len(names))
