@@ -35,7 +35,12 @@ _PART = flags.DEFINE_enum(
 _VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: all of --part).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 _STEPS = flags.DEFINE_integer("steps", study.Budget.steps, "Optimizer steps per run.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", study.Budget.eval_every, "Steps between evals.")
+_EVAL_EVERY = flags.DEFINE_integer(
+    "eval_every",
+    None,
+    f"Steps between evals during a run (default {study.Budget.eval_every}; part 3: "
+    f"{study_part3.EVAL_EVERY}).",
+)
 _ONE_EPOCH = flags.DEFINE_bool(
     "one_epoch",
     study.Budget.one_epoch,
@@ -70,8 +75,11 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise app.UsageError(f"unknown variants {sorted(unknown)}; known: {list(known)}")
     variants = [known[n] for n in names]
+    eval_every = _EVAL_EVERY.value or (
+        study_part3.EVAL_EVERY if part_number == 3 else study.Budget.eval_every
+    )
     budget = dataclasses.replace(
-        study.Budget(), steps=_STEPS.value, eval_every=_EVAL_EVERY.value, one_epoch=_ONE_EPOCH.value
+        study.Budget(), steps=_STEPS.value, eval_every=eval_every, one_epoch=_ONE_EPOCH.value
     )
     seeds = [int(s) for s in _SEEDS.value]
     t0 = time.perf_counter()
