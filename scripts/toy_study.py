@@ -3,7 +3,7 @@ r"""The toy study: every variant × seeds at one compute budget; writes OUT/resu
 
     python scripts/toy_study.py --out=runs/toy_study                  # part 1: 11 variants × 3 seeds
     python scripts/toy_study.py --part=2 --out=runs/toy_study_part2   # part 2: 15 variants × 3 seeds
-    python scripts/toy_study.py --part=3 --out=runs/toy_study_part3   # part 3: 15 variants × 3 seeds
+    python scripts/toy_study.py --part=3 --out=runs/toy_study_part3   # part 3: 16 variants × 3 seeds
     python scripts/toy_study.py --out=/tmp/s --variants=grpo,g2rpo_a --seeds=0 --steps=10
     python scripts/toy_study.py --part=3 --out=/tmp/s3 --seeds=0 --steps=4 --eval_every=2 \
         --plateau_every=2 --plateau_max_steps=6                      # part 3 end to end, small

@@ -78,9 +78,9 @@ def test_plateau_rule_stops_after_patience_checks_without_a_gain(checks, stops_a
 
 def test_part3_variants_build_with_their_traces_and_lengths(tmp_path):
     names = [v.name for v in study_part3.PART3]
-    assert len(set(names)) == len(names) == 15
+    assert len(set(names)) == len(names) == 16
     by_traces = {t: {v.name for v in study_part3.PART3 if v.traces is t} for t in study.Traces}
-    hard_names = {"sft_hard", "g2rpo_a_hard", "g2rpo_a_hard_on_failure"}
+    hard_names = {"sft_hard", "fixed_full_hard", "g2rpo_a_hard", "g2rpo_a_hard_on_failure"}
     assert by_traces[study.Traces.HARD] == hard_names
     assert by_traces[study.Traces.NOISY] == {"g2rpo_a_noisy", "g2rpo_a_noisy_on_failure"}
     starts = [v.name for v in study_part3.PART3 if v.from_plateau]

@@ -95,8 +95,9 @@ PART3 = (
         Traces.NOISY,
     ),
     Variant("sft_hard", f"SFT, {_HARD}", {}, Traces.HARD, 1.0),
-    # No fixed-full run on hard traces: at ~4 min a run it would push part 3 past its hour on
-    # 2 cores (docs/toy_study.md, "Budget"); fixed vs adaptive ℓ is parts 1–2's question.
+    Variant(
+        "fixed_full_hard", f"α = 0.5, fixed ℓ = the whole trace, {_HARD}", _FIXED_FULL, Traces.HARD
+    ),
     Variant("g2rpo_a_hard", f"G²RPO-A, {_HARD}", {}, Traces.HARD),
     Variant(
         "g2rpo_a_hard_on_failure",

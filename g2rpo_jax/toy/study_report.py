@@ -106,6 +106,7 @@ COMPARISONS = (
     ("sft_plateau_then_g2rpo_a", "sft_plateau_then_sft"),
     ("sft_plateau_then_g2rpo_a", "sft_plateau_then_grpo"),
     ("sft_hard", "sft"),
+    ("fixed_full_hard", "sft_hard"),
     ("g2rpo_a_hard", "sft_hard"),
     ("g2rpo_a_hard", "grpo"),
     ("g2rpo_a_on_failure", "g2rpo_a"),
