@@ -19,6 +19,7 @@ from g2rpo_jax.data.schema import to_row
 from g2rpo_jax.rewards import SandboxConfig, code, format_reward
 from tests import runnable_sandbox
 from tests.test_cli_errors import run_script
+from tests.test_trainer import ROW_WISE_FLAGS
 
 _CODE = "configs/qwen3_0p6b_code.py"
 _FIELDS = FieldMap.verifiable_coding_cot()
@@ -129,7 +130,7 @@ def test_the_code_command_trains_on_a_local_copy(tmp_path) -> None:
         "train.py", f"--config={_CODE}:smoke", f"--workdir={work}",
         f"--config.data.path=hf:{code_copy(tmp_path)}", "--config.train.num_steps=2",
         f"--config.rewards.sandbox.python={python}", "--config.train.progress_bar=False",
-        HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+        *ROW_WISE_FLAGS, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert "done at step 2/2" in result.stdout

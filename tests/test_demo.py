@@ -14,6 +14,7 @@ from g2rpo_jax import experiment, trainer
 from g2rpo_jax.plots import PLOTS
 from g2rpo_jax.toy import demo
 from g2rpo_jax.toy.data import read_problems
+from tests.test_trainer import row_wise
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.py"
 
@@ -49,7 +50,7 @@ def test_shipped_demo_assets_match_the_recipe():
 
 
 def test_demo_smoke_run_evaluates_before_and_after_and_plots(tmp_path, capsys):
-    config = demo_config("smoke")
+    config = row_wise(demo_config("smoke"))
     config.lock()
     result = trainer.train(config, str(tmp_path))
     assert result.step == result.total_steps == 2

@@ -21,12 +21,14 @@ from g2rpo_jax.rewards.accuracy import accuracy_reward
 from g2rpo_jax.rewards.format import format_reward
 from tests import tiny_models
 from tests.test_cli_errors import run_script
+from tests.test_trainer import ROW_WISE_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 _PAPER = "configs/qwen3_0p6b.py"
 # Shrinks the paper config to seconds on a CPU and nothing else: the data, eval and model
-# paths, the field mapping and the eval split stay the config's own.
-_SMALL = (
+# paths, the field mapping and the eval split stay the config's own (the row-wise programs:
+# test_trainer.ROW_WISE).
+_SMALL = (*ROW_WISE_FLAGS,
     "--config.model.dtype=float32", "--config.train.remat=False",
     f"--config.data.max_prompt_length={96 + len(config_lib.MATH_SYSTEM_PROMPT)}", "--config.data.max_completion_length=24",
     "--config.data.batch_size=4", "--config.grpo.group_size=2",

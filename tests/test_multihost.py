@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from g2rpo_jax.logging_utils import METRICS_FILE, read_jsonl
-from tests.test_trainer import final_state, write_rows
+from tests.test_trainer import ROW_WISE_FLAGS, final_state, write_rows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Adam's ε at 1e-3 keeps its first steps from amplifying float-rounding differences of
@@ -111,6 +111,7 @@ def test_killing_one_process_stops_the_other(tmp_path):
     env = environment(4)
     command = train_command(data, tmp_path / "run", batch_size=2)
     command[command.index("--config.train.num_steps=2")] = "--config.train.num_steps=4"
+    command += ROW_WISE_FLAGS  # the claim is the survivor's exit, not what a step computes
     procs = [subprocess.Popen(command + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                                          f"--process_id={i}", "--heartbeat_timeout_s=10"],
                               env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,7 +17,7 @@ import transformers
 
 from g2rpo_jax import checkpoint, logging_utils, trainer
 from tests import fake_tokenizer, tiny_models
-from tests.test_trainer import smoke_config, write_rows
+from tests.test_trainer import ROW_WISE_FLAGS, row_wise, smoke_config, write_rows
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def test_train_smoke_then_export_to_transformers_and_fine_tune_from_there(tmp_pa
     data = write_rows(tmp_path / "train.jsonl")
     smoke_run = tmp_path / "work"
     result = run_script("train.py", "--config=configs/qwen3_0p6b.py:smoke", f"--workdir={smoke_run}",
-                        f"--config.data.path={data}")  # fmt: skip
+                        f"--config.data.path={data}", *ROW_WISE_FLAGS)  # fmt: skip
     assert "done at step 4/4" in result.stdout
     assert sorted(os.listdir(smoke_run / "checkpoints")) == ["2", "4"]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(smoke_run / "tensorboard"))
@@ -63,7 +63,7 @@ def test_train_smoke_then_export_to_transformers_and_fine_tune_from_there(tmp_pa
 
     # The exported folder is a starting point like any Hugging Face model: weights,
     # tokenizer and stop tokens all come from it.
-    config = smoke_config(data, num_steps=1)
+    config = row_wise(smoke_config(data, num_steps=1))
     config.model.path, config.model.fit_vocab_to_tokenizer = str(hf_dir), False
     config.model.overrides = ml_collections.ConfigDict()
     config.tokenizer, config.optimizer.warmup_steps = "", 0
@@ -106,7 +106,7 @@ def test_evaluate_report_equals_an_independent_computation(tmp_path):
     report_path = tmp_path / "report.json"
     run_script("evaluate.py", f"--model={tmp_path / 'model'}", f"--data={data}",
                "--num_samples=2", "--pass_k=1,2", "--workers=0", "--max_new_tokens=16",
-               f"--out={report_path}")  # fmt: skip
+               "--noshare_prefix", "--nocompact", f"--out={report_path}")  # fmt: skip
     report = json.loads(report_path.read_text())
 
     # Independently: transformers' greedy decoding, the boxed answer, math-verify.

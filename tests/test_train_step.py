@@ -54,13 +54,16 @@ def make_batch(seed=0):
     }
 
 
+# make_batch's prompts differ in every row, so the default step would take its row-wise
+# forward anyway; without the shared-prefix branches it compiles in a fraction of the time.
+# (test_shared_prefix proves those branches; the host-transfer test below keeps them.)
 def run_step(directory, mesh, grpo_config, optimizer_config, batch):
     model, _ = from_pretrained(directory)
     graphdef = nnx.graphdef(model)
     state = train_step.init_train_state(model, grpo_config, optimizer_config, GUIDANCE)
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
     step = train_step.make_train_step(
-        graphdef, grpo_config, optimizer_config, GUIDANCE, mesh, state
+        graphdef, grpo_config, optimizer_config, GUIDANCE, mesh, state, share_prefix=False
     )
     batch = jax.device_put(batch, train_step.batch_sharding(mesh))
     return step(state, batch)
@@ -184,7 +187,7 @@ def test_beta_zero_holds_no_reference_and_runs_no_reference_forward(hf_qwen3_dir
         state = train_step.init_train_state(model, config, OPTIMIZER, GUIDANCE)
         assert (state.ref_params is None) == (beta == 0)
         step = train_step.make_train_step(
-            nnx.graphdef(model), config, OPTIMIZER, GUIDANCE, mesh, state
+            nnx.graphdef(model), config, OPTIMIZER, GUIDANCE, mesh, state, share_prefix=False
         )
         text = step.lower(state, make_batch()).as_text()
         counts[beta] = text.count("dot_general")
@@ -244,7 +247,9 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
     no_guidance = dataclasses.replace(GUIDANCE, ratio=0.0)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     state = train_step.init_train_state(model, config, optimizer, no_guidance)
-    step = train_step.make_train_step(graphdef, config, optimizer, no_guidance, mesh, state)
+    step = train_step.make_train_step(
+        graphdef, config, optimizer, no_guidance, mesh, state, share_prefix=False
+    )
     sampler = Sampler(graphdef, SamplingConfig(max_completion_length=8), TokenIds())
     rng = np.random.RandomState(0)
     rewards = []

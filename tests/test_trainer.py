@@ -49,6 +49,21 @@ def write_rows(path, n: int = 16) -> str:
     return str(path)
 
 
+# Sampling and step programs for runs whose claim is about the loop, the data or the files,
+# not about how a step samples or forwards: the row-wise sampler in one decode phase and the
+# row-wise train step compile in a fraction of the default's time (the group sampler's
+# compacted widths × decode phases, the step's shared-prefix branches). That the defaults
+# compute the same rows and gradients is proven in test_rollout, test_sampling and
+# test_shared_prefix; the SIGTERM resume below and the multi-host runs keep them end to end.
+ROW_WISE = {"share_prefix": False, "compact": False, "decode_phases": 1}
+ROW_WISE_FLAGS = [f"--config.sampling.{key}={value}" for key, value in ROW_WISE.items()]
+
+
+def row_wise(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c.sampling.update(ROW_WISE)
+    return c
+
+
 def smoke_config(data_path: str, **train):
     c = config_lib.smoke(config_lib.default_config())
     c.data.path = data_path
@@ -170,7 +185,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 def short_budget_config(data_path: str, **train):
     """8-token completions, the guided ones all trace: nearly every row hits the budget."""
-    c = smoke_config(data_path, alarm_steps=1, sample_every=0, **train)
+    c = row_wise(smoke_config(data_path, alarm_steps=1, sample_every=0, **train))
     c.data.max_completion_length = c.eval.max_completion_length = 8
     c.guidance.initial_length = c.guidance.max_length = 8
     return c
@@ -222,8 +237,10 @@ def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
 def filtering_config(data_path: str):
     """The smoke run with DAPO dynamic sampling: two epochs of data, for the extra batches;
     each draw guides only the groups whose unguided candidates all failed (two sampler
-    calls a draw, the plan read from the first's rewards)."""
+    calls a draw, the plan read from the first's rewards). That needs the group sampler's
+    per-row budgets, so only its compaction and decode phases are turned off."""
     c = smoke_config(data_path, save_every=2)
+    c.sampling.update(compact=False, decode_phases=1)
     c.grpo.filter_zero_std_groups = True
     c.grpo.filter_max_extra_batches = 2
     c.data.num_epochs = 3
@@ -321,7 +338,7 @@ def test_lora_resume_equals_an_uninterrupted_run(tmp_path):
     data_file = write_rows(tmp_path / "train.jsonl")
 
     def lora_config():
-        return _with_lora(smoke_config(data_file, sample_every=0, save_every=2))
+        return _with_lora(row_wise(smoke_config(data_file, sample_every=0, save_every=2)))
 
     uninterrupted, from_checkpoint = tmp_path / "uninterrupted", tmp_path / "resumed"
     trainer.train(lora_config(), str(uninterrupted))
