@@ -1,10 +1,11 @@
 """The training loop: exact resume after SIGTERM, checkpoints that survive SIGKILL, pass@k.
 
-One run goes end to end through a SIGTERM and a resume (the handler, the save it forces,
-the restart). The other resume cases (dynamic sampling with guidance.when = unguided_failed,
-LoRA) differ only in what the checkpoint holds or in what a step computes from it, so they
-resume from a checkpoint of their uninterrupted run instead:
-save at step 2 → restore in a fresh workdir → steps 3 and 4 bitwise equal to the run's own.
+Two runs go end to end through a SIGTERM and a resume (the handler, the save it forces,
+the restart): the default smoke run, and dynamic sampling with guidance.when =
+unguided_failed (two sampler calls a draw, extra draws moving the iterator). LoRA differs
+only in what the checkpoint holds, so it resumes from a checkpoint of its uninterrupted run
+instead: save at step 2 → restore in a fresh workdir → steps 3 and 4 bitwise equal to the
+run's own.
 """
 
 import itertools
@@ -264,16 +265,16 @@ def test_filtered_groups_never_tie_and_resume_stays_exact(tmp_path):
     # More rows were read than trained: the extra batches moved the iterator.
     assert all(len(r["rows"]) > 4 for r in baseline if r["filter/extra_sampler_calls"])
 
-    # Resumed after step 2: the iterator state saved covers the extra batches drawn.
-    resumed = tmp_path / "resumed"
-    records = resume_from_checkpoint(lambda: filtering_config(data_file), uninterrupted, 2,
-                                     resumed)  # fmt: skip
-    assert [r["step"] for r in records] == [3, 4]
-    assert_same_state(resumed, uninterrupted)
+    # SIGTERMed after step 2 and resumed: the iterator state saved covers the extra batches
+    # drawn, and the resumed steps plan their guidance as the uninterrupted run did.
+    interrupted = tmp_path / "interrupted"
+    records = interrupt_and_resume(filtering_config, data_file, interrupted)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert_same_state(interrupted, uninterrupted)
     filtered = ("filter/extra_sampler_calls", "filter/dropped_groups")
     guided = ("guidance/groups_guided", "guidance/trace_tokens")
     for name in ("rows", "loss", "reward", *filtered, *guided):
-        assert [r[name] for r in records] == [r[name] for r in baseline[2:]], name
+        assert [r[name] for r in records] == [r[name] for r in baseline], name
 
 
 _KILLED_MID_SAVE = """
