@@ -85,7 +85,7 @@ def test_part3_variants_build_with_their_traces_and_lengths(tmp_path):
     assert by_traces[study.Traces.NOISY] == {"g2rpo_a_noisy", "g2rpo_a_noisy_on_failure"}
     starts = [v.name for v in study_part3.PART3 if v.from_plateau]
     assert names.index("sft_plateau") < min(map(names.index, starts)) and len(starts) == 4
-    base = demo_config()
+    base = study_part3.part3_config(demo_config())
     encoder = Encoder(load_tokenizer(base.model.path))
     held_out = study.HeldOut(encoder, read_problems(base.eval.path), study.harder_problems())
     hard_file = write_jsonl(
@@ -111,11 +111,15 @@ def test_part3_variants_build_with_their_traces_and_lengths(tmp_path):
             assert exp.data.max_completion_length == demo.MAX_COMPLETION_LENGTH
             assert exp.guidance.max_length == study.FULL
         assert exp.guidance.rule == ("constant" if "fixed_full" in variant.name else "paper")
+        assert exp.sampling.share_prefix and not exp.sampling.compact
+        assert exp.sampling.decode_phases == 1
 
 
 def test_pass_at_k_of_n_samples_per_problem(monkeypatch):
     problems = task.make_problems(5, 9, 4)
-    held_out = study.HeldOut(None, problems, [], max_completion_length=77)
+    # Only the first PASS_AT_ROWS held-out problems are sampled.
+    held_out = study.HeldOut(None, problems + task.make_problems(6, 3, 4), [], 77)
+    monkeypatch.setattr(study_part3, "PASS_AT_ROWS", len(problems))
 
     def completions(model, encoder, asked, config, seed, chunk):
         assert (config.temperature, config.max_completion_length) == (demo.TEMPERATURE, 77)

@@ -297,6 +297,12 @@ def run_sft(
     return {"wall_s": wall, "during": during, "ell": [], "skipped_steps": 0}, model
 
 
+def save_model(model, encoder: Encoder, model_dir: str) -> None:
+    """The model and its tokenizer in one Hugging Face folder, as a run's model.path reads it."""
+    save_pretrained(model, model_dir)
+    encoder.tokenizer.save_pretrained(model_dir)
+
+
 def run_sft_then_rl(
     base, variant: Variant, seed: int, budget: Budget, workdir: str, held_out: HeldOut, train: Train
 ) -> tuple[dict, object]:
@@ -307,8 +313,7 @@ def run_sft_then_rl(
     )
     model_dir = os.path.join(workdir, "sft_model")
     shutil.rmtree(workdir, ignore_errors=True)  # a run cut short starts over
-    save_pretrained(model, model_dir)
-    held_out.encoder.tokenizer.save_pretrained(model_dir)
+    save_model(model, held_out.encoder, model_dir)
     rl_base = copy.deepcopy(base)
     rl_base.model.path = model_dir
     rest_budget = dataclasses.replace(budget, steps=budget.steps - sft_steps)

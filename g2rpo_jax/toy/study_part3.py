@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from g2rpo_jax import evaluation
-from g2rpo_jax.models import from_pretrained, save_pretrained
+from g2rpo_jax.models import from_pretrained
 from g2rpo_jax.toy import data, demo, study, task, traces
 from g2rpo_jax.toy import evaluation as toy_evaluation
 from g2rpo_jax.toy.data import Encoder
@@ -183,6 +183,18 @@ def plateau_dir(out_dir: str, seed: int) -> str:
     return os.path.join(out_dir, "plateau", f"seed{seed}")
 
 
+def plateau_model(out_dir: str, seed: int) -> str:
+    """The folder of the seed's plateau model: the continuations' model.path."""
+    return os.path.join(plateau_dir(out_dir, seed), "model")
+
+
+def part3_config(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `base` with part 3's sampler settings (SAMPLING)."""
+    config = copy.deepcopy(base)
+    config.sampling.update(SAMPLING)
+    return config
+
+
 def plateau(
     base: ml_collections.ConfigDict,
     seed: int,
@@ -208,8 +220,7 @@ def plateau(
     limits = dataclasses.replace(budget, steps=rule.max_steps, eval_every=rule.every)
     record, model = study.run_sft(base, PLATEAU, seed, limits, held_out, stop)
     shutil.rmtree(folder, ignore_errors=True)
-    save_pretrained(model, os.path.join(folder, "model"))
-    held_out.encoder.tokenizer.save_pretrained(os.path.join(folder, "model"))
+    study.save_model(model, held_out.encoder, plateau_model(out_dir, seed))
     info = {"steps": checks[-1][0], "plateau_checks": checks} | record
     with open(info_file, "w") as f:
         json.dump(info, f)
@@ -228,8 +239,7 @@ def run_part3(
 ) -> list[dict]:
     """Every (seed, variant) of part 3 not yet in OUT/results.jsonl, one record each (with
     pass@k; `plateau_step` where the run starts from, or is, the SFT plateau)."""
-    base = copy.deepcopy(base)
-    base.sampling.update(SAMPLING)
+    base = part3_config(base)
     shared = study.open_study(out_dir, base, variants, budget, final=scores)
     hard = None
     if Traces.HARD in shared.files:
@@ -247,7 +257,7 @@ def run_part3(
             clean = copy.deepcopy(base)
             clean.data.path = shared.files[Traces.CLEAN]
             start = plateau(clean, seed, budget, shared.held_out, rule, out_dir)
-            run_base.model.path = os.path.join(plateau_dir(out_dir, seed), "model")
+            run_base.model.path = plateau_model(out_dir, seed)
         if variant is PLATEAU:
             record, model = dict(start), from_pretrained(run_base.model.path)[0]
         else:
