@@ -62,6 +62,7 @@ class Variant:
     from_plateau: bool = False  # start from the seed's SFT-plateau model (study_part3)
 
 
+FIXED = {"guidance.rule": "constant"}  # ℓ stays at its initial length
 VARIANTS = (
     Variant("grpo", "plain GRPO (α = 0)", {"guidance.ratio": 0.0}),
     Variant("sft", "SFT, B·G = 64 traces a step (control)", {}, sft_share=1.0),
@@ -75,14 +76,14 @@ VARIANTS = (
     Variant(
         "alpha1_half",
         f"α = 1, fixed ℓ = {HALF} (half)",
-        {"guidance.ratio": 1.0, "guidance.rule": "constant", "guidance.initial_length": HALF},
+        {**FIXED, "guidance.ratio": 1.0, "guidance.initial_length": HALF},
     ),
     Variant(
         "fixed_half",
         f"α = 0.5, fixed ℓ = {HALF} (half)",
-        {"guidance.rule": "constant", "guidance.initial_length": HALF},
+        {**FIXED, "guidance.initial_length": HALF},
     ),
-    Variant("fixed_full", f"α = 0.5, fixed ℓ = {FULL} (full)", {"guidance.rule": "constant"}),
+    Variant("fixed_full", f"α = 0.5, fixed ℓ = {FULL} (full)", FIXED),
     Variant("linear", f"α = 0.5, linear ℓ {FULL} → 0", {"guidance.rule": "linear"}),
     Variant("g2rpo_a", "G²RPO-A: α = 0.5, adaptive ℓ, curriculum", {}),
     Variant("g2rpo_a_random", "G²RPO-A, random order", {"data.order": "random"}),
@@ -102,12 +103,7 @@ _COVERED = f"traces on {COVERAGE:.0%} of rows"
 PART2 = (
     *(_MAIN[n] for n in ("sft", "grpo", "fixed_full", "g2rpo_a")),
     Variant("sft_noisy", f"SFT, {_NOISY}", {}, Traces.NOISY, 1.0),
-    Variant(
-        "fixed_full_noisy",
-        f"α = 0.5, fixed ℓ = {FULL}, {_NOISY}",
-        {"guidance.rule": "constant"},
-        Traces.NOISY,
-    ),
+    Variant("fixed_full_noisy", f"α = 0.5, fixed ℓ = {FULL}, {_NOISY}", FIXED, Traces.NOISY),
     Variant("g2rpo_a_noisy", f"G²RPO-A (T = 2), {_NOISY}", {}, Traces.NOISY),
     Variant("g2rpo_a_noisy_T1", f"G²RPO-A, T = 1, {_NOISY}", {"guidance.history": 1}, Traces.NOISY),
     Variant("g2rpo_a_noisy_T4", f"G²RPO-A, T = 4, {_NOISY}", {"guidance.history": 4}, Traces.NOISY),
@@ -380,6 +376,9 @@ def open_study(
     return Study(path, done, files, held_out)
 
 
+_LOGGED = ("greedy", "sampled", "harder_greedy", "pass@8")  # a finished run's log line
+
+
 def run_each(
     study: Study,
     variants,
@@ -403,13 +402,8 @@ def run_each(
                 **run_one(variant, seed),
             }
             study.records.append(_append(study.path, record))
-            harder = (
-                f" harder greedy {record['harder_greedy']:.3f}" if "harder_greedy" in record else ""
-            )
-            log(
-                f"  greedy {record['greedy']:.3f} sampled {record['sampled']:.3f}{harder} "
-                f"({record['wall_s']:.0f} s)"
-            )
+            shown = [f"{k} {record[k]:.3f}" for k in _LOGGED if k in record]
+            log(f"  {' '.join(shown)} ({record['wall_s']:.0f} s)")
     return study.records
 
 

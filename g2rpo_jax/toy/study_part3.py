@@ -73,7 +73,6 @@ class PlateauRule:
         return waiting >= self.patience
 
 
-_FIXED_FULL = {"guidance.rule": "constant"}
 _ON_FAILURE = {"guidance.when": "unguided_failed"}
 _ON_FAILURE_LABEL = "guided only where the unguided candidates failed"
 _HARD = "hard traces (≈3× the tokens)"
@@ -96,7 +95,7 @@ PART3 = (
     ),
     Variant("sft_hard", f"SFT, {_HARD}", {}, Traces.HARD, 1.0),
     Variant(
-        "fixed_full_hard", f"α = 0.5, fixed ℓ = the whole trace, {_HARD}", _FIXED_FULL, Traces.HARD
+        "fixed_full_hard", f"α = 0.5, fixed ℓ = the whole trace, {_HARD}", study.FIXED, Traces.HARD
     ),
     Variant("g2rpo_a_hard", f"G²RPO-A, {_HARD}", {}, Traces.HARD),
     Variant(
@@ -116,7 +115,7 @@ PART3 = (
     Variant(
         "sft_plateau_then_fixed_full",
         f"SFT plateau, then α = 0.5, fixed ℓ = {study.FULL}",
-        _FIXED_FULL,
+        study.FIXED,
         from_plateau=True,
     ),
     Variant("sft_plateau_then_g2rpo_a", "SFT plateau, then G²RPO-A", {}, from_plateau=True),
