@@ -1,7 +1,7 @@
 """Log-probs of sampled completions under a policy, from one forward over
 `[prompt ⊕ completion]` per row, each group's prompt once with its KV cache serving the
 group's G completions, or each group's prompt ⊕ guidance once (shared_prefix.py). The train
-step's forwards (train_step.py) and the benchmarks use them; `forward_choice` picks one.
+step's forwards (train_step.py) and the benchmarks use them; `forward_index` picks one.
 
 Shapes: R rows, P prompt width, C completion width, D model dim.
 """
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from g2rpo_jax.models.kv_cache import KVCache, init_cache
-from g2rpo_jax.models.log_probs import Head, TokenStats, token_log_probs
+from g2rpo_jax.models.log_probs import Head, TokenStats
 from g2rpo_jax.models.qwen import positions_from_mask
 from g2rpo_jax.sharding import constrain_rows
 from g2rpo_jax.shared_prefix import (
@@ -27,64 +27,42 @@ from g2rpo_jax.shared_prefix import (
 Forward = Callable[..., jax.Array | TokenStats]
 
 
-def completion_log_probs(
-    graphdef: nnx.GraphDef,
-    params: nnx.State,
-    batch: dict,
-    rows: jax.sharding.NamedSharding | None = None,
-    group_size: int = 1,
-    head: Head = token_log_probs,
-    num_guided: int = 0,
-    remat: bool = False,
-) -> jax.Array | TokenStats:
-    """log π(completion token) under `params`, float32 [R, C], from a forward over
-    `[prompt ⊕ completion]` (guidance tokens stay in attention under either loss mode); with
-    `head=token_stats` (a partial naming τ) the `TokenStats` of each token instead.
-
-    rows: how the rows are split over devices (`batch_sharding`). The activations are
-    pinned to it at the model's input and before the LM head, so that XLA gathers the
-    fsdp-sharded weights (FSDP) instead of replicating the rows and splitting the model dim.
-    group_size: G. When every G consecutive rows share their prompt (a group, as the sampler
-    returns it; checked on device), each prompt runs through the model once and its KV cache
-    serves the group's G completions: the same log-probs for (G−1)/G fewer prompt FLOPs.
-    num_guided: n, the guided slots of each group (the plan's ceil(α·G)); when their guidance
-    tokens are shared as well, each group's prompt ⊕ guidance runs once (`forward_choice`).
-    (Differentiating through this holds every branch's residuals; the train step branches
-    outside its gradient instead.)
-    remat: recompute each layer in the backward pass (`Qwen.hidden_states`).
-    """
-    index, forwards = forward_choice(batch, group_size, num_guided)
-    branches = [lambda p, b, f=f: f(graphdef, p, b, rows, head, remat=remat) for f in forwards]
-    return jax.lax.switch(index, branches, params, batch)
+def shared_forwards(
+    completion_width: int, group_size: int, num_guided: int = 0
+) -> tuple[Forward, ...]:
+    """The forwards that may give a batch's log-probs, cheapest last: row-wise (always
+    right); each group's prompt once (its G rows share the prompt); each group's prompt ⊕
+    guidance once, its first `num_guided` (n) rows guided, at each suffix width W of
+    `suffix_widths`, widest first (the guided rows' tokens after the guidance fit in W).
+    group_size 1: row-wise only. `forward_index` says which one a batch allows."""
+    G, C = group_size, completion_width
+    if G <= 1:
+        return (log_probs_per_row,)
+    widths = suffix_widths(C, num_guided) if num_guided else ()
+    guided = [
+        functools.partial(log_probs_shared_guidance, group_size=G, num_guided=num_guided, width=W)
+        for W in widths
+    ]
+    return (log_probs_per_row, functools.partial(log_probs_shared_prompt, group_size=G), *guided)
 
 
-def forward_choice(
-    batch: dict, group_size: int, num_guided: int = 0
-) -> tuple[jax.Array, tuple[Forward, ...]]:
-    """The forwards that give this batch's log-probs, and the index (int32 scalar, decided
-    on device) of the one to run: the cheapest whose structure the batch has. In order:
-    row-wise (always right); each group's prompt once (its G rows share the prompt); each
-    group's prompt ⊕ guidance once, its first `num_guided` (n) rows guided, at each suffix
-    width W of `suffix_widths`, widest first (the guided rows' tokens after the guidance fit
-    in W). group_size 1, or R not a multiple of it: row-wise only. The one place this choice
-    is made: `completion_log_probs` and the train step's gradient (branching outside it, so
-    only the branch taken keeps residuals) both switch on it."""
+def forward_index(batch: dict, group_size: int, num_guided: int = 0) -> jax.Array:
+    """int32 scalar, decided on device: the index into `shared_forwards` of the cheapest
+    forward whose structure this batch has (each holds only where the ones before it do).
+    R not a multiple of G: 0, row-wise. The one place this choice is made: the train step
+    reads it on the host and runs the step compiled for that forward, so a step compiles
+    only the forwards its batches use (train_step.TrainStep)."""
     R, C = batch["completion_ids"].shape
     G = group_size
     if G <= 1 or R % G:
-        return jnp.zeros((), jnp.int32), (log_probs_per_row,)
+        return jnp.zeros((), jnp.int32)
     shared_prompt = groups_share_prompt(batch, G)
-    forwards = [log_probs_per_row, functools.partial(log_probs_shared_prompt, group_size=G)]
     index = jnp.where(shared_prompt, 1, 0)
-    for W in suffix_widths(C, num_guided) if num_guided else ():
+    widths = suffix_widths(C, num_guided) if num_guided else ()
+    for i, W in enumerate(widths):
         fits = shared_prompt & groups_share_guidance(batch, G, num_guided, W)
-        index = jnp.where(fits, len(forwards), index)
-        forwards.append(
-            functools.partial(
-                log_probs_shared_guidance, group_size=G, num_guided=num_guided, width=W
-            )
-        )
-    return index.astype(jnp.int32), tuple(forwards)
+        index = jnp.where(fits, 2 + i, index)
+    return index.astype(jnp.int32)
 
 
 def log_probs_per_row(

@@ -62,7 +62,7 @@ class SamplingConfig:
     share_prefix, compact: how the trainer's, evaluation's and pass-rate rollouts sample
     (rollout.sampler_for): each group's prompt ⊕ guidance prefilled and held once, and
     finished rows leaving the decode batch; both off, this module's row-wise Sampler.
-    share_prefix also lets the train step run those prefixes once (`forward_choice`).
+    share_prefix also lets the train step run those prefixes once (`forward_index`).
     """
 
     max_completion_length: int

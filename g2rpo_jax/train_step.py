@@ -7,6 +7,7 @@ prompt-major (candidate j of prompt b is row b*G + j).
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -16,7 +17,7 @@ from flax import nnx
 
 from g2rpo_jax import guidance, sharding
 from g2rpo_jax.advantages import group_advantages, group_ties
-from g2rpo_jax.completion_forward import Head, completion_log_probs, forward_choice
+from g2rpo_jax.completion_forward import Forward, Head, forward_index, shared_forwards
 from g2rpo_jax.grpo import (
     Aggregation,
     GRPOConfig,
@@ -145,8 +146,45 @@ class StepSettings:
     data_parallel: int  # devices along (data, fsdp)
     remat: bool = False  # the gradient's forward recomputes each layer in the backward pass
     # Forwards that run each group's prompt (and its guided rows' guidance) once, when the
-    # batch has that structure (completion_forward.forward_choice); False: row-wise only.
+    # batch has that structure (completion_forward.forward_index); False: row-wise only.
     share_prefix: bool = True
+
+
+class TrainStep:
+    """`step(state, batch) -> (state, metrics)`: reads which forward the batch's structure
+    allows (one int32 from the device: the rollout is done by then, its rewards read) and
+    runs the step's program for it, jitted when first needed: a run compiles the forward
+    and backward of only the forwards its batches use (usually one of up to four)."""
+
+    def __init__(self, settings: StepSettings, state_sharding: TrainState):
+        self.settings = settings
+        self.state_sharding = state_sharding
+        self.programs: dict[int, Callable] = {}  # forward → train_step jitted for it
+        self.choose = jax.jit(
+            functools.partial(step_forward_index, settings), in_shardings=(settings.rows,)
+        )
+
+    def __call__(self, state: TrainState, batch: dict):
+        return self.program(self.forward(batch))(state, batch)
+
+    def forward(self, batch: dict) -> int:
+        """The index into the step's forwards (`step_forwards`) that `batch` runs."""
+        return int(jax.device_get(self.choose(batch)))
+
+    def forwards(self, batch: dict) -> tuple[Forward, ...]:
+        """The forwards a batch of this shape may run (`step_forwards`)."""
+        return step_forwards(self.settings, batch)
+
+    def program(self, forward: int) -> Callable:
+        """train_step with `forward`, jitted over the mesh with the state donated."""
+        if forward not in self.programs:
+            self.programs[forward] = jax.jit(
+                functools.partial(train_step, settings=self.settings, forward=forward),
+                in_shardings=(self.state_sharding, self.settings.rows),
+                out_shardings=(self.state_sharding, None),
+                donate_argnames=("state",),
+            )
+        return self.programs[forward]
 
 
 def make_train_step(
@@ -159,11 +197,11 @@ def make_train_step(
     *,
     remat: bool = False,
     share_prefix: bool = True,
-):
-    """`train_step(state, batch) -> (state, metrics)` jitted once over `mesh`, with the
-    state's shardings (`state` gives them) and the state donated. remat: recompute each
-    layer's activations in the backward pass (less memory, ~1/3 more compute).
-    share_prefix: `sampling.share_prefix`, as in StepSettings."""
+) -> TrainStep:
+    """The train step jitted over `mesh`, with the state's shardings (`state` gives them)
+    and the state donated. remat: recompute each layer's activations in the backward pass
+    (less memory, ~1/3 more compute). share_prefix: `sampling.share_prefix`, as in
+    StepSettings."""
     settings = StepSettings(
         graphdef,
         grpo,
@@ -174,19 +212,16 @@ def make_train_step(
         remat,
         share_prefix,
     )
-    state_sharding = state_shardings(state, mesh)
-    return jax.jit(
-        functools.partial(train_step, settings=settings),
-        in_shardings=(state_sharding, settings.rows),
-        out_shardings=(state_sharding, None),
-        donate_argnames=("state",),
-    )
+    return TrainStep(settings, state_shardings(state, mesh))
 
 
-def train_step(state: TrainState, batch: dict, *, settings: StepSettings):
+def train_step(state: TrainState, batch: dict, *, settings: StepSettings, forward: int = 0):
     """One step: group advantages → reference and (μ > 1) old log-probs, one forward each →
     μ optimizer updates, each accumulating gradients over `optimizer.micro_batches` → the
-    controller takes this step's signal r_k (SPEC §2–4). Returns (state, metrics)."""
+    controller takes this step's signal r_k (SPEC §2–4). forward: which of `step_forwards`
+    computes the log-probs (0, row-wise, always right; `step_forward_index` gives the
+    cheapest the batch allows). Returns (state, metrics)."""
+    chosen = step_forwards(settings, batch)[forward]
     grpo = settings.grpo
     advantages = group_advantages(batch["rewards"], settings.grpo.group_size, grpo.advantage_std)
     rows_in_loss = loss_rows(batch, grpo)
@@ -196,10 +231,10 @@ def train_step(state: TrainState, batch: dict, *, settings: StepSettings):
     is_guided = jnp.any(batch["is_guidance"], axis=-1)
     ref_lp = None
     if grpo.beta > 0:
-        ref_lp = jax.lax.stop_gradient(_forward_no_grad(settings, state.reference(), batch))
+        ref_lp = jax.lax.stop_gradient(_forward_no_grad(settings, chosen, state.reference(), batch))
     old = None
     if grpo.num_updates > 1:  # SPEC §3: π_old is the policy before the first update
-        stats = _forward_no_grad(settings, state.policy(), batch, _stats_head(grpo))
+        stats = _forward_no_grad(settings, chosen, state.policy(), batch, _stats_head(grpo))
         old = jax.lax.stop_gradient((stats.log_probs, stats.sampling_log_probs))
     tx = make_optimizer(settings.optimizer)
 
@@ -207,6 +242,7 @@ def train_step(state: TrainState, batch: dict, *, settings: StepSettings):
         params, opt_state = carry
         grads, loss, metrics, (old_sampling, entropy) = _gradients(
             settings,
+            chosen,
             params,
             state.frozen,
             batch,
@@ -256,30 +292,45 @@ def _block(settings: StepSettings, batch: dict) -> int:
 
 
 def _sharing(settings: StepSettings, block: int) -> tuple[int, int]:
-    """(group size, guided slots n) that `forward_choice` may share a forward over: (1, 0),
-    row-wise, unless share_prefix is on and micro-batches hold whole groups."""
+    """(group size, guided slots n) that a forward may be shared over: (1, 0), row-wise,
+    unless share_prefix is on and micro-batches hold whole groups."""
     if not settings.share_prefix or block == 1:
         return 1, 0
     return block, guidance.num_guided(settings.guidance.ratio, block)
 
 
-def _forward_no_grad(settings: StepSettings, params, batch, head: Head = token_log_probs):
-    """Forward without gradient, micro-batch by micro-batch: [R, C] arrays."""
+def step_forwards(settings: StepSettings, batch: dict) -> tuple[Forward, ...]:
+    """The forwards this step may run on `batch` (`completion_forward.shared_forwards`)."""
+    G, n = _sharing(settings, _block(settings, batch))
+    return shared_forwards(batch["completion_ids"].shape[1], G, n)
+
+
+def step_forward_index(settings: StepSettings, batch: dict) -> jax.Array:
+    """int32 scalar: the cheapest of `step_forwards` that every micro-batch's structure
+    allows (each forward holds only where the ones before it do)."""
     b = _block(settings, batch)
-    G, n = _sharing(settings, b)
-    forward = lambda p, mb: (
-        p,
-        completion_log_probs(settings.graphdef, p, mb, settings.rows, G, head, n),
-    )
-    _, per_mb = jax.lax.scan(forward, params, _split(batch, settings.optimizer.micro_batches, b))
+    micro_batches = _split(batch, settings.optimizer.micro_batches, b)
+    index = jax.vmap(lambda mb: forward_index(mb, *_sharing(settings, b)))(micro_batches)
+    return index.min()
+
+
+def _forward_no_grad(
+    settings: StepSettings, forward: Forward, params, batch, head: Head = token_log_probs
+):
+    """`forward` without gradient, micro-batch by micro-batch: [R, C] arrays."""
+    b = _block(settings, batch)
+    run = lambda p, mb: (p, forward(settings.graphdef, p, mb, settings.rows, head))
+    _, per_mb = jax.lax.scan(run, params, _split(batch, settings.optimizer.micro_batches, b))
     return jax.tree.map(lambda x: _merge(x, b), per_mb)
 
 
-def _gradients(settings, params, frozen, batch, advantages, rows_in_loss, loss_mask, old, ref_lp):
-    """The full batch's loss gradient, summed over micro-batches with exact weights; `frozen`
-    (the LoRA base, or None) enters the forward but is not differentiated. old: (log π_old,
-    log π_old at τ), or None for this forward's (μ = 1). Returns (grads, loss, metrics,
-    (log π_old at τ, entropy) [R, C] each)."""
+def _gradients(
+    settings, forward, params, frozen, batch, advantages, rows_in_loss, loss_mask, old, ref_lp
+):
+    """The full batch's loss gradient through `forward`, summed over micro-batches with exact
+    weights; `frozen` (the LoRA base, or None) enters the forward but is not differentiated.
+    old: (log π_old, log π_old at τ), or None for this forward's (μ = 1). Returns (grads,
+    loss, metrics, (log π_old at τ, entropy) [R, C] each)."""
     micro, b = settings.optimizer.micro_batches, _block(settings, batch)
     # Each micro-batch's share of the full batch's denominator: of the loss tokens
     # (token_mean), else of the rows in the loss.
@@ -288,11 +339,9 @@ def _gradients(settings, params, frozen, batch, advantages, rows_in_loss, loss_m
     inputs = _split((batch, advantages, old, ref_lp, rows_in_loss), micro, b) + (weights,)
 
     def micro_step(grad_sum, mb):
-        # The branch is taken outside the gradient, so only its residuals live.
-        index, forwards = forward_choice(mb[0], *_sharing(settings, b))
-        step = functools.partial(_micro_loss_and_grad, settings, mb)
-        branches = [functools.partial(step, forward) for forward in forwards]
-        (loss, (metrics, tokens)), grads = jax.lax.switch(index, branches, params, frozen)
+        (loss, (metrics, tokens)), grads = _micro_loss_and_grad(
+            settings, mb, forward, params, frozen
+        )
         return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics, tokens)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -303,7 +352,7 @@ def _gradients(settings, params, frozen, batch, advantages, rows_in_loss, loss_m
 
 def _micro_loss_and_grad(settings: StepSettings, mb, forward, params, frozen):
     """One micro-batch's `_micro_loss` and its gradient w.r.t. params; `forward` is one of
-    `forward_choice`'s."""
+    `step_forwards`."""
 
     def loss_fn(p, frozen):
         # Fresh Variables of this trace: nnx.remat'd layers cannot update the outer

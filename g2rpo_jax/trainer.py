@@ -237,8 +237,9 @@ def train(
 
 
 def _step(run: _Run, state, batch: dict, k: int, t0: float):
-    """Step k: ℓ, the rollout, the train step dispatched (not waited for); the previous
-    step's numbers go to the logs. Returns (state, host numbers of this step, samples)."""
+    """Step k: ℓ, the rollout, the train step dispatched (not waited for: only the index of
+    its forward is read, `TrainStep`); the previous step's numbers go to the logs. Returns
+    (state, host numbers of this step, samples)."""
     t_data = time.perf_counter()
     # Reading ℓ waits for the previous train step: the plan depends on it.
     ell = int(jax.device_get(state.controller.length))

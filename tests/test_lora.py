@@ -96,10 +96,9 @@ def test_a_train_step_moves_the_adapters_only_on_the_frozen_base():
     state = train_step.init_train_state(model, grpo_config, optimizer, GUIDANCE)
     assert state.ref_params is None  # no second copy of the weights
     before = jax.device_get(state)  # host copies: the step donates `state`
-    # make_batch's rows share no prompt: the row-wise forward only (test_train_step.run_step).
     graphdef = nnx.graphdef(model)
     step = train_step.make_train_step(
-        graphdef, grpo_config, optimizer, GUIDANCE, mesh, state, remat=True, share_prefix=False
+        graphdef, grpo_config, optimizer, GUIDANCE, mesh, state, remat=True
     )
     after, metrics = jax.device_get(step(state, jax.device_put(make_batch())))
 

@@ -114,13 +114,14 @@ def test_shared_forwards_give_the_row_wise_loss_and_gradients(hf_qwen3_dir):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
-def test_forward_choice_takes_the_narrowest_shared_forward_the_batch_has():
+def test_forward_index_takes_the_narrowest_shared_forward_the_batch_has():
     """Row-wise, shared prompt, shared guidance at W = C/2, at W = C/4: the last whose
     structure holds, checked on device; a batch that breaks it falls back."""
     completion = 64  # W ∈ (32, 16): both save tokens with n = 3
-    choice = jax.jit(lambda b: completion_forward.forward_choice(b, G, GUIDED)[0])
+    choice = jax.jit(lambda b: completion_forward.forward_index(b, G, GUIDED))
     index = lambda b: int(choice(b))
     assert shared_prefix.suffix_widths(completion, GUIDED) == (32, 16)
+    assert len(completion_forward.shared_forwards(completion, G, GUIDED)) == 4
     assert index(guided_batch(width=16, completion=completion)) == 3
     assert index(guided_batch(width=32, completion=completion)) == 2  # a suffix of 32 tokens
     other_trace = guided_batch(width=16, completion=completion)

@@ -54,16 +54,13 @@ def make_batch(seed=0):
     }
 
 
-# make_batch's prompts differ in every row, so the default step would take its row-wise
-# forward anyway; without the shared-prefix branches it compiles in a fraction of the time.
-# (test_shared_prefix proves those branches; the host-transfer test below keeps them.)
 def run_step(directory, mesh, grpo_config, optimizer_config, batch):
     model, _ = from_pretrained(directory)
     graphdef = nnx.graphdef(model)
     state = train_step.init_train_state(model, grpo_config, optimizer_config, GUIDANCE)
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
     step = train_step.make_train_step(
-        graphdef, grpo_config, optimizer_config, GUIDANCE, mesh, state, share_prefix=False
+        graphdef, grpo_config, optimizer_config, GUIDANCE, mesh, state
     )
     batch = jax.device_put(batch, train_step.batch_sharding(mesh))
     return step(state, batch)
@@ -187,9 +184,9 @@ def test_beta_zero_holds_no_reference_and_runs_no_reference_forward(hf_qwen3_dir
         state = train_step.init_train_state(model, config, OPTIMIZER, GUIDANCE)
         assert (state.ref_params is None) == (beta == 0)
         step = train_step.make_train_step(
-            nnx.graphdef(model), config, OPTIMIZER, GUIDANCE, mesh, state, share_prefix=False
+            nnx.graphdef(model), config, OPTIMIZER, GUIDANCE, mesh, state
         )
-        text = step.lower(state, make_batch()).as_text()
+        text = step.program(0).lower(state, make_batch()).as_text()
         counts[beta] = text.count("dot_general")
     # The reference forward adds its own matmuls; without it only the policy's remain.
     assert counts[0.0] < counts[0.04]
@@ -231,10 +228,14 @@ def test_train_step_makes_no_host_transfers(hf_qwen3_dir):
     state = jax.device_put(state, train_step.state_shardings(state, mesh))
     step = train_step.make_train_step(nnx.graphdef(model), GRPO, OPTIMIZER, GUIDANCE, mesh, state)
     batches = [jax.device_put(make_batch(s), train_step.batch_sharding(mesh)) for s in range(3)]
-    with jax.transfer_guard("disallow"):
+    with jax.transfer_guard("disallow"):  # the forward's index is an explicit device_get
         for batch in batches:
             state, metrics = step(state, batch)
     assert int(jax.device_get(state.step)) == 3
+    # make_batch's rows share no prompt: every step runs the row-wise forward, and only its
+    # program is compiled, not the shared forwards' (test_shared_prefix runs those).
+    assert {step.forward(batch) for batch in batches} == {0}
+    assert list(step.programs) == [0]
 
 
 def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
@@ -247,6 +248,7 @@ def test_sampling_and_training_raise_a_toy_reward(hf_qwen3_dir):
     no_guidance = dataclasses.replace(GUIDANCE, ratio=0.0)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     state = train_step.init_train_state(model, config, optimizer, no_guidance)
+    # Each group's prompt is shared, but the claim is learning: the row-wise forward only.
     step = train_step.make_train_step(
         graphdef, config, optimizer, no_guidance, mesh, state, share_prefix=False
     )
