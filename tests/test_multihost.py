@@ -18,8 +18,11 @@ from tests.test_trainer import ROW_WISE_FLAGS, final_state, write_rows
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Adam's ε at 1e-3 keeps its first steps from amplifying float-rounding differences of
 # near-zero gradients (rows are summed in another order on two hosts) into ±lr changes.
+# The group sampler and the shared-prefix step, as by default (their hosts place the
+# groups), without compaction and decode phases: device-side only, and most of a compile.
 COMMON = ["--config.train.num_steps=2", "--config.train.save_every=1",
-          "--config.train.progress_bar=False", "--config.optimizer.eps=1e-3"]  # fmt: skip
+          "--config.train.progress_bar=False", "--config.optimizer.eps=1e-3",
+          "--config.sampling.compact=False", "--config.sampling.decode_phases=1"]  # fmt: skip
 
 
 def train_command(data, workdir, batch_size):
