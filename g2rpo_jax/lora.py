@@ -7,6 +7,7 @@ export read the base again from there (`load_base`). `merged` folds the adapters
 weights, W + (alpha/r)·A·B, for a plain Hugging Face export.
 """
 
+import functools
 import os
 
 import jax
@@ -24,10 +25,8 @@ BASE = nnx.All(nnx.Param, nnx.Not(LoraParam))
 
 def random_model(config: ModelConfig, mesh: jax.sharding.Mesh, seed: int) -> Qwen:
     """A randomly initialized model, created straight into its shardings."""
-    graphdef, abstract = nnx.split(abstract_model(config))
-    shardings = sharding.state_shardings(abstract, mesh)
-    init = jax.jit(lambda: nnx.state(Qwen(config, rngs=nnx.Rngs(seed))), out_shardings=shardings)
-    return nnx.merge(graphdef, init())
+    graphdef, init = _sharded_init(config, mesh)
+    return nnx.merge(graphdef, init(jax.random.key(seed)))
 
 
 def add_adapters(base: Qwen, lora: LoraConfig, seed: int, mesh: jax.sharding.Mesh) -> Qwen:
@@ -36,13 +35,19 @@ def add_adapters(base: Qwen, lora: LoraConfig, seed: int, mesh: jax.sharding.Mes
     Only the adapters are computed: the jitted init returns nothing else, so XLA drops the
     base weights' random init, and `base`'s arrays are reused as they are.
     """
-    config = base.config.replace(lora=lora)
+    graphdef, init = _sharded_init(base.config.replace(lora=lora), mesh, (LoraParam,))
+    return nnx.merge(graphdef, init(jax.random.key(seed)), nnx.state(base, nnx.Param))
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_init(config: ModelConfig, mesh: jax.sharding.Mesh, filters: tuple = ()):
+    """(graphdef, key → the `filters` state of a fresh model of `config`, jitted straight
+    into its shardings). Kept per architecture and mesh, so that a process initializing one
+    model again (a LoRA resume reads its random base again; tests run many) compiles once."""
     graphdef, abstract = nnx.split(abstract_model(config))
-    shardings = sharding.state_shardings(nnx.state(abstract, LoraParam), mesh)
-    init = jax.jit(
-        lambda: nnx.state(Qwen(config, rngs=nnx.Rngs(seed)), LoraParam), out_shardings=shardings
-    )
-    return nnx.merge(graphdef, init(), nnx.state(base, nnx.Param))
+    shardings = sharding.state_shardings(nnx.state(abstract, *filters), mesh)
+    fresh = lambda key: nnx.state(Qwen(config, rngs=nnx.Rngs(key)), *filters)
+    return graphdef, jax.jit(fresh, out_shardings=shardings)
 
 
 def base_location(path: str, seed: int) -> dict:

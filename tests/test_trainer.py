@@ -3,9 +3,8 @@
 Two runs go end to end through a SIGTERM and a resume (the handler, the save it forces,
 the restart): the default smoke run, and dynamic sampling with guidance.when =
 unguided_failed (two sampler calls a draw, extra draws moving the iterator). LoRA differs
-only in what the checkpoint holds, so it resumes from a checkpoint of its uninterrupted run
-instead: save at step 2 → restore in a fresh workdir → steps 3 and 4 bitwise equal to the
-run's own.
+only in what the checkpoint holds, so it is checked at the checkpoint instead: a step, its
+save, a fresh set-up restoring it, the next step bitwise equal to the live run's.
 """
 
 import itertools
@@ -13,7 +12,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from g2rpo_jax import alarms, evaluation, experiment, logging_utils, sharding, t
 from g2rpo_jax import checkpoint as checkpoint_lib
 from g2rpo_jax import config as config_lib
 from g2rpo_jax.data import tokenization
+from tests.test_train_step import make_batch
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # One pytest-xdist worker runs the file: runs of one model reuse trainer's compiled steps.
@@ -122,16 +121,6 @@ def interrupt_and_resume(make_config, data_file, workdir: pathlib.Path) -> list[
     second = trainer.train(make_config(data_file), str(workdir))
     assert second == trainer.TrainResult(step=4, total_steps=4, preempted=False)
     return logging_utils.read_jsonl(workdir / logging_utils.METRICS_FILE)
-
-
-def resume_from_checkpoint(make_config, workdir: pathlib.Path, step: int, into: pathlib.Path):
-    """A fresh workdir holding only `workdir`'s checkpoint `step` and its tokenizer: what a
-    run preempted after `step` leaves. Trains it to the end; returns its metrics records."""
-    shutil.copytree(workdir / "checkpoints" / str(step), into / "checkpoints" / str(step))
-    shutil.copytree(workdir / tokenization.TOKENIZER_DIR, into / tokenization.TOKENIZER_DIR)
-    result = trainer.train(make_config(), str(into))
-    assert result == trainer.TrainResult(step=4, total_steps=4, preempted=False)
-    return logging_utils.read_jsonl(into / logging_utils.METRICS_FILE)
 
 
 def assert_same_state(workdir, baseline_workdir):
@@ -333,31 +322,50 @@ def test_pass_at_k_is_the_probability_that_k_of_n_samples_hold_a_correct_one(n, 
     assert evaluation.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets))
 
 
-def test_lora_resume_equals_an_uninterrupted_run(tmp_path):
-    """Under LoRA a checkpoint holds the adapters, not the base (read again from its
-    location on resume: here the seeded random init)."""
-    data_file = write_rows(tmp_path / "train.jsonl")
+def test_a_lora_checkpoint_holds_the_adapters_and_resumes_on_the_base(tmp_path):
+    """Under LoRA a checkpoint holds the adapters, not the base, which a resumed run reads
+    again from its location (here the seeded random init). Checked at the checkpoint: a
+    step, its save, a fresh set-up that restores it; the restored state and the next step
+    equal the live run's bitwise (the loop around them is the SIGTERM test's)."""
+    config = _with_lora(row_wise(smoke_config(write_rows(tmp_path / "train.jsonl"))))
+    workdir = tmp_path / "run"
+    batches = [make_batch(seed) for seed in (0, 1)]  # rows shaped as a step's (B·G = 16)
+    run, state, iterator = trainer._setup(config, str(workdir))
+    place = lambda batch: jax.device_put(batch, run.rollout.sharding)
+    state, _ = run.step_fn(state, place(batches[0]))
+    trainer._save(run, 1, state, iterator)
+    _close(run)  # waits for the save
+    saved = jax.device_get(state)
+    live, live_metrics = jax.device_get(run.step_fn(state, place(batches[1])))
 
-    def lora_config():
-        return _with_lora(row_wise(smoke_config(data_file, sample_every=0, save_every=2)))
+    step, on_disk, _ = final_state(workdir)
+    assert step == 1 and on_disk.frozen is None and on_disk.ref_params is None
+    assert _flat_keys(on_disk.params) and all("lora_" in k for k in _flat_keys(on_disk.params))
+    resumed_run, resumed, _ = trainer._setup(config, str(workdir))
+    _close(resumed_run)
+    assert resumed_run.start == 1
+    for name, want, got in _leaves(saved, jax.device_get(resumed)):  # the base read again too
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    after, metrics = jax.device_get(resumed_run.step_fn(resumed, place(batches[1])))
+    for name, want, got in _leaves(live, after):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    assert metrics.keys() == live_metrics.keys() and live_metrics["grad_norm"] > 0
+    for name in metrics:
+        np.testing.assert_array_equal(metrics[name], live_metrics[name], err_msg=name)
 
-    uninterrupted, from_checkpoint = tmp_path / "uninterrupted", tmp_path / "resumed"
-    trainer.train(lora_config(), str(uninterrupted))
-    records = resume_from_checkpoint(lora_config, uninterrupted, 2, from_checkpoint)
 
-    step, resumed, _ = final_state(from_checkpoint)
-    _, expected, _ = final_state(uninterrupted)
-    assert step == 4 and resumed.frozen is None and resumed.ref_params is None
-    assert {k for k in _flat_keys(resumed.params)} == {k for k in _flat_keys(expected.params)}
-    assert all("lora_" in k for k in _flat_keys(resumed.params))  # no base weight saved
+def _close(run) -> None:
+    """What train() closes at its end: the checkpointer (waiting for a save), rewards, logs."""
+    run.checkpointer.close()
+    run.rollout.pool.close()
+    run.logger.close()
+
+
+def _leaves(expected, actual):
+    """(path, expected leaf, actual leaf) of two trees of the same structure."""
     leaves = jax.tree_util.tree_leaves_with_path(expected)
-    for (path, want), got in zip(leaves, jax.tree.leaves(resumed), strict=True):
-        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
-    baseline = logging_utils.read_jsonl(uninterrupted / logging_utils.METRICS_FILE)
-    assert [r["step"] for r in records] == [3, 4]
-    for name in ("loss", "reward", "kl", "grad_norm"):
-        assert [r[name] for r in records] == [r[name] for r in baseline[2:]], name
-    assert max(r["grad_norm"] for r in baseline) > 0
+    for (path, want), got in zip(leaves, jax.tree.leaves(actual), strict=True):
+        yield jax.tree_util.keystr(path), want, got
 
 
 def _with_lora(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
