@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from g2rpo_jax import guidance, sharding
-from g2rpo_jax.advantages import group_advantages, group_ties
+from g2rpo_jax import guidance, sharding, step_metrics
+from g2rpo_jax.advantages import group_advantages
 from g2rpo_jax.completion_forward import Forward, Head, forward_index, shared_forwards
 from g2rpo_jax.grpo import (
     Aggregation,
@@ -29,7 +29,7 @@ from g2rpo_jax.grpo import (
 )
 from g2rpo_jax.models.log_probs import TokenStats, token_log_probs, token_stats
 from g2rpo_jax.models.qwen import LoraParam, Qwen
-from g2rpo_jax.optimization import OptimizerConfig, learning_rate_schedule, make_optimizer
+from g2rpo_jax.optimization import OptimizerConfig, make_optimizer
 
 # --- The train step ------------------------------------------------------------------------
 
@@ -253,20 +253,22 @@ def train_step(state: TrainState, batch: dict, *, settings: StepSettings, forwar
             ref_lp,
         )
         updates, opt_state = tx.update(grads, opt_state, params)
-        metrics |= _by_guidance("entropy", entropy, loss_mask, is_guided)
+        metrics |= step_metrics.by_guidance("entropy", entropy, loss_mask, is_guided)
         metrics |= {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return (optax.apply_updates(params, updates), opt_state), (metrics, old_sampling)
 
     (params, opt_state), (metrics, old_sampling) = jax.lax.scan(
         update, (state.params, state.opt_state), length=grpo.num_updates
     )
-    metrics = {name: _reduce_metric(name, values) for name, values in metrics.items()}
+    metrics = {name: step_metrics.reduce_metric(name, values) for name, values in metrics.items()}
     # π_old is the same in every update: the first one's.
     metrics |= rollout_metrics(old_sampling[0], batch["sampler_log_probs"], loss_mask, grpo)
     skipped = skip_update(advantages, grpo, rows_in_loss)
     keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
     signal = guidance.step_signal(batch["accuracy"], batch["rewards"], is_guided, settings.guidance)
-    metrics |= _batch_metrics(settings, state, batch, advantages, rows_in_loss, is_guided)
+    metrics |= step_metrics.batch_metrics(
+        settings, state, batch, advantages, rows_in_loss, is_guided
+    )
     metrics |= {"skipped": skipped.astype(jnp.float32), "signal": signal}
     new_state = state.replace(
         step=state.step + jnp.where(skipped, 0, 1).astype(jnp.int32),
@@ -347,7 +349,7 @@ def _gradients(
     zeros = jax.tree.map(jnp.zeros_like, params)
     grads, (losses, metrics, tokens) = jax.lax.scan(micro_step, zeros, inputs)
     tokens = jax.tree.map(lambda x: _merge(x, b), tokens)
-    return grads, losses.sum(), _combine_micro_batches(metrics, weights), tokens
+    return grads, losses.sum(), step_metrics.combine_micro_batches(metrics, weights), tokens
 
 
 def _micro_loss_and_grad(settings: StepSettings, mb, forward, params, frozen):
@@ -387,77 +389,6 @@ def _micro_loss(settings: StepSettings, mb, stats: TokenStats):
         old_sampling_logp=old_sampling,
     )
     return weight * loss, (metrics, (old_sampling, stats.entropy))
-
-
-def _batch_metrics(settings, state, batch, advantages, rows_in_loss, is_guided) -> dict:
-    """The step's numbers that do not come from the loss: rewards, accuracy of the guided
-    and the unguided rows, lengths, ℓ, the rows that move the policy, tied groups."""
-    completion_length = batch["completion_mask"].sum(1).astype(jnp.float32)
-    guided = is_guided.astype(jnp.float32)
-    accuracy = batch["accuracy"].astype(jnp.float32)
-    mean_over = lambda x, m: jnp.sum(x * m) / jnp.maximum(m.sum(), 1.0)
-    metrics = {
-        "lr": learning_rate_schedule(settings.optimizer)(state.step),
-        "advantage_std": jnp.std(advantages),
-        "reward": jnp.mean(batch["rewards"]),
-        "accuracy": jnp.mean(accuracy),
-        "accuracy_guided": mean_over(accuracy, guided),
-        "accuracy_unguided": mean_over(accuracy, 1 - guided),
-        "completion_length": jnp.mean(completion_length),
-        "guidance_length": state.controller.length.astype(jnp.float32),
-        # The rows that move the policy: in the loss, with A ≠ 0.
-        "effective_rows": jnp.sum((advantages != 0) * rows_in_loss),
-        "truncated_fraction": jnp.mean(batch["truncated"].astype(jnp.float32)),
-    }
-    ties = group_ties(
-        batch["rewards"],
-        accuracy,
-        is_guided,
-        settings.grpo.group_size,
-        jnp.logical_not(batch["is_filler"]),
-    )
-    return metrics | {f"groups/{name}": value for name, value in ties.items()}
-
-
-def _by_guidance(
-    name: str, x: jax.Array, mask: jax.Array, is_guided: jax.Array
-) -> dict[str, jax.Array]:
-    """Means of x [R, C] over the `mask` [R, C] tokens: all rows, guided rows, unguided rows."""
-    guided = is_guided.astype(jnp.float32)[:, None]
-    mean = lambda m: jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
-    return {
-        name: mean(mask),
-        f"{name}_guided": mean(mask * guided),
-        f"{name}_unguided": mean(mask * (1 - guided)),
-    }
-
-
-def _combine_micro_batches(metrics: dict, loss_weights: jax.Array) -> dict:
-    """The full batch's value of each loss metric from its values per micro-batch [micro]:
-    `loss_tokens` summed, `pg_loss` weighted as the loss is (`loss_weights`), `*_max` /
-    `*_min` their max / min, and token means by each micro-batch's share of loss tokens."""
-    tokens = metrics["loss_tokens"]
-    token_share = tokens / jnp.maximum(tokens.sum(), 1.0)
-
-    def combine(name: str, values: jax.Array) -> jax.Array:
-        match name:
-            case "loss_tokens":
-                return values.sum()
-            case "pg_loss":
-                return jnp.sum(loss_weights * values)
-        return _reduce_metric(name, values, mean=lambda v: jnp.sum(token_share * v))
-
-    return {name: combine(name, values) for name, values in metrics.items()}
-
-
-def _reduce_metric(name: str, values: jax.Array, mean=jnp.mean) -> jax.Array:
-    """One value from a metric's values [n]: max / min for `*_max` / `*_min`, else `mean`
-    (plain over the μ updates, which see the same rows and tokens)."""
-    if name.endswith("_max"):
-        return values.max()
-    if name.endswith("_min"):
-        return values.min()
-    return mean(values)
 
 
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
