@@ -23,7 +23,12 @@ from g2rpo_jax.shared_prefix import (
     suffix_widths,
 )
 
-# forward(graphdef, params, batch, rows, head, remat=False) → the head's [R, C] outputs.
+# forward(graphdef, params, batch, rows, head, remat=False) → the head's [R, C] outputs: log π
+# of each completion token (float32; guidance tokens stay in attention under either loss
+# mode), or with `head=token_stats` their TokenStats. rows: how the rows split over devices
+# (`batch_sharding`); the activations are pinned to it at the model's input and before the
+# LM head, so that XLA gathers the fsdp-sharded weights instead of replicating the rows and
+# splitting the model dim. remat: recompute each layer in the backward pass.
 Forward = Callable[..., jax.Array | TokenStats]
 
 
