@@ -64,13 +64,11 @@ def model_config_from_json(d: dict) -> ModelConfig:
 # Orbax saves a replicated array by having each replica write a slice of it, one compiled
 # slice per shape and replica at the first save (64 on the smoke model, ~2 s). Below 1 MiB
 # a slice's compile costs more than the parallel write saves, so small arrays are written
-# whole by one replica; a real model's matrices are still split.
+# whole by one replica; a real model's matrices are still split. Other leaf types keep
+# orbax's standard handlers.
 _STATE_TYPES = ocp.type_handlers.create_type_handler_registry(
     (jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20)),
-    (np.ndarray, ocp.type_handlers.NumpyHandler()),
-    (int, ocp.type_handlers.ScalarHandler()),
-    (float, ocp.type_handlers.ScalarHandler()),
-    (np.number, ocp.type_handlers.ScalarHandler()),
+    *((t, ocp.type_handlers.get_type_handler(t)) for t in (np.ndarray, np.number, int, float, str)),
 )
 
 
